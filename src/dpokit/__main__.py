@@ -1,0 +1,3 @@
+from dpokit.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,90 @@
+"""`dpokit` command line: parse -> build config -> run. Errors a user can fix print as one line, exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dpokit.config import describe_keys
+from dpokit.errors import DpokitError
+
+# flag -> dotted config key, for `train` and `sft`
+TRAIN_FLAGS = {
+    "model": ("model.name_or_path", str, "policy to start from: hub name or local directory"),
+    "data": ("data.path", str, "preference data: JSONL/JSON/Parquet/CSV file or `datasets` name"),
+    "output_dir": ("train.output_dir", str, "run directory (model, metrics.jsonl, config.yaml, summary.json)"),
+    "loss": ("loss.name", str, "loss or weighted sum: sigmoid | ipo | cdpo | robust | hinge | plackett_luce | sft | "
+                               "unlikelihood | simpo | orpo | kto, e.g. 'sigmoid + 0.5*sft'"),
+    "beta": ("loss.beta", float, "β, the KL-constraint strength (default 0.1)"),
+    "batch_size": ("train.batch_size", int, "pairs per micro-batch (default 8)"),
+    "max_length": ("data.max_length", int, "max tokens of prompt + response (default 512)"),
+    "max_steps": ("train.max_steps", int, "optimizer steps (overrides --epochs)"),
+    "epochs": ("train.epochs", float, "passes over the training data (default 1)"),
+    "lr": ("train.lr", float, "peak learning rate (default 1e-6)"),
+    "seed": ("train.seed", int, "random seed (default 0)"),
+}
+
+
+def _add_train_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML file with any of the keys below, by section")
+    for name, (key, kind, text) in TRAIN_FLAGS.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, help=f"{text} [{key}]")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="any config key, e.g. loss.beta=0.5")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dpokit", description="Direct Preference Optimization for causal LMs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    epilog = "config keys (YAML sections or key.sub=value overrides), default, meaning:\n" + describe_keys()
+    fmt = argparse.RawDescriptionHelpFormatter
+    train = sub.add_parser("train", help="train a policy with DPO (or another preference loss)",
+                           epilog=epilog, formatter_class=fmt)
+    _add_train_flags(train)
+    sft = sub.add_parser("sft", help="Preferred-FT: fine-tune on the chosen responses (builds πref when no SFT "
+                         "model exists)", epilog=epilog, formatter_class=fmt)
+    _add_train_flags(sft)
+
+    ev = sub.add_parser("eval", help="preference metrics of a policy against a reference on a dataset (JSON out)")
+    ev.add_argument("--policy", required=True, help="policy model (hub name or directory)")
+    ev.add_argument("--reference", help="reference model; omit with a reference-free loss")
+    ev.add_argument("--data", required=True, help="preference data file or `datasets` name")
+    ev.add_argument("--beta", type=float, default=0.1)
+    ev.add_argument("--loss", default="sigmoid")
+    ev.add_argument("--max-length", type=int, default=1024)
+    ev.add_argument("--max-prompt-length", type=int, default=None,
+                    help="over-long examples cut the prompt's start to this many tokens (default: max_length // 2)")
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--output", help="write the metrics JSON here (always printed too)")
+    ev.add_argument("overrides", nargs="*", metavar="key.sub=value", help="any config key, e.g. data.format=implicit")
+
+    demo = sub.add_parser("demo", help="a small end-to-end run on data dpokit generates itself (offline)")
+    demo.add_argument("--output-dir", default="dpokit-demo", help="where the demo writes its runs and report")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except DpokitError as err:
+        print(f"dpokit: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dpokit: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from dpokit import commands
+
+    if args.command in ("train", "sft"):
+        flags = {key: getattr(args, name) for name, (key, _, _) in TRAIN_FLAGS.items()
+                 if getattr(args, name) is not None}
+        return commands.train(args.command, args.config, flags, args.overrides)
+    if args.command == "eval":
+        return commands.evaluate(args)
+    return commands.demo(args.output_dir)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

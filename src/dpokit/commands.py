@@ -1,0 +1,80 @@
+"""What each CLI command does once its arguments are parsed: build the config, run, print the outcome."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from dpokit import config as config_io
+from dpokit.config import Config
+from dpokit.errors import ConfigError
+
+
+def train(command: str, yaml_path: str | None, flags: dict, overrides: list[str]) -> int:
+    from dpokit.train.loop import train as run_training
+
+    base = Config()
+    if command == "sft":  # Preferred-FT: NLL on the chosen responses, no reference model
+        base.loss.name, base.reference.mode = "sft", "none"
+    cfg = config_io.build_config(yaml_path, flags, config_io.parse_overrides(overrides), base=base)
+    if command == "sft" and cfg.loss.name.replace(" ", "") != "sft":
+        raise ConfigError(f"dpokit sft always trains the 'sft' loss; for '{cfg.loss.name}' use dpokit train")
+    summary = run_training(cfg, chosen_only=command == "sft")
+    print(f"\n{command} finished: {summary.steps} steps on {summary.train_pairs:,} examples "
+          f"in {summary.seconds:.0f} s; outputs in {summary.output_dir}")
+    _print_metrics("final train step", summary.final_train)
+    if summary.final_eval:
+        _print_metrics("held-out eval", summary.final_eval)
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from dpokit.models import load_tokenizer
+    from dpokit.pipeline import batches, build_policy, build_reference, prepare_data
+    from dpokit.train.loop import objective_from
+    from dpokit.train.step import Trainee
+    from dpokit.train.step import evaluate as run_eval
+
+    cfg = Config()
+    config_io.apply(cfg, {
+        "model.name_or_path": args.policy, "reference.name_or_path": args.reference, "reference.mode": "copy",
+        "data.path": args.data, "loss.name": args.loss, "loss.beta": args.beta, "data.max_length": args.max_length,
+        "data.max_prompt_length": args.max_prompt_length, "train.batch_size": args.batch_size,
+        "train.shuffle": False, "train.progress": False,
+    })
+    config_io.apply(cfg, config_io.parse_overrides(args.overrides))
+    config_io.validate(cfg, require=("model.name_or_path", "data.path"))
+    objective, params = objective_from(cfg)
+    if objective.needs_reference and not args.reference:
+        raise ConfigError(f"loss '{objective}' compares against a reference: pass --reference (or "
+                          "loss.reference_free=true)")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = load_tokenizer(args.policy, cfg.model.trust_remote_code)
+    data = prepare_data(cfg, tokenizer, objective)
+    for note in data.notes:
+        print(note, file=sys.stderr)
+    policy = build_policy(cfg, device).eval()
+    reference, _ = build_reference(cfg, policy, objective, data, tokenizer.pad_token_id, device)
+    trainee = Trainee(policy, reference, objective, params)
+    result = run_eval(trainee, batches(data.train, cfg.train.batch_size, tokenizer.pad_token_id, objective.unpaired))
+    text = json.dumps(result, indent=2)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def demo(output_dir: str) -> int:
+    from dpokit.demo import run_demo
+
+    run_demo(output_dir)
+    return 0
+
+
+def _print_metrics(title: str, metrics: dict[str, float]) -> None:
+    print(f"  {title}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float | int)))

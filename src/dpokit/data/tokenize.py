@@ -1,0 +1,134 @@
+"""Text examples -> token ids, with the prompt masked from the loss.
+
+Convention: `ids(prompt) + ids(response) + [eos]`. The prompt and each response are tokenized *separately* and
+concatenated. BPE tokenizers merge across text boundaries ("hel" + "lo" -> "hello"), so tokenizing the joined text
+would move the prompt/response boundary and could give chosen and rejected different prompt tokens. Tokenizing apart
+keeps the prompt's tokens identical for every response of an example (what a shared-prompt forward needs) and makes
+the loss mask exact. One deliberate adjustment: trailing spaces of the prompt are moved to the start of the response,
+so "Assistant: " + "Hi" is tokenized as "Assistant:" + " Hi", the way the model would write it.
+
+Truncation, when prompt + longest response exceeds `max_length`: first the prompt is cut to `max_prompt_length`
+(default max_length // 2; keeping its end, as dialogue data needs, or its start; or never, with `none`); then
+responses are cut to the room left (their eos is lost).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from tqdm.auto import tqdm
+
+from dpokit.data import Skip
+from dpokit.data.records import Example
+from dpokit.errors import DataError
+
+
+@dataclass(frozen=True)
+class TokenizedExample:
+    """Token ids of one example. `index` is its position in the dataset (the reference cache is keyed by it)."""
+
+    index: int
+    prompt_ids: tuple[int, ...]
+    response_ids: tuple[tuple[int, ...], ...]  # preference order, best first; each ends with eos unless truncated
+    label: bool | None = None
+    where: str = ""
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) * len(self.response_ids) + sum(len(r) for r in self.response_ids)
+
+
+@dataclass(frozen=True)
+class TokenizeSettings:
+    max_length: int = 512
+    max_prompt_length: int | None = None  # None: max_length // 2
+    prompt_truncation: str = "keep_end"  # keep_end | keep_start | none (a prompt leaving no room is a bad record)
+    on_bad_record: str = "error"  # error | skip
+
+
+@dataclass
+class TokenizeResult:
+    examples: list[TokenizedExample]
+    skipped: list[Skip] = field(default_factory=list)
+    prompts_truncated: int = 0
+    responses_truncated: int = 0
+    identical_after_truncation: int = 0  # pairs whose responses became equal: they carry no preference signal
+
+    def report(self) -> str:
+        parts = [f"tokenized {len(self.examples):,} examples"]
+        parts.append(f"prompts truncated: {self.prompts_truncated:,}")
+        parts.append(f"examples with responses truncated: {self.responses_truncated:,}")
+        if self.identical_after_truncation:
+            parts.append(f"responses identical after truncation: {self.identical_after_truncation:,}")
+        if self.skipped:
+            reasons = Counter(s.reason for s in self.skipped)
+            parts.append("skipped " + ", ".join(f"{n} × {r}" for r, n in reasons.items()))
+        return "; ".join(parts)
+
+
+def tokenize_examples(
+    examples: list[Example], tokenizer, settings: TokenizeSettings, progress: bool = False
+) -> TokenizeResult:
+    """Tokenizes and truncates every example; bad ones raise or are skipped according to `settings.on_bad_record`."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise DataError("the tokenizer has no eos token; set one (tokenizer.eos_token) before training")
+    prompts, responses = [], []
+    for ex in examples:
+        prompt, shifted = _split_trailing_spaces(ex.prompt)
+        prompts.append(prompt)
+        responses.extend(shifted + r for r in ex.responses)
+    prompt_ids = _encode(tokenizer, prompts)
+    response_ids = iter(_encode(tokenizer, responses))
+    result = TokenizeResult(examples=[])
+    bos = _bos_prefix(tokenizer)
+    for i, ex in enumerate(tqdm(examples, desc="tokenize", disable=not progress, leave=False)):
+        prompt = bos + prompt_ids[i] if bos and prompt_ids[i][:1] != bos else prompt_ids[i]
+        resps = [next(response_ids) + [eos] for _ in ex.responses]
+        _add(result, ex, i, prompt, resps, settings)
+    return result
+
+
+def _add(result: TokenizeResult, ex: Example, index: int, prompt: list[int], resps: list[list[int]], s) -> None:
+    longest = max(len(r) for r in resps)
+    keep = s.max_prompt_length or s.max_length // 2
+    if len(prompt) + longest > s.max_length and s.prompt_truncation != "none" and len(prompt) > keep:
+        prompt = prompt[-keep:] if s.prompt_truncation == "keep_end" else prompt[:keep]
+        result.prompts_truncated += 1
+    room = s.max_length - len(prompt)
+    if room < 1:
+        reason = f"prompt has {len(prompt)} tokens, leaving no room for a response under max_length={s.max_length}"
+        if s.on_bad_record == "error":
+            raise DataError(reason + " (set data.prompt_truncation to keep_end or keep_start to cut prompts)",
+                            source=ex.source, line=ex.line, field="prompt")
+        result.skipped.append(Skip(ex.source, ex.line, "prompt", reason.split(",")[0] + ", leaving no room"))
+        return
+    if longest > room:
+        resps = [r[:room] for r in resps]
+        result.responses_truncated += 1
+        if len(resps) > 1 and len(set(map(tuple, resps))) < len(resps):
+            result.identical_after_truncation += 1
+    result.examples.append(
+        TokenizedExample(index, tuple(prompt), tuple(tuple(r) for r in resps), ex.label, ex.where)
+    )
+
+
+def _split_trailing_spaces(prompt: str) -> tuple[str, str]:
+    stripped = prompt.rstrip(" ")
+    return stripped, prompt[len(stripped):]
+
+
+def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    if not texts:
+        return []
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def _bos_prefix(tokenizer) -> list[int]:
+    """[bos] when the tokenizer's own convention puts one in front of a text (as Llama's does), else []."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return []
+    probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return [bos] if probe[:1] == [bos] else []

@@ -1,0 +1,134 @@
+"""The training objective: a weighted sum of registry losses, parsed from an expression like "sigmoid + 0.5*sft"."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from dpokit.errors import ConfigError
+from dpokit.losses.base import LossInputs, LossOutput, LossParams, LossSpec
+from dpokit.losses.registry import LOSSES
+
+_TERM = re.compile(r"^\s*(?:(?P<weight>[^*]+?)\s*\*\s*)?(?P<name>[A-Za-z_]\w*)\s*$")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A weighted sum of losses, e.g. RPO = sigmoid + α·sft (Pang et al. 2024, arXiv 2404.19733).
+
+    The trainer asks the objective what to compute (`needs_reference`, `needs_token_logps`, ...) and calls it;
+    it never looks at loss names.
+
+    Attributes:
+        terms: (weight, spec) pairs; rewards (and so reward metrics) come from the first term.
+        reference_free: treat reference log-probs as 0 (logratios are the policy log-probs alone).
+    """
+
+    terms: tuple[tuple[float, LossSpec], ...]
+    reference_free: bool = False
+
+    @property
+    def needs_reference(self) -> bool:
+        """True if the trainer must compute reference log-probs."""
+        return not self.reference_free and any(spec.needs_reference for _, spec in self.terms)
+
+    @property
+    def ranked(self) -> bool:
+        """True if every term accepts K > 2 responses; otherwise the data layer expands ranked lists into pairs."""
+        return all(spec.ranked for _, spec in self.terms)
+
+    @property
+    def unpaired(self) -> bool:
+        """True for KTO-style batches: [completion, mismatched completion] with labels."""
+        return any(spec.unpaired for _, spec in self.terms)
+
+    @property
+    def needs_token_logps(self) -> bool:
+        """True if `LossInputs` must carry per-token log-probs and the token mask."""
+        return any(spec.needs_token_logps for _, spec in self.terms)
+
+    def __call__(self, inputs: LossInputs, params: LossParams) -> LossOutput:
+        """Σ_i w_i · L_i per example; rewards from the first term.
+
+        Returns:
+            LossOutput with losses (B,) and rewards (B, K).
+        """
+        outputs = [spec.fn(inputs, params, self.reference_free) for _, spec in self.terms]
+        losses = sum(weight * out.losses for (weight, _), out in zip(self.terms, outputs, strict=True))
+        return LossOutput(losses=losses, rewards=outputs[0].rewards)
+
+    def __str__(self) -> str:
+        parts = [spec.name if weight == 1 else f"{weight:g}*{spec.name}" for weight, spec in self.terms]
+        return " + ".join(parts)
+
+
+def _parse_term(text: str, key: str) -> tuple[float, LossSpec]:
+    match = _TERM.match(text)
+    if match is None:
+        raise ConfigError(f"{key}: cannot parse term '{text.strip()}'; expected 'name' or 'weight*name'")
+    weight = 1.0
+    if match["weight"] is not None:
+        try:
+            weight = float(match["weight"])
+        except ValueError:
+            raise ConfigError(f"{key}: weight '{match['weight']}' is not a number") from None
+    if not (math.isfinite(weight) and weight > 0):
+        raise ConfigError(f"{key}: weight of '{match['name']}' must be a finite number > 0, got {match['weight']}")
+    name = match["name"]
+    if name not in LOSSES:
+        raise ConfigError(f"{key}: unknown loss '{name}'; known losses: {', '.join(sorted(LOSSES))}")
+    return weight, LOSSES[name]
+
+
+def parse_objective(expr: str, reference_free: bool = False, key: str = "loss.name") -> Objective:
+    """Parses "name" or a weighted sum "name + w*name + ..." of registry losses.
+
+    >>> str(parse_objective("sigmoid + 1e-1 * sft"))
+    'sigmoid + 0.1*sft'
+
+    Args:
+        expr: the expression; weights are positive float literals, whitespace is free.
+        reference_free: see `Objective.reference_free`.
+        key: config key the expression came from, named in error messages.
+
+    Raises:
+        ConfigError: bad syntax, a non-positive weight, an unknown or repeated loss, or an unpaired loss (kto)
+            mixed with paired ones.
+    """
+    if not expr.strip():
+        raise ConfigError(f"{key}: empty loss expression; known losses: {', '.join(sorted(LOSSES))}")
+    terms = tuple(_parse_term(text, key) for text in expr.split("+"))
+    names = [spec.name for _, spec in terms]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"{key}: loss {', '.join(repeated)} appears more than once in '{expr}'")
+    if len({spec.unpaired for _, spec in terms}) > 1:
+        raise ConfigError(f"{key}: '{expr}' mixes unpaired losses (kto) with paired ones; their batches differ")
+    return Objective(terms=terms, reference_free=reference_free)
+
+
+def _require(ok: bool, key: str, condition: str, value: float) -> None:
+    if not ok:
+        raise ConfigError(f"loss.{key} must be {condition}, got {value:g}")
+
+
+def validate_params(objective: Objective, params: LossParams) -> None:
+    """Checks the ranges of the hyper-parameters, then each term's own requirements (cdpo: 0 < ε < 0.5).
+
+    Raises:
+        ConfigError: naming the key, e.g. "loss.beta must be > 0, got -1".
+    """
+    p = params
+    _require(math.isfinite(p.beta) and p.beta > 0, "beta", "> 0", p.beta)
+    _require(0 <= p.label_smoothing < 0.5, "label_smoothing", "in [0, 0.5)", p.label_smoothing)
+    _require(math.isfinite(p.simpo_gamma), "simpo_gamma", "finite", p.simpo_gamma)
+    _require(math.isfinite(p.orpo_lambda) and p.orpo_lambda >= 0, "orpo_lambda", ">= 0", p.orpo_lambda)
+    alpha = p.unlikelihood_alpha
+    _require(math.isfinite(alpha) and alpha >= 0, "unlikelihood_alpha", ">= 0", alpha)
+    for key in ("kto_desirable_weight", "kto_undesirable_weight"):
+        value = getattr(p, key)
+        _require(math.isfinite(value) and value > 0, key, "> 0", value)
+    for _, spec in objective.terms:
+        if spec.check is not None:
+            spec.check(p)

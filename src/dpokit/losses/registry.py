@@ -1,0 +1,136 @@
+"""The one loss registry: name -> `LossSpec`. Each adapter reads what its loss needs from `LossInputs`.
+
+Adapters compute in at least float32 whatever the inputs' dtype, and return detached (B, K) rewards for metrics.
+"""
+
+from __future__ import annotations
+
+from dpokit.errors import ConfigError
+from dpokit.losses.base import (
+    LossInputs,
+    LossOutput,
+    LossParams,
+    LossSpec,
+    avg_logps,
+    likelihood_rewards,
+    logratios,
+    require_pairs,
+    upcast,
+)
+from dpokit.losses.likelihood import sft_loss, unlikelihood_loss
+from dpokit.losses.listwise import plackett_luce_loss
+from dpokit.losses.pairwise import hinge_loss, ipo_loss, orpo_loss, robust_loss, sigmoid_loss, simpo_loss
+from dpokit.losses.unpaired import kto_loss
+
+
+def _sigmoid(inputs: LossInputs, params: LossParams, reference_free: bool) -> LossOutput:
+    require_pairs(inputs, "sigmoid")
+    ratios = logratios(inputs, reference_free, "sigmoid")
+    losses = sigmoid_loss(ratios[:, 0], ratios[:, 1], params.beta, params.label_smoothing)
+    return LossOutput(losses, (params.beta * ratios).detach())
+
+
+def _ipo(inputs: LossInputs, params: LossParams, reference_free: bool) -> LossOutput:
+    require_pairs(inputs, "ipo")
+    ratios = logratios(inputs, reference_free, "ipo")
+    return LossOutput(ipo_loss(ratios[:, 0], ratios[:, 1], params.beta), (params.beta * ratios).detach())
+
+
+def _robust(inputs: LossInputs, params: LossParams, reference_free: bool) -> LossOutput:
+    require_pairs(inputs, "robust")
+    ratios = logratios(inputs, reference_free, "robust")
+    losses = robust_loss(ratios[:, 0], ratios[:, 1], params.beta, params.label_smoothing)
+    return LossOutput(losses, (params.beta * ratios).detach())
+
+
+def _hinge(inputs: LossInputs, params: LossParams, reference_free: bool) -> LossOutput:
+    require_pairs(inputs, "hinge")
+    ratios = logratios(inputs, reference_free, "hinge")
+    return LossOutput(hinge_loss(ratios[:, 0], ratios[:, 1], params.beta), (params.beta * ratios).detach())
+
+
+def _plackett_luce(inputs: LossInputs, params: LossParams, reference_free: bool) -> LossOutput:
+    ratios = logratios(inputs, reference_free, "plackett_luce")
+    return LossOutput(plackett_luce_loss(ratios, params.beta), (params.beta * ratios).detach())
+
+
+def _sft(inputs: LossInputs, params: LossParams, reference_free: bool) -> LossOutput:
+    losses = sft_loss(upcast(inputs.policy_logps[:, 0]), inputs.num_tokens[:, 0])
+    return LossOutput(losses, likelihood_rewards(inputs, params, reference_free).detach())
+
+
+def _unlikelihood(inputs: LossInputs, params: LossParams, reference_free: bool) -> LossOutput:
+    require_pairs(inputs, "unlikelihood")
+    tokens, mask = inputs.policy_token_logps, inputs.token_mask
+    if tokens is None or mask is None:
+        raise ValueError("loss 'unlikelihood' needs policy_token_logps and token_mask of shape (B, 2, T)")
+    tokens, mask = upcast(tokens), mask.bool()
+    losses = unlikelihood_loss(tokens[:, 0], tokens[:, 1], mask[:, 0], mask[:, 1], params.unlikelihood_alpha)
+    return LossOutput(losses, likelihood_rewards(inputs, params, reference_free).detach())
+
+
+def _simpo(inputs: LossInputs, params: LossParams, reference_free: bool) -> LossOutput:
+    require_pairs(inputs, "simpo")
+    avg = avg_logps(inputs)
+    losses = simpo_loss(avg[:, 0], avg[:, 1], params.beta, params.simpo_gamma)
+    return LossOutput(losses, (params.beta * avg).detach())
+
+
+def _orpo(inputs: LossInputs, params: LossParams, reference_free: bool) -> LossOutput:
+    require_pairs(inputs, "orpo")
+    avg = avg_logps(inputs)
+    return LossOutput(orpo_loss(avg[:, 0], avg[:, 1], params.orpo_lambda), (params.beta * avg).detach())
+
+
+def _kto(inputs: LossInputs, params: LossParams, reference_free: bool) -> LossOutput:
+    """Column 0: each record's own completion; column 1: a mismatched completion, used only to estimate z."""
+    require_pairs(inputs, "kto")
+    if inputs.labels is None:
+        raise ValueError("loss 'kto' needs labels of shape (B,): True where the completion is desirable")
+    ratios = logratios(inputs, reference_free, "kto")
+    kl = ratios[:, 1].mean().clamp(min=0).detach()
+    losses = kto_loss(
+        ratios[:, 0], inputs.labels, kl, params.beta, params.kto_desirable_weight, params.kto_undesirable_weight
+    )
+    return LossOutput(losses, (params.beta * ratios).detach())
+
+
+def _check_cdpo(params: LossParams) -> None:
+    if not 0 < params.label_smoothing < 0.5:
+        raise ConfigError(f"loss.label_smoothing must be in (0, 0.5) for cdpo, got {params.label_smoothing:g}")
+
+
+LOSSES: dict[str, LossSpec] = {
+    spec.name: spec
+    for spec in (
+        LossSpec("sigmoid", _sigmoid, needs_reference=True, description="DPO: −log σ(β h) (cDPO when ε > 0)"),
+        LossSpec("ipo", _ipo, needs_reference=True, description="IPO: (h − 1/(2β))²"),
+        LossSpec(
+            "cdpo",
+            _sigmoid,
+            needs_reference=True,
+            description="conservative DPO: −(1−ε) log σ(β h) − ε log σ(−β h), 0 < ε < 0.5",
+            check=_check_cdpo,
+        ),
+        LossSpec("robust", _robust, needs_reference=True, description="rDPO: noise-corrected DPO, ε < 0.5"),
+        LossSpec("hinge", _hinge, needs_reference=True, description="SLiC hinge: max(0, 1 − β h)"),
+        LossSpec(
+            "plackett_luce",
+            _plackett_luce,
+            needs_reference=True,
+            ranked=True,
+            description="DPO over ranked lists of K >= 2 responses",
+        ),
+        LossSpec("sft", _sft, needs_reference=False, ranked=True, description="Preferred-FT: chosen NLL per token"),
+        LossSpec(
+            "unlikelihood",
+            _unlikelihood,
+            needs_reference=False,
+            needs_token_logps=True,
+            description="chosen NLL + α · rejected unlikelihood, per token",
+        ),
+        LossSpec("simpo", _simpo, needs_reference=False, description="SimPO: −log σ(β Δavg − γ), reference-free"),
+        LossSpec("orpo", _orpo, needs_reference=False, description="ORPO: chosen NLL + λ odds-ratio term"),
+        LossSpec("kto", _kto, needs_reference=True, unpaired=True, description="KTO: unpaired desirable/undesirable"),
+    )
+}

@@ -1,0 +1,153 @@
+"""Config -> the pieces a run needs: examples fitted to the objective, token ids, batches, models, reference.
+
+Shared by `dpokit train`, `sft` and `eval`, so each command is only parse -> build -> run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from dpokit.config import Config
+from dpokit.data import LoadResult, load_examples, ranked_to_pairs, split_examples
+from dpokit.data.collate import Batch, collate
+from dpokit.data.records import Example
+from dpokit.data.tokenize import TokenizedExample, TokenizeSettings, tokenize_examples
+from dpokit.errors import ConfigError
+from dpokit.losses import Objective
+from dpokit.models import apply_lora, load_model
+from dpokit.reference import AdapterOff, Cached, FrozenModel, Reference, cache_key, load_cached, precompute
+
+
+@dataclass
+class PreparedData:
+    train: list[TokenizedExample]
+    eval: list[TokenizedExample]
+    notes: list[str] = field(default_factory=list)  # what was loaded, skipped, converted, truncated
+
+
+def prepare_data(cfg: Config, tokenizer, objective: Objective, chosen_only: bool = False) -> PreparedData:
+    """Loads, validates, splits, fits to the objective (pairs / ranked / unpaired) and tokenizes."""
+    notes: list[str] = []
+    loaded = _load(cfg, cfg.data.path, tokenizer, notes)
+    train, held_out = loaded.examples, []
+    if cfg.data.eval_path:
+        held_out = _load(cfg, cfg.data.eval_path, tokenizer, notes).examples
+    elif cfg.data.eval_fraction > 0:
+        train, held_out = split_examples(train, cfg.data.eval_fraction, cfg.train.seed)
+    settings = TokenizeSettings(cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.prompt_truncation,
+                                cfg.data.on_bad_record)
+    out = PreparedData([], [], notes)
+    for name, examples in (("train", train), ("eval", held_out)):
+        if not examples:
+            continue
+        examples = fit_to_objective(examples, objective, notes, chosen_only)
+        result = tokenize_examples(examples, tokenizer, settings, progress=cfg.train.progress)
+        notes.append(f"{name}: {result.report()}")
+        setattr(out, name, result.examples)
+    if not out.train:
+        raise ConfigError(f"no training examples left in {cfg.data.path}")
+    return out
+
+
+def _load(cfg: Config, path: str, tokenizer, notes: list[str]) -> LoadResult:
+    result = load_examples(path, format=cfg.data.format, on_bad_record=cfg.data.on_bad_record,
+                           prompt_marker=cfg.data.prompt_marker, tokenizer=tokenizer, split=cfg.data.split,
+                           limit=cfg.data.limit)
+    notes.append(result.report())
+    return result
+
+
+def fit_to_objective(
+    examples: list[Example], objective: Objective, notes: list[str], chosen_only: bool
+) -> list[Example]:
+    """Reshapes examples to what the objective consumes, saying what it did."""
+    unpaired = [ex for ex in examples if ex.label is not None]
+    if unpaired and not objective.unpaired:
+        raise ConfigError(f"loss '{objective}' needs preference pairs, but the data is unpaired (prompt/completion/"
+                          f"label, e.g. {unpaired[0].where}); use loss.name=kto")
+    if chosen_only:
+        return [replace(ex, responses=ex.responses[:1]) for ex in examples]
+    if objective.unpaired and not unpaired:
+        notes.append(f"{objective}: each pair becomes a desirable (chosen) and an undesirable (rejected) example")
+        return [replace(ex, responses=(r,), label=k == 0) for ex in examples for k, r in
+                enumerate((ex.responses[0], ex.responses[-1]))]
+    if not objective.ranked and any(len(ex.responses) > 2 for ex in examples):
+        pairs = [p for ex in examples for p in (ranked_to_pairs(ex) if len(ex.responses) > 2 else [ex])]
+        notes.append(f"{objective}: ranked lists expanded into {len(pairs):,} pairs")
+        return pairs
+    if objective.ranked and len({len(ex.responses) for ex in examples}) > 1:
+        counts = sorted({len(ex.responses) for ex in examples})
+        raise ConfigError(
+            f"loss '{objective}' needs the same number of ranked responses in every example; got {counts}"
+        )
+    return examples
+
+
+def batches(examples: list[TokenizedExample], batch_size: int, pad_id: int, unpaired: bool,
+            order: list[int] | None = None) -> Iterator[Batch]:
+    """Batches of `batch_size` examples (the last may be smaller), in `order` or in dataset order."""
+    order = list(range(len(examples))) if order is None else order
+    for start in range(0, len(order), batch_size):
+        yield collate([examples[i] for i in order[start:start + batch_size]], pad_id, unpaired)
+
+
+def autocast_for(precision: str, device: torch.device):
+    if precision == "bf16":
+        return functools.partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def build_policy(cfg: Config, device: torch.device) -> torch.nn.Module:
+    model = load_model(cfg.model.name_or_path, cfg.model)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if cfg.model.lora.enabled:
+        model = apply_lora(model, cfg.model.lora)
+    return model.to(device)
+
+
+def build_reference(cfg: Config, policy: torch.nn.Module, objective: Objective, data: PreparedData,
+                    pad_id: int, device: torch.device) -> tuple[Reference | None, Reference | None]:
+    """The reference for training and for evaluation data (they differ only when log-probs are cached)."""
+    if not objective.needs_reference:
+        return None, None
+    mode = cfg.reference.mode
+    if mode == "auto":
+        mode = "adapter" if cfg.model.lora.enabled and not cfg.reference.name_or_path else "copy"
+    if mode == "none":
+        raise ConfigError(f"loss '{objective}' needs a reference model; set reference.mode or loss.reference_free=true")
+    if mode == "adapter" and not cfg.model.lora.enabled:
+        raise ConfigError("reference.mode=adapter needs model.lora.enabled=true")
+    autocast = autocast_for(cfg.train.precision, device)
+    if cfg.reference.name_or_path:
+        live: Reference = FrozenModel(load_model(cfg.reference.name_or_path, cfg.model).to(device), autocast)
+    elif cfg.model.lora.enabled:
+        live = AdapterOff(policy, autocast)
+    else:
+        live = FrozenModel(copy.deepcopy(policy), autocast)
+    if mode != "precomputed":
+        return live, live
+    if objective.unpaired:
+        raise ConfigError("reference.mode=precomputed does not support unpaired (KTO) losses: their mismatched "
+                          "completions change with every batch")
+    return tuple(_cached(cfg, live, examples, pad_id) if examples else None for examples in (data.train, data.eval))
+
+
+def _cached(cfg: Config, live: Reference, examples: list[TokenizedExample], pad_id: int) -> Cached:
+    key = cache_key(live.model, examples, cfg.train.precision)
+    path = Path(cfg.reference.cache_dir).expanduser() / f"{key}.safetensors"
+    cached = load_cached(path)
+    if cached is not None:
+        return cached
+    size = cfg.train.eval_batch_size or cfg.train.batch_size
+    k = len(examples[0].response_ids)
+    return precompute(live, batches(examples, size, pad_id, False), path, max(ex.index for ex in examples) + 1, k,
+                      progress=cfg.train.progress)

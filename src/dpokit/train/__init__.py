@@ -1,0 +1,1 @@
+"""Training: the loop (`loop.py`), one step (`step.py`), optimizer and schedule, metrics."""

@@ -1,0 +1,97 @@
+"""One batch through policy, reference and objective; one optimizer step over accumulated micro-batches."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+import torch
+
+from dpokit.data.collate import Batch
+from dpokit.logprobs import SequenceLogps, sequence_logps
+from dpokit.losses import LossInputs, LossOutput, LossParams, Objective
+from dpokit.reference import Reference
+from dpokit.train.metrics import PreferenceMetrics
+
+
+@dataclass
+class Forward:
+    out: LossOutput
+    logps: SequenceLogps
+
+
+@dataclass
+class Trainee:
+    """What a step needs, built once: the model being trained and how its loss is computed."""
+
+    policy: torch.nn.Module
+    reference: Reference | None
+    objective: Objective
+    params: LossParams
+    autocast: contextlib.AbstractContextManager | type = contextlib.nullcontext
+
+
+def forward(trainee: Trainee, batch: Batch) -> Forward:
+    """Policy (with grad) and reference (without) log-probs of every response, then the objective."""
+    with trainee.autocast():
+        logps = sequence_logps(trainee.policy, batch)
+    ref = trainee.reference.logps(batch) if trainee.reference is not None else None
+    inputs = LossInputs(
+        policy_logps=logps.logps,
+        num_tokens=logps.num_tokens,
+        reference_logps=ref,
+        policy_token_logps=logps.token_logps,
+        token_mask=logps.token_mask,
+        labels=batch.labels,
+    )
+    return Forward(trainee.objective(inputs, trainee.params), logps)
+
+
+def train_step(
+    trainee: Trainee,
+    micro_batches: list[Batch],
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    max_grad_norm: float | None,
+) -> dict[str, float]:
+    """Accumulates gradients of the mean loss over all examples of `micro_batches`, clips, steps."""
+    start = time.perf_counter()
+    metrics = PreferenceMetrics()
+    total = sum(b.num_examples for b in micro_batches)
+    tokens = 0
+    for batch in micro_batches:
+        fwd = forward(trainee, batch)
+        (fwd.out.losses.sum() / total).backward()
+        metrics.add(fwd.out, fwd.logps, batch.labels)
+        tokens += int(batch.attention_mask.sum())
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf"))
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    elapsed = time.perf_counter() - start
+    return {
+        **metrics.means(),
+        "grad_norm": float(grad_norm),
+        "lr": lr,
+        "step_time_s": elapsed,
+        "pairs_per_s": total / elapsed,
+        "tokens_per_s": tokens / elapsed,
+    }
+
+
+@torch.no_grad()
+def evaluate(trainee: Trainee, batches) -> dict[str, float]:
+    """Means over all examples of `batches`, deterministic (eval mode, no shuffling by the caller)."""
+    was_training = trainee.policy.training
+    trainee.policy.eval()
+    metrics = PreferenceMetrics()
+    try:
+        for batch in batches:
+            fwd = forward(trainee, batch)
+            metrics.add(fwd.out, fwd.logps, batch.labels)
+    finally:
+        trainee.policy.train(was_training)
+    return {**metrics.means(), "num_pairs": metrics.num_examples}
