@@ -107,7 +107,10 @@ def autocast_for(precision: str, device: torch.device):
 def build_policy(cfg: Config, device: torch.device) -> torch.nn.Module:
     model = load_model(cfg.model.name_or_path, cfg.model)
     if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if cfg.model.lora.enabled:
         model = apply_lora(model, cfg.model.lora)

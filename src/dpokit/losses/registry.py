@@ -5,6 +5,10 @@ Adapters compute in at least float32 whatever the inputs' dtype, and return deta
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from torch import Tensor
+
 from dpokit.errors import ConfigError
 from dpokit.losses.base import (
     LossInputs,
@@ -23,30 +27,21 @@ from dpokit.losses.pairwise import hinge_loss, ipo_loss, orpo_loss, robust_loss,
 from dpokit.losses.unpaired import kto_loss
 
 
-def _sigmoid(inputs: LossInputs, params: LossParams, reference_free: bool) -> LossOutput:
-    require_pairs(inputs, "sigmoid")
-    ratios = logratios(inputs, reference_free, "sigmoid")
-    losses = sigmoid_loss(ratios[:, 0], ratios[:, 1], params.beta, params.label_smoothing)
-    return LossOutput(losses, (params.beta * ratios).detach())
+def _pairwise(name: str, loss: Callable[[Tensor, Tensor, LossParams], Tensor]) -> Callable[..., LossOutput]:
+    """Adapter for a loss of the two log-ratios h_w, h_l (B,); rewards are β·log-ratio."""
+
+    def adapter(inputs: LossInputs, params: LossParams, reference_free: bool) -> LossOutput:
+        require_pairs(inputs, name)
+        ratios = logratios(inputs, reference_free, name)
+        return LossOutput(loss(ratios[:, 0], ratios[:, 1], params), (params.beta * ratios).detach())
+
+    return adapter
 
 
-def _ipo(inputs: LossInputs, params: LossParams, reference_free: bool) -> LossOutput:
-    require_pairs(inputs, "ipo")
-    ratios = logratios(inputs, reference_free, "ipo")
-    return LossOutput(ipo_loss(ratios[:, 0], ratios[:, 1], params.beta), (params.beta * ratios).detach())
-
-
-def _robust(inputs: LossInputs, params: LossParams, reference_free: bool) -> LossOutput:
-    require_pairs(inputs, "robust")
-    ratios = logratios(inputs, reference_free, "robust")
-    losses = robust_loss(ratios[:, 0], ratios[:, 1], params.beta, params.label_smoothing)
-    return LossOutput(losses, (params.beta * ratios).detach())
-
-
-def _hinge(inputs: LossInputs, params: LossParams, reference_free: bool) -> LossOutput:
-    require_pairs(inputs, "hinge")
-    ratios = logratios(inputs, reference_free, "hinge")
-    return LossOutput(hinge_loss(ratios[:, 0], ratios[:, 1], params.beta), (params.beta * ratios).detach())
+_sigmoid = _pairwise("sigmoid", lambda hw, hl, p: sigmoid_loss(hw, hl, p.beta, p.label_smoothing))
+_ipo = _pairwise("ipo", lambda hw, hl, p: ipo_loss(hw, hl, p.beta))
+_robust = _pairwise("robust", lambda hw, hl, p: robust_loss(hw, hl, p.beta, p.label_smoothing))
+_hinge = _pairwise("hinge", lambda hw, hl, p: hinge_loss(hw, hl, p.beta))
 
 
 def _plackett_luce(inputs: LossInputs, params: LossParams, reference_free: bool) -> LossOutput:
