@@ -34,7 +34,7 @@ def evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from dpokit.models import load_tokenizer
-    from dpokit.pipeline import batches, build_policy, build_reference, prepare_data
+    from dpokit.pipeline import Layout, batches, build_policy, build_reference, check_layout, prepare_data
     from dpokit.train.loop import objective_from
     from dpokit.train.step import Trainee
     from dpokit.train.step import evaluate as run_eval
@@ -58,9 +58,13 @@ def evaluate(args: argparse.Namespace) -> int:
     for note in data.notes:
         print(note, file=sys.stderr)
     policy = build_policy(cfg, device).eval()
-    reference, _ = build_reference(cfg, policy, objective, data, tokenizer.pad_token_id, device)
-    trainee = Trainee(policy, reference, objective, params)
-    result = run_eval(trainee, batches(data.train, cfg.train.batch_size, tokenizer.pad_token_id, objective.unpaired))
+    pad, chunk = tokenizer.pad_token_id, cfg.train.logps_chunk_size
+    layout, warning = check_layout(policy, data.train, Layout.from_config(cfg), pad, objective.unpaired, chunk)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    reference, _ = build_reference(cfg, policy, objective, data, pad, device, layout)
+    trainee = Trainee(policy, reference, objective, params, chunk_size=chunk)
+    result = run_eval(trainee, batches(data.train, cfg.train.batch_size, pad, objective.unpaired, layout=layout))
     text = json.dumps(result, indent=2)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -91,6 +91,11 @@ class TrainConfig:
     max_grad_norm: float | None = 10.0  # clip the global gradient norm; null: no clipping
     precision: str = "fp32"  # fp32 | bf16 (autocast; weights and optimizer state stay fp32)
     shuffle: bool = True  # reshuffle training data each epoch (seeded)
+    length_bucketing: bool = False  # batch examples of similar length together (deterministic under seed)
+    packing: bool = True  # pack sequences into rows without padding; attention confined to each sequence
+    shared_prompt: bool = True  # compute each prompt once for all of its responses
+    row_length: int | None = None  # packed row capacity in tokens; null: data.max_length (or the longest example)
+    logps_chunk_size: int = 1024  # response tokens per LM-head chunk (0: all at once); bounds logits memory
     eval_every: int = 0  # run held-out evaluation every N steps (0: only at the end, if there is eval data)
     eval_batch_size: int | None = None  # defaults to batch_size
     log_every: int = 1  # write a metrics line every N optimizer steps
@@ -241,8 +246,8 @@ def validate(config: Config, *, require: tuple[str, ...] = ()) -> None:
         if flat[key] not in choices:
             raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}; got {flat[key]!r}")
     positive = ["loss.beta", "train.lr", "train.batch_size", "train.grad_accum", "data.max_length", "train.log_every"]
-    positive += [k for k in ("train.max_steps", "train.eval_batch_size", "data.max_prompt_length", "data.limit")
-                 if flat[k] is not None]
+    optional = ("train.max_steps", "train.eval_batch_size", "train.row_length", "data.max_prompt_length", "data.limit")
+    positive += [k for k in optional if flat[k] is not None]
     for key in positive:
         if not flat[key] > 0:
             raise ConfigError(f"config key '{key}' must be > 0, got {flat[key]!r}")
@@ -258,7 +263,7 @@ def validate(config: Config, *, require: tuple[str, ...] = ()) -> None:
         raise ConfigError(
             f"config key 'train.epochs' must be > 0 when train.max_steps is not set, got {config.train.epochs}"
         )
-    for key in ("train.warmup_steps", "train.eval_every", "train.weight_decay"):
+    for key in ("train.warmup_steps", "train.eval_every", "train.weight_decay", "train.logps_chunk_size"):
         if flat[key] < 0:
             raise ConfigError(f"config key '{key}' must be >= 0, got {flat[key]}")
     for key in ("data.path", "data.eval_path"):

@@ -17,9 +17,11 @@ import torch
 from dpokit.config import Config
 from dpokit.data import LoadResult, load_examples, ranked_to_pairs, split_examples
 from dpokit.data.collate import Batch, collate
+from dpokit.data.packing import PackedBatch, pack
 from dpokit.data.records import Example
 from dpokit.data.tokenize import TokenizedExample, TokenizeSettings, tokenize_examples
 from dpokit.errors import ConfigError
+from dpokit.logprobs import sequence_logps
 from dpokit.losses import Objective
 from dpokit.models import apply_lora, load_model
 from dpokit.reference import AdapterOff, Cached, FrozenModel, Reference, cache_key, load_cached, precompute
@@ -90,12 +92,62 @@ def fit_to_objective(
     return examples
 
 
+@dataclass(frozen=True)
+class Layout:
+    """How tokenized examples become a batch: plain padded rows (all False), or packed (see data/packing.py)."""
+
+    packing: bool = False
+    shared_prompt: bool = False
+    row_length: int | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Layout:
+        return cls(cfg.train.packing, cfg.train.shared_prompt, cfg.train.row_length or cfg.data.max_length)
+
+    @property
+    def plain(self) -> bool:
+        return not (self.packing or self.shared_prompt)
+
+    def __call__(self, examples: list[TokenizedExample], pad_id: int, unpaired: bool) -> Batch | PackedBatch:
+        if self.plain:
+            return collate(examples, pad_id, unpaired)
+        return pack(examples, pad_id, shared_prompt=self.shared_prompt, packing=self.packing, unpaired=unpaired,
+                    row_length=self.row_length)
+
+
 def batches(examples: list[TokenizedExample], batch_size: int, pad_id: int, unpaired: bool,
-            order: list[int] | None = None) -> Iterator[Batch]:
+            order: list[int] | None = None, layout: Layout = Layout()) -> Iterator[Batch | PackedBatch]:
     """Batches of `batch_size` examples (the last may be smaller), in `order` or in dataset order."""
     order = list(range(len(examples))) if order is None else order
     for start in range(0, len(order), batch_size):
-        yield collate([examples[i] for i in order[start:start + batch_size]], pad_id, unpaired)
+        yield layout([examples[i] for i in order[start:start + batch_size]], pad_id, unpaired)
+
+
+@torch.no_grad()
+def check_layout(model: torch.nn.Module, examples: list[TokenizedExample], layout: Layout, pad_id: int,
+                 unpaired: bool, chunk_size: int) -> tuple[Layout, str | None]:
+    """Runs a few examples through the fast and the plain path; falls back to plain if they disagree.
+
+    Packing relies on the architecture honouring `position_ids` and a 4D attention mask, and on the LM head being
+    the whole map from hidden states to logits. Llama-family models do; this check catches one that does not.
+    """
+    if layout.plain:
+        return layout, None
+    sample = examples[:2] if not unpaired else examples[:3]
+    was_training = model.training
+    model.eval()
+    try:
+        fast = sequence_logps(model, layout(sample, pad_id, unpaired), chunk_size).logps
+        plain = sequence_logps(model, Layout()(sample, pad_id, unpaired)).logps
+    finally:
+        model.train(was_training)
+    tolerance = 1e-3 if next(model.parameters()).dtype == torch.float32 else 5e-2
+    error = ((fast - plain).abs() / (1 + plain.abs())).max().item()
+    if error <= tolerance:
+        return layout, None
+    return Layout(), (f"packed/shared-prompt log-probs differ from the plain forward by {error:.2g} (relative) for "
+                      f"this model; using plain padded batches (set train.packing=false train.shared_prompt=false "
+                      "to silence this)")
 
 
 def autocast_for(precision: str, device: torch.device):
@@ -118,7 +170,8 @@ def build_policy(cfg: Config, device: torch.device) -> torch.nn.Module:
 
 
 def build_reference(cfg: Config, policy: torch.nn.Module, objective: Objective, data: PreparedData,
-                    pad_id: int, device: torch.device) -> tuple[Reference | None, Reference | None]:
+                    pad_id: int, device: torch.device, layout: Layout = Layout(),
+                    ) -> tuple[Reference | None, Reference | None]:
     """The reference for training and for evaluation data (they differ only when log-probs are cached)."""
     if not objective.needs_reference:
         return None, None
@@ -141,10 +194,11 @@ def build_reference(cfg: Config, policy: torch.nn.Module, objective: Objective, 
     if objective.unpaired:
         raise ConfigError("reference.mode=precomputed does not support unpaired (KTO) losses: their mismatched "
                           "completions change with every batch")
-    return tuple(_cached(cfg, live, examples, pad_id) if examples else None for examples in (data.train, data.eval))
+    return tuple(_cached(cfg, live, examples, pad_id, layout) if examples else None
+                 for examples in (data.train, data.eval))
 
 
-def _cached(cfg: Config, live: Reference, examples: list[TokenizedExample], pad_id: int) -> Cached:
+def _cached(cfg: Config, live: Reference, examples: list[TokenizedExample], pad_id: int, layout: Layout) -> Cached:
     key = cache_key(live.model, examples, cfg.train.precision)
     path = Path(cfg.reference.cache_dir).expanduser() / f"{key}.safetensors"
     cached = load_cached(path)
@@ -152,5 +206,5 @@ def _cached(cfg: Config, live: Reference, examples: list[TokenizedExample], pad_
         return cached
     size = cfg.train.eval_batch_size or cfg.train.batch_size
     k = len(examples[0].response_ids)
-    return precompute(live, batches(examples, size, pad_id, False), path, max(ex.index for ex in examples) + 1, k,
-                      progress=cfg.train.progress)
+    rows = batches(examples, size, pad_id, False, layout=layout)
+    return precompute(live, rows, path, max(ex.index for ex in examples) + 1, k, progress=cfg.train.progress)

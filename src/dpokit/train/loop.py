@@ -6,7 +6,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,12 +16,12 @@ from tqdm.auto import tqdm
 
 from dpokit import config as config_io
 from dpokit.config import Config
-from dpokit.data.tokenize import TokenizedExample
 from dpokit.losses import LossParams, Objective, parse_objective, validate_params
 from dpokit.models import load_tokenizer
-from dpokit.pipeline import autocast_for, batches, build_policy, build_reference, prepare_data
+from dpokit.pipeline import Layout, autocast_for, batches, build_policy, build_reference, check_layout, prepare_data
 from dpokit.train.metrics import JsonlWriter
 from dpokit.train.optim import build_optimizer, build_scheduler
+from dpokit.train.order import batch_indices
 from dpokit.train.step import Trainee, evaluate, train_step
 
 
@@ -56,17 +56,6 @@ def total_steps(cfg: Config, num_train: int) -> int:
     return max(1, math.ceil(cfg.train.epochs * num_train / per_step))
 
 
-def example_order(num: int, seed: int, shuffle: bool) -> Iterator[int]:
-    """Endless stream of dataset indices: a fresh seeded permutation per epoch (or file order)."""
-    epoch = 0
-    while True:
-        if shuffle:
-            yield from torch.randperm(num, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
-        else:
-            yield from range(num)
-        epoch += 1
-
-
 Callback = Callable[[int, torch.nn.Module], "dict[str, Any] | None"]
 
 
@@ -94,18 +83,24 @@ def train(cfg: Config, chosen_only: bool = False, callback: Callback | None = No
     for note in data.notes:
         _say(cfg, note)
     policy = build_policy(cfg, device)
-    train_ref, eval_ref = build_reference(cfg, policy, objective, data, tokenizer.pad_token_id, device)
+    pad, unpaired = tokenizer.pad_token_id, objective.unpaired
+    layout, warning = check_layout(policy, data.train, Layout.from_config(cfg), pad, unpaired,
+                                   cfg.train.logps_chunk_size)
+    if warning:
+        _say(cfg, f"warning: {warning}")
+    train_ref, eval_ref = build_reference(cfg, policy, objective, data, pad, device, layout)
     policy.train()
     autocast = autocast_for(cfg.train.precision, device)
-    trainee = Trainee(policy, train_ref, objective, params, autocast)
-    eval_trainee = Trainee(policy, eval_ref, objective, params, autocast)
+    chunk = cfg.train.logps_chunk_size
+    trainee = Trainee(policy, train_ref, objective, params, autocast, chunk)
+    eval_trainee = Trainee(policy, eval_ref, objective, params, autocast, chunk)
 
     steps = total_steps(cfg, len(data.train))
     optimizer = build_optimizer(policy.parameters(), cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, steps)
-    order = example_order(len(data.train), cfg.train.seed, cfg.train.shuffle)
+    lengths = [ex.num_tokens for ex in data.train]
+    order = batch_indices(lengths, cfg.train.batch_size, cfg.train.seed, cfg.train.shuffle, cfg.train.length_bucketing)
     writer = JsonlWriter(out_dir / "metrics.jsonl")
-    pad, unpaired = tokenizer.pad_token_id, objective.unpaired
 
     def run_eval(step: int) -> dict[str, float] | None:
         if callback is not None:
@@ -113,15 +108,14 @@ def train(cfg: Config, chosen_only: bool = False, callback: Callback | None = No
         if not data.eval:
             return None
         size = cfg.train.eval_batch_size or cfg.train.batch_size
-        result = evaluate(eval_trainee, batches(data.eval, size, pad, unpaired))
+        result = evaluate(eval_trainee, batches(data.eval, size, pad, unpaired, layout=layout))
         writer.write({"step": step, "split": "eval", **result})
         return result
 
     last: dict[str, float] = {}
     bar = tqdm(range(steps), desc="train", disable=not cfg.train.progress, dynamic_ncols=True)
     for step in bar:
-        size = cfg.train.batch_size
-        micro = [_next_batch(order, data.train, size, pad, unpaired) for _ in range(cfg.train.grad_accum)]
+        micro = [layout([data.train[i] for i in next(order)], pad, unpaired) for _ in range(cfg.train.grad_accum)]
         last = train_step(trainee, micro, optimizer, scheduler, cfg.train.max_grad_norm)
         if (step + 1) % cfg.train.log_every == 0 or step + 1 == steps:
             writer.write({"step": step + 1, "split": "train", **last})
@@ -149,10 +143,6 @@ def _run_callback(callback: Callback, step: int, policy: torch.nn.Module, writer
         policy.train(was_training)
     if result:
         writer.write({"step": step, "split": "callback", **result})
-
-
-def _next_batch(order: Iterator[int], examples: list[TokenizedExample], size: int, pad: int, unpaired: bool):
-    return next(batches(examples, size, pad, unpaired, [next(order) for _ in range(size)]))
 
 
 def save_model(policy: torch.nn.Module, tokenizer, out_dir: Path) -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from dpokit.data.collate import Batch
+from dpokit.data.packing import PackedBatch
 from dpokit.logprobs import SequenceLogps, sequence_logps
 from dpokit.losses import LossInputs, LossOutput, LossParams, Objective
 from dpokit.reference import Reference
@@ -30,12 +31,13 @@ class Trainee:
     objective: Objective
     params: LossParams
     autocast: contextlib.AbstractContextManager | type = contextlib.nullcontext
+    chunk_size: int = 1024  # response tokens per LM-head chunk on packed batches
 
 
-def forward(trainee: Trainee, batch: Batch) -> Forward:
+def forward(trainee: Trainee, batch: Batch | PackedBatch) -> Forward:
     """Policy (with grad) and reference (without) log-probs of every response, then the objective."""
     with trainee.autocast():
-        logps = sequence_logps(trainee.policy, batch)
+        logps = sequence_logps(trainee.policy, batch, trainee.chunk_size)
     ref = trainee.reference.logps(batch) if trainee.reference is not None else None
     inputs = LossInputs(
         policy_logps=logps.logps,
@@ -50,7 +52,7 @@ def forward(trainee: Trainee, batch: Batch) -> Forward:
 
 def train_step(
     trainee: Trainee,
-    micro_batches: list[Batch],
+    micro_batches: list[Batch | PackedBatch],
     optimizer: torch.optim.Optimizer,
     scheduler,
     max_grad_norm: float | None,
@@ -64,7 +66,7 @@ def train_step(
         fwd = forward(trainee, batch)
         (fwd.out.losses.sum() / total).backward()
         metrics.add(fwd.out, fwd.logps, batch.labels)
-        tokens += int(batch.attention_mask.sum())
+        tokens += _real_tokens(batch)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf"))
     lr = optimizer.param_groups[0]["lr"]
@@ -80,6 +82,12 @@ def train_step(
         "pairs_per_s": total / elapsed,
         "tokens_per_s": tokens / elapsed,
     }
+
+
+def _real_tokens(batch: Batch | PackedBatch) -> int:
+    """Non-pad tokens of the prompt + response sequences, whatever the layout (a shared prompt counts K times),
+    so tokens_per_s compares across layouts and tools."""
+    return batch.num_sequence_tokens if isinstance(batch, PackedBatch) else int(batch.attention_mask.sum())
 
 
 @torch.no_grad()
