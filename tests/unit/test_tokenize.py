@@ -74,3 +74,9 @@ def test_prompt_leaving_no_room_is_a_bad_record(bpe):
     skipped = tokenize_examples([ex, Example("hi", (" a", " b"))], bpe, lenient)
     assert len(skipped.examples) == 1 and len(skipped.skipped) == 1
     assert skipped.examples[0].index == 1  # the dataset index survives the skip
+
+
+def test_empty_prompt_gets_a_start_token_so_every_response_token_is_scored(bpe):
+    ex = tokenize_examples([Example("", ("hello", "world"))], bpe, TokenizeSettings()).examples[0]
+    assert list(ex.prompt_ids) == [bpe.eos_token_id]
+    assert list(ex.response_ids[0]) == ids(bpe, "hello") + [bpe.eos_token_id]

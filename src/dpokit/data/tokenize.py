@@ -5,7 +5,8 @@ concatenated. BPE tokenizers merge across text boundaries ("hel" + "lo" -> "hell
 would move the prompt/response boundary and could give chosen and rejected different prompt tokens. Tokenizing apart
 keeps the prompt's tokens identical for every response of an example (what a shared-prompt forward needs) and makes
 the loss mask exact. One deliberate adjustment: trailing spaces of the prompt are moved to the start of the response,
-so "Assistant: " + "Hi" is tokenized as "Assistant:" + " Hi", the way the model would write it.
+so "Assistant: " + "Hi" is tokenized as "Assistant:" + " Hi", the way the model would write it. An empty prompt
+becomes [eos] (a document boundary), so the response's first token is scored too.
 
 Truncation, when prompt + longest response exceeds `max_length`: first the prompt is cut to `max_prompt_length`
 (default max_length // 2; keeping its end, as dialogue data needs, or its start; or never, with `none`); then
@@ -85,6 +86,7 @@ def tokenize_examples(
     bos = _bos_prefix(tokenizer)
     for i, ex in enumerate(tqdm(examples, desc="tokenize", disable=not progress, leave=False)):
         prompt = bos + prompt_ids[i] if bos and prompt_ids[i][:1] != bos else prompt_ids[i]
+        prompt = prompt or [eos]  # an empty prompt still needs a token whose logits predict the response's first
         resps = [next(response_ids) + [eos] for _ in ex.responses]
         _add(result, ex, i, prompt, resps, settings)
     return result
