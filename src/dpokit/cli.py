@@ -29,6 +29,8 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML file with any of the keys below, by section")
     for name, (key, kind, text) in TRAIN_FLAGS.items():
         parser.add_argument("--" + name.replace("_", "-"), type=kind, help=f"{text} [{key}]")
+    parser.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
+                        help="continue from the newest checkpoint in --output-dir, or from CHECKPOINT [train.resume]")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="any config key, e.g. loss.beta=0.5")
 
 
@@ -62,13 +64,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """Like parse_args, but `key.sub=value` overrides may stand anywhere, also between flags."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    unknown = [e for e in extra if e.startswith("-") or "=" not in e]
+    if unknown or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         return _run(args)
     except DpokitError as err:
         print(f"dpokit: error: {err}", file=sys.stderr)
-        return 2
+        return getattr(err, "exit_code", 2)
     except KeyboardInterrupt:
         print("dpokit: interrupted", file=sys.stderr)
         return 130
@@ -80,6 +94,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.command in ("train", "sft"):
         flags = {key: getattr(args, name) for name, (key, _, _) in TRAIN_FLAGS.items()
                  if getattr(args, name) is not None}
+        if args.resume:
+            flags["train.resume"] = args.resume
         return commands.train(args.command, args.config, flags, args.overrides)
     if args.command == "eval":
         return commands.evaluate(args)

@@ -35,7 +35,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
     from dpokit.models import load_tokenizer
     from dpokit.pipeline import Layout, batches, build_policy, build_reference, check_layout, prepare_data
-    from dpokit.train.loop import objective_from
+    from dpokit.train.setup import objective_from
     from dpokit.train.step import Trainee
     from dpokit.train.step import evaluate as run_eval
 

@@ -100,6 +100,9 @@ class TrainConfig:
     eval_batch_size: int | None = None  # defaults to batch_size
     log_every: int = 1  # write a metrics line every N optimizer steps
     save: bool = True  # save the final model + tokenizer to output_dir
+    save_every: int = 0  # write a resumable checkpoint every N steps (0: only when stopped by SIGTERM/SIGINT)
+    keep_checkpoints: int = 2  # keep the newest N checkpoints under output_dir/checkpoints
+    resume: str | None = None  # "latest" (newest checkpoint in output_dir) or a checkpoint directory
     progress: bool = True  # show progress bars
 
 
@@ -220,8 +223,31 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
                     return kind(value)
                 except ValueError:
                     pass
-    names = " or ".join("null" if k is type(None) else k.__name__ for k in allowed)
-    raise ConfigError(f"config key '{key}' must be {names}, got {value!r}")
+    raise ConfigError(f"config key '{key}' must be {_type_names(allowed)}, got {value!r}")
+
+
+def _type_names(allowed: tuple[type, ...]) -> str:
+    return " or ".join("null" if k is type(None) else k.__name__ for k in allowed)
+
+
+def _check_tree(node: Any, prefix: str = "") -> None:
+    """What `apply` checks, for a Config built or changed in Python: no unknown attribute (`cfg.loss.betta = 0.5`
+    would otherwise be ignored) and every value of its annotated type (a numeric string is not a number here)."""
+    fields = {f.name: f for f in dataclasses.fields(node)}
+    for name in vars(node):
+        if name not in fields:
+            _field(node, name, prefix + name)  # raises, naming the key and the closest valid one
+    for name, hint in _hints(type(node)).items():
+        key, value = prefix + name, getattr(node, name)
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, hint):
+                raise ConfigError(f"config key '{key}' is a section; set its fields, e.g. '{key}.<field>=...'")
+            _check_tree(value, key + ".")
+            continue
+        allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        if isinstance(value, str) and str not in allowed:
+            raise ConfigError(f"config key '{key}' must be {_type_names(allowed)}, got {value!r}")
+        _coerce(key, value, hint)
 
 
 _CHOICES = {
@@ -237,7 +263,9 @@ _CHOICES = {
 
 
 def validate(config: Config, *, require: tuple[str, ...] = ()) -> None:
-    """Checks values that types alone cannot: choices, ranges, and the keys a command requires."""
+    """Checks keys and types (again, for configs built in Python), then choices, ranges, paths that must exist, and
+    the keys a command requires."""
+    _check_tree(config)
     flat = flatten(to_dict(config))
     for key in require:
         if flat.get(key) in (None, ""):
@@ -263,20 +291,38 @@ def validate(config: Config, *, require: tuple[str, ...] = ()) -> None:
         raise ConfigError(
             f"config key 'train.epochs' must be > 0 when train.max_steps is not set, got {config.train.epochs}"
         )
-    for key in ("train.warmup_steps", "train.eval_every", "train.weight_decay", "train.logps_chunk_size"):
+    for key in ("train.warmup_steps", "train.eval_every", "train.weight_decay", "train.logps_chunk_size",
+                "train.save_every", "train.keep_checkpoints"):
         if flat[key] < 0:
             raise ConfigError(f"config key '{key}' must be >= 0, got {flat[key]}")
     for key in ("data.path", "data.eval_path"):
         _check_local_path(key, flat[key])
+    for key in ("model.name_or_path", "model.tokenizer", "reference.name_or_path"):
+        _check_model_dir(key, flat[key])
+
+
+def _looks_local(value: str) -> bool:
+    """True if `value` cannot be a hub name ("name" or "owner/name"), so it names something on this machine."""
+    return value.startswith(("/", "./", "../", "~")) or value.count("/") > 1
 
 
 def _check_local_path(key: str, value: str | None) -> None:
-    """A path that looks like a file (has a data extension) must exist; other strings may be `datasets` names."""
+    """A path that looks like a file (has a data extension) or a local path must exist; others may be hub names."""
     if not value:
         return
     suffixes = (".jsonl", ".json", ".gz", ".parquet", ".csv")
-    if value.endswith(suffixes) and not Path(value).expanduser().exists():
+    if (value.endswith(suffixes) or _looks_local(value)) and not Path(value).expanduser().exists():
         raise ConfigError(f"config key '{key}': file not found: {value}")
+
+
+def _check_model_dir(key: str, value: str | None) -> None:
+    """A local model path must be a directory (what save_pretrained writes); a hub name is left to transformers."""
+    if not value:
+        return
+    path = Path(value).expanduser()
+    if (_looks_local(value) or path.exists()) and not path.is_dir():
+        problem = "is a file, not a model directory" if path.exists() else "no such directory"
+        raise ConfigError(f"config key '{key}': {problem}: {value}")
 
 
 def describe_keys() -> str:

@@ -25,7 +25,8 @@ def make_examples(lengths, seed=0, vocab=123):
     def ids(n):
         return tuple(torch.randint(2, vocab, (n,), generator=g).tolist())
 
-    return [TokenizedExample(i, ids(p), tuple(ids(r - 1) + (EOS,) for r in resp)) for i, (p, resp) in enumerate(lengths)]
+    return [TokenizedExample(i, ids(p), tuple(ids(r - 1) + (EOS,) for r in resp))
+            for i, (p, resp) in enumerate(lengths)]
 
 
 # a pair whose responses differ a lot in length, a one-token prompt, a 1-token response

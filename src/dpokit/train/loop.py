@@ -1,12 +1,22 @@
-"""The training run: build everything from the config, loop over optimizer steps, evaluate, save."""
+"""The training loop: optimizer steps, logging, evaluation, checkpoints, exact resume, clean stops.
+
+    train(cfg)
+      build_run(cfg)                    setup.py: config checked, data, policy, reference, optimizer
+      resume (train.resume)             checkpoint.py: weights, optimizer, RNG, data position, metrics
+      for each optimizer step:
+        train_step(...)                 step.py: micro-batches -> backward -> clip -> step (NaN/inf checked)
+        metrics.jsonl, eval, callback, checkpoint every train.save_every
+        SIGTERM/SIGINT -> checkpoint, exit with how to resume
+      final eval, save_pretrained, summary.json
+"""
 
 from __future__ import annotations
 
 import json
-import math
-import sys
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,15 +24,26 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from dpokit import config as config_io
 from dpokit.config import Config
-from dpokit.losses import LossParams, Objective, parse_objective, validate_params
-from dpokit.models import load_tokenizer
-from dpokit.pipeline import Layout, autocast_for, batches, build_policy, build_reference, check_layout, prepare_data
+from dpokit.errors import DpokitError
+from dpokit.pipeline import batches
+from dpokit.train import checkpoint as ckpt
 from dpokit.train.metrics import JsonlWriter
-from dpokit.train.optim import build_optimizer, build_scheduler
 from dpokit.train.order import batch_indices
-from dpokit.train.step import Trainee, evaluate, train_step
+from dpokit.train.setup import Run, build_run, objective_from, say, total_steps
+from dpokit.train.step import NonFiniteError, evaluate, train_step
+
+__all__ = ["Interrupted", "RunSummary", "objective_from", "total_steps", "train"]
+
+Callback = Callable[[int, torch.nn.Module], "dict[str, Any] | None"]
+
+
+class Interrupted(DpokitError):
+    """SIGTERM/SIGINT: the current step finished and a checkpoint was written. Exit code 128 + signal number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 @dataclass
@@ -37,100 +58,102 @@ class RunSummary:
     notes: list[str]
 
 
-def objective_from(cfg: Config) -> tuple[Objective, LossParams]:
-    """The loss and its hyper-parameters, validated (no model is loaded before this passes)."""
-    objective = parse_objective(cfg.loss.name, reference_free=cfg.loss.reference_free)
-    params = LossParams(
-        beta=cfg.loss.beta, label_smoothing=cfg.loss.label_smoothing, simpo_gamma=cfg.loss.simpo_gamma,
-        orpo_lambda=cfg.loss.orpo_lambda, unlikelihood_alpha=cfg.loss.unlikelihood_alpha,
-        kto_desirable_weight=cfg.loss.kto_desirable_weight, kto_undesirable_weight=cfg.loss.kto_undesirable_weight,
-    )
-    validate_params(objective, params)
-    return objective, params
-
-
-def total_steps(cfg: Config, num_train: int) -> int:
-    if cfg.train.max_steps is not None:
-        return cfg.train.max_steps
-    per_step = cfg.train.batch_size * cfg.train.grad_accum
-    return max(1, math.ceil(cfg.train.epochs * num_train / per_step))
-
-
-Callback = Callable[[int, torch.nn.Module], "dict[str, Any] | None"]
-
-
 def train(cfg: Config, chosen_only: bool = False, callback: Callback | None = None) -> RunSummary:
     """Runs a whole training job as configured; see README for the files it writes.
 
     Args:
-        cfg: the run's configuration (validated here before anything loads).
+        cfg: the run's configuration (validated before anything loads).
         chosen_only: keep only each example's best response (Preferred-FT does not need the others).
         callback: called as `callback(step, policy)` with the policy in eval mode and gradients off, at every
             `train.eval_every` steps and after the last one, e.g. to sample and score completions. A dict it returns
             is written to metrics.jsonl with `"split": "callback"`.
     """
     start = time.perf_counter()
-    config_io.validate(cfg, require=("model.name_or_path", "data.path", "train.output_dir"))
-    objective, params = objective_from(cfg)
-    torch.manual_seed(cfg.train.seed)
-    out_dir = Path(cfg.train.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config_io.save(cfg, out_dir / "config.yaml")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, cfg.model.trust_remote_code)
-    data = prepare_data(cfg, tokenizer, objective, chosen_only)
-    for note in data.notes:
-        _say(cfg, note)
-    policy = build_policy(cfg, device)
-    pad, unpaired = tokenizer.pad_token_id, objective.unpaired
-    layout, warning = check_layout(policy, data.train, Layout.from_config(cfg), pad, unpaired,
-                                   cfg.train.logps_chunk_size)
-    if warning:
-        _say(cfg, f"warning: {warning}")
-    train_ref, eval_ref = build_reference(cfg, policy, objective, data, pad, device, layout)
-    policy.train()
-    autocast = autocast_for(cfg.train.precision, device)
-    chunk = cfg.train.logps_chunk_size
-    trainee = Trainee(policy, train_ref, objective, params, autocast, chunk)
-    eval_trainee = Trainee(policy, eval_ref, objective, params, autocast, chunk)
-
-    steps = total_steps(cfg, len(data.train))
-    optimizer = build_optimizer(policy.parameters(), cfg.train)
-    scheduler = build_scheduler(optimizer, cfg.train, steps)
-    lengths = [ex.num_tokens for ex in data.train]
-    order = batch_indices(lengths, cfg.train.batch_size, cfg.train.seed, cfg.train.shuffle, cfg.train.length_bucketing)
-    writer = JsonlWriter(out_dir / "metrics.jsonl")
-
-    def run_eval(step: int) -> dict[str, float] | None:
-        if callback is not None:
-            _run_callback(callback, step, policy, writer)
-        if not data.eval:
-            return None
-        size = cfg.train.eval_batch_size or cfg.train.batch_size
-        result = evaluate(eval_trainee, batches(data.eval, size, pad, unpaired, layout=layout))
-        writer.write({"step": step, "split": "eval", **result})
-        return result
-
+    run = build_run(cfg, chosen_only)
+    first_step = _resume(run)
+    order = _order(run, first_step)
+    writer = JsonlWriter(run.out_dir / "metrics.jsonl")
     last: dict[str, float] = {}
-    bar = tqdm(range(steps), desc="train", disable=not cfg.train.progress, dynamic_ncols=True)
-    for step in bar:
-        micro = [layout([data.train[i] for i in next(order)], pad, unpaired) for _ in range(cfg.train.grad_accum)]
-        last = train_step(trainee, micro, optimizer, scheduler, cfg.train.max_grad_norm)
-        if (step + 1) % cfg.train.log_every == 0 or step + 1 == steps:
-            writer.write({"step": step + 1, "split": "train", **last})
-        bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last.get('rewards/accuracies', float('nan')):.2f}")
-        if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < steps:
-            run_eval(step + 1)
-    final_eval = run_eval(steps)
+    bar = tqdm(range(first_step, run.steps), desc="train", disable=not cfg.train.progress, dynamic_ncols=True,
+               initial=first_step, total=run.steps)
+    with StopSignals() as stop:
+        for step in bar:
+            last = _step(run, order, step + 1)
+            if (step + 1) % cfg.train.log_every == 0 or step + 1 == run.steps:
+                writer.write({"step": step + 1, "split": "train", **last})
+            bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last.get('rewards/accuracies', float('nan')):.2f}")
+            if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < run.steps:
+                _evaluate(run, step + 1, writer, callback)
+            if stop.signum is not None or (cfg.train.save_every and (step + 1) % cfg.train.save_every == 0):
+                path = _checkpoint(run, step + 1, writer)
+                if stop.signum is not None:
+                    raise Interrupted(f"stopped by signal {stop.signum} after step {step + 1}/{run.steps}; "
+                                      f"checkpoint: {path}; continue with the same command plus --resume", stop.signum)
+    final_eval = _evaluate(run, run.steps, writer, callback)
     writer.close()
-
     if cfg.train.save:
-        save_model(policy, tokenizer, out_dir)
-    summary = RunSummary(str(out_dir), steps, len(data.train), len(data.eval), last, final_eval,
-                         time.perf_counter() - start, data.notes)
-    (out_dir / "summary.json").write_text(json.dumps(summary.__dict__, indent=2))
+        save_model(run.policy, run.tokenizer, run.out_dir)
+    summary = RunSummary(str(run.out_dir), run.steps, len(run.data.train), len(run.data.eval), last, final_eval,
+                         time.perf_counter() - start, run.notes)
+    (run.out_dir / "summary.json").write_text(json.dumps(summary.__dict__, indent=2))
     return summary
+
+
+def _step(run: Run, order: Iterator[list[int]], step: int) -> dict[str, float]:
+    """One optimizer step; a non-finite loss or gradient stops the run naming the step and its pairs."""
+    pad, unpaired = run.tokenizer.pad_token_id, run.trainee.objective.unpaired
+    groups = [next(order) for _ in range(run.cfg.train.grad_accum)]
+    micro = [run.layout([run.data.train[i] for i in g], pad, unpaired) for g in groups]
+    try:
+        return train_step(run.trainee, micro, run.optimizer, run.scheduler, run.cfg.train.max_grad_norm)
+    except NonFiniteError as err:
+        pairs = [run.data.train[i].where for g in groups for i in g]
+        path = run.out_dir / f"nonfinite-step-{step}.json"
+        path.write_text(json.dumps({"step": step, "what": str(err), "pairs": pairs}, indent=2))
+        raise DpokitError(f"step {step}: {err}; the step's pairs ({', '.join(pairs[:8])}"
+                          f"{', ...' if len(pairs) > 8 else ''}) are listed in {path}") from None
+
+
+def _order(run: Run, first_step: int) -> Iterator[list[int]]:
+    """The seeded batch stream, fast-forwarded past the batches of steps already done (a resume)."""
+    lengths = [ex.num_tokens for ex in run.data.train]
+    t = run.cfg.train
+    order = batch_indices(lengths, t.batch_size, t.seed, t.shuffle, t.length_bucketing)
+    for _ in range(first_step * t.grad_accum):
+        next(order)
+    return order
+
+
+def _resume(run: Run) -> int:
+    """Loads `train.resume` (if set) into policy/optimizer/scheduler/RNG and trims metrics.jsonl. Returns the step."""
+    if not run.cfg.train.resume:
+        (run.out_dir / "metrics.jsonl").unlink(missing_ok=True)
+        return 0
+    path = ckpt.resolve(run.out_dir, run.cfg.train.resume)
+    state = ckpt.load_checkpoint(path, run.policy, run.optimizer, run.scheduler)
+    metrics = run.out_dir / "metrics.jsonl"
+    lines = metrics.read_text().splitlines(keepends=True) if metrics.is_file() else []
+    metrics.write_text("".join(lines[:state.metrics_lines]))
+    say(f"resumed from {path} at step {state.step}/{run.steps}")
+    return state.step
+
+
+def _checkpoint(run: Run, step: int, writer: JsonlWriter) -> Path:
+    state = ckpt.TrainState(step=step, metrics_lines=writer.lines)
+    return ckpt.save_checkpoint(run.out_dir, run.policy, run.optimizer, run.scheduler, state,
+                                run.cfg.train.keep_checkpoints)
+
+
+def _evaluate(run: Run, step: int, writer: JsonlWriter, callback: Callback | None) -> dict[str, float] | None:
+    if callback is not None:
+        _run_callback(callback, step, run.policy, writer)
+    if not run.data.eval:
+        return None
+    size = run.cfg.train.eval_batch_size or run.cfg.train.batch_size
+    rows = batches(run.data.eval, size, run.tokenizer.pad_token_id, run.trainee.objective.unpaired, layout=run.layout)
+    result = evaluate(run.eval_trainee, rows)
+    writer.write({"step": step, "split": "eval", **result})
+    return result
 
 
 def _run_callback(callback: Callback, step: int, policy: torch.nn.Module, writer: JsonlWriter) -> None:
@@ -145,6 +168,30 @@ def _run_callback(callback: Callback, step: int, policy: torch.nn.Module, writer
         writer.write({"step": step, "split": "callback", **result})
 
 
+class StopSignals:
+    """Turns the first SIGTERM/SIGINT into a request to stop after the current step; a second SIGINT stops at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        say(f"signal {signum}: finishing the current step, then writing a checkpoint (Ctrl-C again to abort)")
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 def save_model(policy: torch.nn.Module, tokenizer, out_dir: Path) -> None:
     """safetensors weights + tokenizer. A LoRA policy is saved merged (loadable anywhere) plus its adapter."""
     if hasattr(policy, "merge_and_unload"):
@@ -152,7 +199,3 @@ def save_model(policy: torch.nn.Module, tokenizer, out_dir: Path) -> None:
         policy = policy.merge_and_unload()
     policy.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-
-
-def _say(cfg: Config, message: str) -> None:
-    tqdm.write(message, file=sys.stderr)

@@ -59,12 +59,14 @@ class JsonlWriter:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lines = len(self.path.read_text().splitlines()) if self.path.is_file() else 0  # a resumed run's
         self.file = self.path.open("a")
 
     def write(self, record: dict[str, Any]) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         self.file.write(json.dumps(clean) + "\n")
         self.file.flush()
+        self.lines += 1
 
     def close(self) -> None:
         self.file.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass
 
@@ -14,6 +15,10 @@ from dpokit.logprobs import SequenceLogps, sequence_logps
 from dpokit.losses import LossInputs, LossOutput, LossParams, Objective
 from dpokit.reference import Reference
 from dpokit.train.metrics import PreferenceMetrics
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or the gradient norm of a step is NaN or infinite; the optimizer step was not taken."""
 
 
 @dataclass
@@ -69,13 +74,17 @@ def train_step(
         tokens += _real_tokens(batch)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf"))
+    means = metrics.means()
+    if not (math.isfinite(means["loss"]) and torch.isfinite(grad_norm)):
+        optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteError(f"non-finite loss ({means['loss']}) or gradient norm ({float(grad_norm)})")
     lr = optimizer.param_groups[0]["lr"]
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     elapsed = time.perf_counter() - start
     return {
-        **metrics.means(),
+        **means,
         "grad_norm": float(grad_norm),
         "lr": lr,
         "step_time_s": elapsed,

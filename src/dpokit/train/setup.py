@@ -1,0 +1,101 @@
+"""Everything a training run needs, built from the config in one place: data, policy, reference, optimizer."""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from dpokit import config as config_io
+from dpokit.config import Config
+from dpokit.losses import LossParams, Objective, parse_objective, validate_params
+from dpokit.models import load_tokenizer
+from dpokit.pipeline import (
+    Layout,
+    PreparedData,
+    autocast_for,
+    build_policy,
+    build_reference,
+    check_layout,
+    prepare_data,
+)
+from dpokit.train.optim import build_optimizer, build_scheduler
+from dpokit.train.step import Trainee
+
+
+@dataclass
+class Run:
+    cfg: Config
+    out_dir: Path
+    tokenizer: object
+    data: PreparedData
+    layout: Layout
+    trainee: Trainee  # policy + reference of the training data
+    eval_trainee: Trainee  # the same policy; the reference of the eval data (differs only when cached)
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    steps: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def policy(self) -> torch.nn.Module:
+        return self.trainee.policy
+
+
+def objective_from(cfg: Config) -> tuple[Objective, LossParams]:
+    """The loss and its hyper-parameters, validated (no model is loaded before this passes)."""
+    objective = parse_objective(cfg.loss.name, reference_free=cfg.loss.reference_free)
+    params = LossParams(
+        beta=cfg.loss.beta, label_smoothing=cfg.loss.label_smoothing, simpo_gamma=cfg.loss.simpo_gamma,
+        orpo_lambda=cfg.loss.orpo_lambda, unlikelihood_alpha=cfg.loss.unlikelihood_alpha,
+        kto_desirable_weight=cfg.loss.kto_desirable_weight, kto_undesirable_weight=cfg.loss.kto_undesirable_weight,
+    )
+    validate_params(objective, params)
+    return objective, params
+
+
+def total_steps(cfg: Config, num_train: int) -> int:
+    if cfg.train.max_steps is not None:
+        return cfg.train.max_steps
+    per_step = cfg.train.batch_size * cfg.train.grad_accum
+    return max(1, math.ceil(cfg.train.epochs * num_train / per_step))
+
+
+def build_run(cfg: Config, chosen_only: bool = False) -> Run:
+    """Validates the config (before anything loads), then loads data and models and builds the optimizer."""
+    config_io.validate(cfg, require=("model.name_or_path", "data.path", "train.output_dir"))
+    objective, params = objective_from(cfg)
+    torch.manual_seed(cfg.train.seed)
+    out_dir = Path(cfg.train.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config_io.save(cfg, out_dir / "config.yaml")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, cfg.model.trust_remote_code)
+    data = prepare_data(cfg, tokenizer, objective, chosen_only)
+    for note in data.notes:
+        say(note)
+    policy = build_policy(cfg, device)
+    pad, chunk = tokenizer.pad_token_id, cfg.train.logps_chunk_size
+    layout, warning = check_layout(policy, data.train, Layout.from_config(cfg), pad, objective.unpaired, chunk)
+    if warning:
+        say(f"warning: {warning}")
+    train_ref, eval_ref = build_reference(cfg, policy, objective, data, pad, device, layout)
+    policy.train()
+    autocast = autocast_for(cfg.train.precision, device)
+    steps = total_steps(cfg, len(data.train))
+    optimizer = build_optimizer(policy.parameters(), cfg.train)
+    return Run(
+        cfg=cfg, out_dir=out_dir, tokenizer=tokenizer, data=data, layout=layout,
+        trainee=Trainee(policy, train_ref, objective, params, autocast, chunk),
+        eval_trainee=Trainee(policy, eval_ref, objective, params, autocast, chunk),
+        optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg.train, steps), steps=steps, notes=data.notes,
+    )
+
+
+def say(message: str) -> None:
+    tqdm.write(message, file=sys.stderr)
