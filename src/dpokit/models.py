@@ -6,6 +6,8 @@ Weights load from safetensors only (pickle checkpoints can run code when loaded)
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
@@ -13,6 +15,8 @@ from dpokit.config import LoraConfig, ModelConfig
 from dpokit.errors import ConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# Weight files that are pickles (torch.save): loading one can run arbitrary code.
+PICKLE_WEIGHTS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
@@ -26,7 +30,15 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTra
 
 
 def load_model(name_or_path: str, cfg: ModelConfig) -> torch.nn.Module:
-    """A causal LM with dropout switched off (if asked), in the configured dtype."""
+    """A causal LM with dropout switched off (if asked), in the configured dtype.
+
+    Safetensors only, unless `cfg.allow_pickle`: then safetensors are still preferred and pickle weights accepted.
+
+    Raises:
+        ConfigError: the model cannot be loaded, or a local checkpoint has only pickle weights (and no allow_pickle).
+    """
+    if not cfg.allow_pickle:
+        _refuse_pickle_only(name_or_path)
     try:
         config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=cfg.trust_remote_code)
         if cfg.disable_dropout:
@@ -36,7 +48,7 @@ def load_model(name_or_path: str, cfg: ModelConfig) -> torch.nn.Module:
             config=config,
             dtype=DTYPES[cfg.dtype],
             trust_remote_code=cfg.trust_remote_code,
-            use_safetensors=not cfg.allow_pickle,
+            use_safetensors=None if cfg.allow_pickle else True,  # None: safetensors if present, else pickle
         )
     except (OSError, ValueError) as err:
         hint = " (only safetensors weights load unless model.allow_pickle=true)" if "safetensors" in str(err) else ""
@@ -46,6 +58,20 @@ def load_model(name_or_path: str, cfg: ModelConfig) -> torch.nn.Module:
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
     return model
+
+
+def _refuse_pickle_only(name_or_path: str) -> None:
+    """Says why a local pickle-only checkpoint is refused, and how to accept it, where transformers would only say
+    that model.safetensors is missing. Hub names are checked by transformers (`use_safetensors=True`)."""
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir() or any(path.glob("*.safetensors")):
+        return
+    pickles = sorted({p.name for pattern in PICKLE_WEIGHTS for p in path.glob(pattern)})
+    if pickles:
+        raise ConfigError(
+            f"model '{name_or_path}' has only pickle weights ({', '.join(pickles[:3])}), which can run arbitrary code "
+            "when loaded: convert them to safetensors, or set model.allow_pickle=true if you trust their source"
+        )
 
 
 def apply_lora(model: torch.nn.Module, lora: LoraConfig) -> torch.nn.Module:

@@ -153,7 +153,7 @@ def _check_options(format: str, on_bad_record: str, prompt_marker: str, limit: i
 def _parse(raw: RawRecord, result: LoadResult, options: FormatOptions) -> Example:
     """Parses one raw record; under "auto" the first readable record fixes `result.format` for all the rest."""
     if raw.error is not None:
-        raise BadRecord(raw.error)
+        raise BadRecord(raw.error, raw.field)
     if result.format == "auto":
         detected = detect_format(raw.record)
         if detected == "conversational":

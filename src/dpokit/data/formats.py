@@ -67,7 +67,7 @@ def detect_format(record: dict[str, Any]) -> str:
         return "ranked"
     if "completion" in record and "label" in record:
         return "unpaired"
-    keys = ", ".join(sorted(map(str, record)))[:200]
+    keys = _printable(", ".join(sorted(map(str, record))))[:200]
     raise BadRecord(
         f"cannot detect the format from keys [{keys}]; expected chosen+rejected (+prompt), "
         "prompt+responses (+scores), or prompt+completion+label"
@@ -110,6 +110,21 @@ def _type_name(value: Any) -> str:
     return names.get(type(value), "number" if isinstance(value, int | float) else type(value).__name__)
 
 
+def _printable(text: str) -> str:
+    """`text` with lone surrogates escaped, so a message quoting it can be written as UTF-8."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _unicode(value: str, field: str) -> str:
+    """JSON can spell a lone surrogate ("\\ud800"); no encoder or tokenizer accepts one, so refuse it here, by field."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise BadRecord(f"invalid Unicode: lone surrogate U+{ord(value[e.start]):04X} at character {e.start + 1}",
+                        field) from None
+    return value
+
+
 def _get(record: dict[str, Any], field: str) -> Any:
     if field not in record:
         raise BadRecord(MISSING, field)
@@ -127,7 +142,7 @@ def _text(record: dict[str, Any], field: str) -> str:
     value = _get(record, field)
     if not isinstance(value, str):
         raise BadRecord(f"expected a string, got {_type_name(value)}", field)
-    return value
+    return _unicode(value, field)
 
 
 def _response(value: Any, field: str) -> str:
@@ -135,7 +150,7 @@ def _response(value: Any, field: str) -> str:
         raise BadRecord(f"expected a string, got {_type_name(value)}", field)
     if not value.strip():
         raise BadRecord(EMPTY, field)
-    return value
+    return _unicode(value, field)
 
 
 def _distinct_pair(chosen: str, rejected: str) -> tuple[str, str]:
@@ -260,6 +275,7 @@ def _messages(record: dict[str, Any], field: str) -> list[dict[str, Any]]:
         for key in ("role", "content"):
             if not isinstance(m.get(key), str):
                 raise BadRecord(f"message {key!r} must be a string, got {_type_name(m.get(key))}", f"{field}[{i}]")
+            _unicode(m[key], f"{field}[{i}]")
     return value
 
 

@@ -35,6 +35,10 @@ _CSV_LIST_FIELDS = {"responses", "scores"}
 _CSV_MESSAGE_FIELDS = {"prompt", "chosen", "rejected"}
 _CSV_BOOLS = {"true": True, "false": False, "1": True, "0": False}
 
+# Whitespace as JSON defines it: a line of only these is blank. Python's str.strip() also strips NBSP, U+3000, form
+# feeds and \x1c-\x1f, and a line of those is not blank but broken JSON that must be reported.
+_JSON_WHITESPACE = " \t\r\n"
+
 
 @dataclass(frozen=True)
 class RawRecord:
@@ -45,12 +49,14 @@ class RawRecord:
         line: 1-based line (JSONL, and CSV as an editor shows it, header being line 1), item (JSON) or row index.
         record: the parsed object, or None when `error` is set.
         error: why the record could not be read (broken JSON, invalid UTF-8, not an object), or None.
+        field: with `error`, the field at fault when the source can tell (a CSV column, a Parquet column).
     """
 
     source: str
     line: int
     record: dict[str, Any] | None = None
     error: str | None = None
+    field: str | None = None
 
     def __post_init__(self) -> None:
         if (self.record is None) == (self.error is None):
@@ -102,6 +108,21 @@ def _looks_local(path: str) -> bool:
     )
 
 
+def _printable(text: str) -> str:
+    """`text` with lone surrogates (from "\\ud800" escapes or undecodable bytes) escaped: messages stay UTF-8."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _json_failure(err: ValueError | RecursionError) -> str:
+    """Why `json.loads` failed on a line or cell. Besides `JSONDecodeError` it raises a plain ValueError for an integer
+    over `sys.get_int_max_str_digits()` digits and RecursionError for deep nesting like [[[[...]]]]."""
+    if isinstance(err, json.JSONDecodeError):
+        return f"invalid JSON: {err.msg} (column {err.colno})"
+    if isinstance(err, RecursionError):
+        return "invalid JSON: nested too deeply to parse"
+    return f"invalid JSON: {str(err).split(';')[0]}"  # drop the advice to call sys.set_int_max_str_digits()
+
+
 def _json_type(value: Any) -> str:
     names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
     return names.get(type(value), "number" if isinstance(value, int | float) else type(value).__name__)
@@ -130,12 +151,12 @@ def _parse_jsonl_line(path: str, line: int, raw: bytes) -> RawRecord | None:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         return RawRecord(path, line, error=f"invalid UTF-8 (byte {e.start + 1} of the line)")
-    if not text.strip():
+    if not text.strip(_JSON_WHITESPACE):
         return None
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as e:
-        return RawRecord(path, line, error=f"invalid JSON: {e.msg} (column {e.colno})")
+    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        return RawRecord(path, line, error=_json_failure(e))
     if not isinstance(value, dict):
         return RawRecord(path, line, error=f"expected a JSON object, got {_json_type(value)}")
     return RawRecord(path, line, record=value)
@@ -145,10 +166,12 @@ def _read_json(path: str) -> Iterator[RawRecord]:
     """A `.json` file must be parsed whole, so a syntax error anywhere makes the whole file unusable."""
     try:
         value = json.loads(Path(path).read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"invalid JSON: {e}", source=path) from e
+    except RecursionError as e:
+        raise DataError(_json_failure(e), source=path) from e
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an over-long integer
+        raise DataError(f"invalid JSON: {str(e).split(';')[0]}", source=path) from e
     if not isinstance(value, list):
-        hint = f" (keys: {', '.join(map(str, value))[:200]})" if isinstance(value, dict) else ""
+        hint = f" (keys: {_printable(', '.join(map(str, value)))[:200]})" if isinstance(value, dict) else ""
         raise DataError(f"expected a top-level JSON array of objects, got {_json_type(value)}{hint}", source=path)
     return _json_items(path, value)
 
@@ -165,6 +188,9 @@ def _json_items(path: str, items: list[Any]) -> Iterator[RawRecord]:
 
 
 def _read_parquet(path: str) -> Iterator[RawRecord]:
+    """Rows in file order. Damage inside the data stays local: a row group that cannot be decoded (corrupt page,
+    bad compression) becomes one error record per row, as the footer says how many rows each group holds, so line
+    numbers stay right and the other groups still load. Only an unreadable footer fails the whole file."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -174,10 +200,36 @@ def _read_parquet(path: str) -> Iterator[RawRecord]:
         raise DataError(f"cannot read Parquet file: {e}", source=path) from e
     line = 0
     with parquet:
-        for batch in parquet.iter_batches(batch_size=1024):
-            for row in batch.to_pylist():
-                line += 1
-                yield RawRecord(path, line, record=row)
+        for group in range(parquet.num_row_groups):
+            end = line + parquet.metadata.row_group(group).num_rows
+            try:
+                for batch in parquet.iter_batches(batch_size=1024, row_groups=[group]):
+                    records = _batch_records(path, line + 1, batch)
+                    line += len(records)
+                    yield from records
+            except (pa.ArrowException, OSError) as e:  # ArrowInvalid is also a ValueError; IO errors are OSErrors
+                error = f"unreadable Parquet row group {group}: {_printable((str(e).splitlines() or [''])[0])}"
+                while line < end:
+                    line += 1
+                    yield RawRecord(path, line, error=error)
+
+
+def _batch_records(path: str, first_line: int, batch: Any) -> list[RawRecord]:
+    """A batch's rows; Arrow does not validate every string column, so a cell that is not UTF-8 fails its row only."""
+    try:
+        rows = batch.to_pylist()
+    except UnicodeDecodeError:
+        return [_row_record(path, first_line + i, batch.slice(i, 1)) for i in range(batch.num_rows)]
+    return [RawRecord(path, first_line + i, record=row) for i, row in enumerate(rows)]
+
+
+def _row_record(path: str, line: int, row: Any) -> RawRecord:
+    for name, column in zip(row.schema.names, row.columns, strict=True):
+        try:
+            column.to_pylist()
+        except UnicodeDecodeError as e:
+            return RawRecord(path, line, error=f"invalid UTF-8 (byte {e.start + 1} of the cell)", field=name)
+    return RawRecord(path, line, record=row.to_pylist()[0])
 
 
 def _read_csv(path: str) -> Iterator[RawRecord]:
@@ -190,6 +242,9 @@ def _read_csv(path: str) -> Iterator[RawRecord]:
     with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         reader = csv.reader(f)
         header = _next_row(reader, path)
+        if header is not None and any(map(_has_bad_bytes, header)):
+            # Every column name would be garbled, so no row could be read right: a whole-file problem.
+            raise DataError("invalid UTF-8 in the header row (is the file in another encoding?)", source=path, line=1)
         while True:
             start = reader.line_num + 1
             row = _next_row(reader, path)
@@ -212,8 +267,9 @@ def _csv_record(path: str, line: int, header: list[str] | None, row: list[str]) 
     header = header or []
     if len(row) > len(header):
         return RawRecord(path, line, error=f"row has {len(row)} cells but the header has {len(header)}")
-    if any(_has_bad_bytes(cell) for cell in row):
-        return RawRecord(path, line, error="invalid UTF-8")
+    bad = next((i for i, cell in enumerate(row) if _has_bad_bytes(cell)), None)
+    if bad is not None:
+        return RawRecord(path, line, error="invalid UTF-8", field=header[bad])
     # A short row simply lacks its last fields, which the format then reports as missing.
     cells = zip(header, row, strict=False)
     return RawRecord(path, line, record={name: _decode_csv_cell(name, cell) for name, cell in cells})
@@ -235,7 +291,7 @@ def _decode_csv_cell(name: str, cell: str) -> Any:
         return cell
     try:
         value = json.loads(cell)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # broken, an over-long integer, or nested too deeply
         return cell  # the format reports the field as "expected a list, got string"
     is_messages = isinstance(value, list) and value and all(isinstance(m, dict) for m in value)
     if name in _CSV_MESSAGE_FIELDS and not is_messages:
