@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -22,6 +23,8 @@ def train(command: str, yaml_path: str | None, flags: dict, overrides: list[str]
     if command == "sft" and cfg.loss.name.replace(" ", "") != "sft":
         raise ConfigError(f"dpokit sft always trains the 'sft' loss; for '{cfg.loss.name}' use dpokit train")
     summary = run_training(cfg, chosen_only=command == "sft")
+    if summary.replica_digests is not None and os.environ.get("RANK", "0") != "0":
+        return 0  # one report per job, from the main process
     print(f"\n{command} finished: {summary.steps} steps on {summary.train_pairs:,} examples "
           f"in {summary.seconds:.0f} s; outputs in {summary.output_dir}")
     _print_metrics("final train step", summary.final_train)
@@ -73,10 +76,53 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def demo(output_dir: str) -> int:
+def demo(output_dir: str, quick: bool = False, seed: int = 0) -> int:
     from dpokit.demo import run_demo
 
-    run_demo(output_dir)
+    run_demo(output_dir, size="quick" if quick else "full", seed=seed)
+    return 0
+
+
+def generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from dpokit.config import ModelConfig
+    from dpokit.eval.frontier_config import read_prompts
+    from dpokit.eval.sampling import SamplingSettings, sample
+    from dpokit.models import load_model, load_tokenizer
+
+    prompts = [*(args.prompt or []), *(read_prompts(args.prompts_file) if args.prompts_file else [])]
+    if not prompts:
+        raise ConfigError("nothing to complete: give --prompt TEXT (repeatable) or --prompts-file FILE")
+    if args.num_samples < 1:
+        raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
+    settings = SamplingSettings(args.max_new_tokens, args.temperature, args.top_p, args.batch_size)
+    settings.check()
+    tokenizer = load_tokenizer(args.model)
+    model = load_model(args.model, ModelConfig())
+    model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    samples = sample(model, tokenizer, prompts, settings, args.seed, args.num_samples, progress=True)
+    lines = [json.dumps({"prompt": p, "completion": c}, ensure_ascii=False)
+             for p, c in zip(samples.prompts, samples.completions, strict=True)]
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+def frontier(config_path: str, output_dir: str | None) -> int:
+    from dpokit.eval.frontier import run_frontier
+    from dpokit.eval.frontier_config import load_frontier_config
+    from dpokit.eval.report import console_summary, write_outputs
+    from dpokit.eval.rewards import load_reward
+
+    cfg, source = load_frontier_config(config_path, output_dir)
+    reward = load_reward(source.source, source.label, source.text)
+    result = run_frontier(cfg, reward)
+    task = (f"Your experiment (`{config_path}`): {len(cfg.train_prompts)} training prompts, {len(cfg.eval_prompts)} "
+            f"held-out prompts, reward `{reward.name}`, reference model `{cfg.model}`.")
+    print(console_summary(result, write_outputs(result, Path(cfg.output_dir), task)))
     return 0
 
 

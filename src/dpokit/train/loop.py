@@ -28,7 +28,7 @@ from dpokit.config import Config
 from dpokit.errors import DpokitError
 from dpokit.pipeline import batches
 from dpokit.train import checkpoint as ckpt
-from dpokit.train.metrics import JsonlWriter
+from dpokit.train.metrics import JsonlWriter, NullWriter
 from dpokit.train.order import batch_indices
 from dpokit.train.setup import Run, build_run, objective_from, say, total_steps
 from dpokit.train.step import NonFiniteError, evaluate, train_step
@@ -56,6 +56,8 @@ class RunSummary:
     final_eval: dict[str, float] | None
     seconds: float
     notes: list[str]
+    processes: int = 1
+    replica_digests: list[str] | None = None  # hash of each process's weights at the end: all equal when in sync
 
 
 def train(cfg: Config, chosen_only: bool = False, callback: Callback | None = None) -> RunSummary:
@@ -70,13 +72,14 @@ def train(cfg: Config, chosen_only: bool = False, callback: Callback | None = No
     """
     start = time.perf_counter()
     run = build_run(cfg, chosen_only)
+    main = run.parallel.is_main
     first_step = _resume(run)
     order = _order(run, first_step)
-    writer = JsonlWriter(run.out_dir / "metrics.jsonl")
+    writer = JsonlWriter(run.out_dir / "metrics.jsonl") if main else NullWriter()
     last: dict[str, float] = {}
-    bar = tqdm(range(first_step, run.steps), desc="train", disable=not cfg.train.progress, dynamic_ncols=True,
-               initial=first_step, total=run.steps)
-    with StopSignals() as stop:
+    bar = tqdm(range(first_step, run.steps), desc="train", disable=not (cfg.train.progress and main),
+               dynamic_ncols=True, initial=first_step, total=run.steps)
+    with StopSignals(announce=main) as stop:
         for step in bar:
             last = _step(run, order, step + 1)
             if (step + 1) % cfg.train.log_every == 0 or step + 1 == run.steps:
@@ -84,25 +87,39 @@ def train(cfg: Config, chosen_only: bool = False, callback: Callback | None = No
             bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last.get('rewards/accuracies', float('nan')):.2f}")
             if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < run.steps:
                 _evaluate(run, step + 1, writer, callback)
-            if stop.signum is not None or (cfg.train.save_every and (step + 1) % cfg.train.save_every == 0):
+            stopping = run.parallel.any(stop.signum is not None)  # every process stops after the same step
+            if stopping or (cfg.train.save_every and (step + 1) % cfg.train.save_every == 0):
                 path = _checkpoint(run, step + 1, writer)
-                if stop.signum is not None:
-                    raise Interrupted(f"stopped by signal {stop.signum} after step {step + 1}/{run.steps}; "
-                                      f"checkpoint: {path}; continue with the same command plus --resume", stop.signum)
+                if stopping:
+                    signum = stop.signum or signal.SIGTERM
+                    raise Interrupted(f"stopped by signal {signum} after step {step + 1}/{run.steps}; "
+                                      f"checkpoint: {path}; continue with the same command plus --resume", signum)
     final_eval = _evaluate(run, run.steps, writer, callback)
     writer.close()
-    if cfg.train.save:
+    digests = _check_replicas(run)
+    if cfg.train.save and main:
         save_model(run.policy, run.tokenizer, run.out_dir)
     summary = RunSummary(str(run.out_dir), run.steps, len(run.data.train), len(run.data.eval), last, final_eval,
-                         time.perf_counter() - start, run.notes)
-    (run.out_dir / "summary.json").write_text(json.dumps(summary.__dict__, indent=2))
+                         time.perf_counter() - start, run.notes, run.parallel.world, digests)
+    if main:
+        (run.out_dir / "summary.json").write_text(json.dumps(summary.__dict__, indent=2))
     return summary
+
+
+def _check_replicas(run: Run) -> list[str]:
+    """Every process must end with identical weights; if not, gradients were not really all-reduced."""
+    digests = run.parallel.replica_digests(run.policy)
+    if len(set(digests)) > 1:
+        raise DpokitError(f"the {len(digests)} processes ended with different weights ({digests}): gradients were "
+                          "not synchronised; please report this with your launch command and accelerate config")
+    return digests
 
 
 def _step(run: Run, order: Iterator[list[int]], step: int) -> dict[str, float]:
     """One optimizer step; a non-finite loss or gradient stops the run naming the step and its pairs."""
     pad, unpaired = run.tokenizer.pad_token_id, run.trainee.objective.unpaired
-    groups = [next(order) for _ in range(run.cfg.train.grad_accum)]
+    accum, rank = run.cfg.train.grad_accum, run.parallel.rank
+    groups = [next(order) for _ in range(accum * run.parallel.world)][rank * accum:(rank + 1) * accum]
     micro = [run.layout([run.data.train[i] for i in g], pad, unpaired) for g in groups]
     try:
         return train_step(run.trainee, micro, run.optimizer, run.scheduler, run.cfg.train.max_grad_norm)
@@ -119,7 +136,7 @@ def _order(run: Run, first_step: int) -> Iterator[list[int]]:
     lengths = [ex.num_tokens for ex in run.data.train]
     t = run.cfg.train
     order = batch_indices(lengths, t.batch_size, t.seed, t.shuffle, t.length_bucketing)
-    for _ in range(first_step * t.grad_accum):
+    for _ in range(first_step * t.grad_accum * run.parallel.world):
         next(order)
     return order
 
@@ -127,25 +144,33 @@ def _order(run: Run, first_step: int) -> Iterator[list[int]]:
 def _resume(run: Run) -> int:
     """Loads `train.resume` (if set) into policy/optimizer/scheduler/RNG and trims metrics.jsonl. Returns the step."""
     if not run.cfg.train.resume:
-        (run.out_dir / "metrics.jsonl").unlink(missing_ok=True)
+        if run.parallel.is_main:
+            (run.out_dir / "metrics.jsonl").unlink(missing_ok=True)
         return 0
     path = ckpt.resolve(run.out_dir, run.cfg.train.resume)
     state = ckpt.load_checkpoint(path, run.policy, run.optimizer, run.scheduler)
     metrics = run.out_dir / "metrics.jsonl"
-    lines = metrics.read_text().splitlines(keepends=True) if metrics.is_file() else []
-    metrics.write_text("".join(lines[:state.metrics_lines]))
-    say(f"resumed from {path} at step {state.step}/{run.steps}")
+    if run.parallel.is_main:
+        lines = metrics.read_text().splitlines(keepends=True) if metrics.is_file() else []
+        metrics.write_text("".join(lines[:state.metrics_lines]))
+        say(f"resumed from {path} at step {state.step}/{run.steps}")
+    run.parallel.barrier()
     return state.step
 
 
 def _checkpoint(run: Run, step: int, writer: JsonlWriter) -> Path:
+    """The main process writes (all hold the same weights and optimizer state); the others wait for it."""
     state = ckpt.TrainState(step=step, metrics_lines=writer.lines)
-    return ckpt.save_checkpoint(run.out_dir, run.policy, run.optimizer, run.scheduler, state,
-                                run.cfg.train.keep_checkpoints)
+    path = ckpt.checkpoint_dir(run.out_dir) / f"{ckpt.PREFIX}{step:08d}"
+    if run.parallel.is_main:
+        path = ckpt.save_checkpoint(run.out_dir, run.policy, run.optimizer, run.scheduler, state,
+                                    run.cfg.train.keep_checkpoints)
+    run.parallel.barrier()
+    return path
 
 
 def _evaluate(run: Run, step: int, writer: JsonlWriter, callback: Callback | None) -> dict[str, float] | None:
-    if callback is not None:
+    if callback is not None and run.parallel.is_main:
         _run_callback(callback, step, run.policy, writer)
     if not run.data.eval:
         return None
@@ -171,15 +196,17 @@ def _run_callback(callback: Callback, step: int, policy: torch.nn.Module, writer
 class StopSignals:
     """Turns the first SIGTERM/SIGINT into a request to stop after the current step; a second SIGINT stops at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, announce: bool = True) -> None:
         self.signum: int | None = None
+        self.announce = announce
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame) -> None:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = signum
-        say(f"signal {signum}: finishing the current step, then writing a checkpoint (Ctrl-C again to abort)")
+        if self.announce:
+            say(f"signal {signum}: finishing the current step, then writing a checkpoint (Ctrl-C again to abort)")
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():

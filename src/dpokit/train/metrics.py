@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,12 @@ class PreferenceMetrics:
         self.sums[key] += values.sum().item()
         self.counts[key] += values.numel()
 
+    def reduce(self, sum_across: Callable[[list[float]], list[float]]) -> None:
+        """Replaces this process's sums and counts with their totals over all processes."""
+        values = sum_across([self.sums.get(k, 0.0) for k in KEYS] + [float(self.counts.get(k, 0)) for k in KEYS])
+        self.sums = defaultdict(float, zip(KEYS, values[: len(KEYS)], strict=True))
+        self.counts = defaultdict(int, ((k, int(c)) for k, c in zip(KEYS, values[len(KEYS):], strict=True)))
+
     def means(self) -> dict[str, float]:
         return {k: self.sums[k] / self.counts[k] for k in KEYS if self.counts.get(k)}
 
@@ -70,3 +77,15 @@ class JsonlWriter:
 
     def close(self) -> None:
         self.file.close()
+
+
+class NullWriter:
+    """What processes other than the main one write to: nothing, so the loop never asks "am I the main one?"."""
+
+    lines = 0
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

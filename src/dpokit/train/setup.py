@@ -23,6 +23,7 @@ from dpokit.pipeline import (
     check_layout,
     prepare_data,
 )
+from dpokit.train.dist import Parallel, PolicyLogps
 from dpokit.train.optim import build_optimizer, build_scheduler
 from dpokit.train.step import Trainee
 
@@ -39,6 +40,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: object
     steps: int
+    parallel: Parallel
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -58,10 +60,10 @@ def objective_from(cfg: Config) -> tuple[Objective, LossParams]:
     return objective, params
 
 
-def total_steps(cfg: Config, num_train: int) -> int:
+def total_steps(cfg: Config, num_train: int, world: int = 1) -> int:
     if cfg.train.max_steps is not None:
         return cfg.train.max_steps
-    per_step = cfg.train.batch_size * cfg.train.grad_accum
+    per_step = cfg.train.batch_size * cfg.train.grad_accum * world
     return max(1, math.ceil(cfg.train.epochs * num_train / per_step))
 
 
@@ -70,10 +72,13 @@ def build_run(cfg: Config, chosen_only: bool = False) -> Run:
     config_io.validate(cfg, require=("model.name_or_path", "data.path", "train.output_dir"))
     objective, params = objective_from(cfg)
     torch.manual_seed(cfg.train.seed)
+    parallel = Parallel()
     out_dir = Path(cfg.train.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config_io.save(cfg, out_dir / "config.yaml")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if parallel.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        config_io.save(cfg, out_dir / "config.yaml")
+    device = parallel.device
+    say = _say if parallel.is_main else _quiet
 
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, cfg.model.trust_remote_code)
     data = prepare_data(cfg, tokenizer, objective, chosen_only)
@@ -84,18 +89,28 @@ def build_run(cfg: Config, chosen_only: bool = False) -> Run:
     layout, warning = check_layout(policy, data.train, Layout.from_config(cfg), pad, objective.unpaired, chunk)
     if warning:
         say(f"warning: {warning}")
-    train_ref, eval_ref = build_reference(cfg, policy, objective, data, pad, device, layout)
+    with parallel.accelerator.main_process_first():  # a precomputed reference is computed once, then loaded
+        train_ref, eval_ref = build_reference(cfg, policy, objective, data, pad, device, layout)
     policy.train()
+    engine = parallel.wrap(PolicyLogps(policy, chunk))
     autocast = autocast_for(cfg.train.precision, device)
-    steps = total_steps(cfg, len(data.train))
+    steps = total_steps(cfg, len(data.train), parallel.world)
     optimizer = build_optimizer(policy.parameters(), cfg.train)
     return Run(
         cfg=cfg, out_dir=out_dir, tokenizer=tokenizer, data=data, layout=layout,
-        trainee=Trainee(policy, train_ref, objective, params, autocast, chunk),
-        eval_trainee=Trainee(policy, eval_ref, objective, params, autocast, chunk),
-        optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg.train, steps), steps=steps, notes=data.notes,
+        trainee=Trainee(policy, train_ref, objective, params, autocast, chunk, engine, parallel),
+        eval_trainee=Trainee(policy, eval_ref, objective, params, autocast, chunk, engine, parallel),
+        optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg.train, steps), steps=steps,
+        parallel=parallel, notes=data.notes,
     )
 
 
-def say(message: str) -> None:
+def _say(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
+
+
+def _quiet(message: str) -> None:
+    """Processes other than the main one keep quiet: one copy of every message."""
+
+
+say = _say

@@ -11,9 +11,10 @@ import torch
 
 from dpokit.data.collate import Batch
 from dpokit.data.packing import PackedBatch
-from dpokit.logprobs import SequenceLogps, sequence_logps
+from dpokit.logprobs import SequenceLogps
 from dpokit.losses import LossInputs, LossOutput, LossParams, Objective
 from dpokit.reference import Reference
+from dpokit.train.dist import Parallel, PolicyLogps
 from dpokit.train.metrics import PreferenceMetrics
 
 
@@ -37,12 +38,18 @@ class Trainee:
     params: LossParams
     autocast: contextlib.AbstractContextManager | type = contextlib.nullcontext
     chunk_size: int = 1024  # response tokens per LM-head chunk on packed batches
+    engine: torch.nn.Module | None = None  # computes the policy's log-probs; default PolicyLogps(policy), or wrapped
+    parallel: Parallel | None = None  # the process group; None: one process
+
+    def __post_init__(self) -> None:
+        if self.engine is None:
+            self.engine = PolicyLogps(self.policy, self.chunk_size)
 
 
 def forward(trainee: Trainee, batch: Batch | PackedBatch) -> Forward:
     """Policy (with grad) and reference (without) log-probs of every response, then the objective."""
     with trainee.autocast():
-        logps = sequence_logps(trainee.policy, batch, trainee.chunk_size)
+        logps = trainee.engine(batch)
     ref = trainee.reference.logps(batch) if trainee.reference is not None else None
     inputs = LossInputs(
         policy_logps=logps.logps,
@@ -65,15 +72,22 @@ def train_step(
     """Accumulates gradients of the mean loss over all examples of `micro_batches`, clips, steps."""
     start = time.perf_counter()
     metrics = PreferenceMetrics()
-    total = sum(b.num_examples for b in micro_batches)
+    world = trainee.parallel.world if trainee.parallel else 1
+    # every process holds the same number of examples; DDP averages gradients over processes, hence `* world`
+    total = sum(b.num_examples for b in micro_batches) * world
     tokens = 0
-    for batch in micro_batches:
-        fwd = forward(trainee, batch)
-        (fwd.out.losses.sum() / total).backward()
+    for i, batch in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        with trainee.parallel.no_sync(trainee.engine, not last) if trainee.parallel else contextlib.nullcontext():
+            fwd = forward(trainee, batch)
+            (fwd.out.losses.sum() * world / total).backward()
         metrics.add(fwd.out, fwd.logps, batch.labels)
         tokens += _real_tokens(batch)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf"))
+    if trainee.parallel:
+        metrics.reduce(trainee.parallel.sum)
+        tokens = int(trainee.parallel.sum([tokens])[0])
     means = metrics.means()
     if not (math.isfinite(means["loss"]) and torch.isfinite(grad_norm)):
         optimizer.zero_grad(set_to_none=True)
@@ -105,10 +119,14 @@ def evaluate(trainee: Trainee, batches) -> dict[str, float]:
     was_training = trainee.policy.training
     trainee.policy.eval()
     metrics = PreferenceMetrics()
+    rank, world = (trainee.parallel.rank, trainee.parallel.world) if trainee.parallel else (0, 1)
     try:
-        for batch in batches:
-            fwd = forward(trainee, batch)
-            metrics.add(fwd.out, fwd.logps, batch.labels)
+        for i, batch in enumerate(batches):
+            if i % world == rank:  # each process evaluates its share; the sums are combined below
+                fwd = forward(trainee, batch)
+                metrics.add(fwd.out, fwd.logps, batch.labels)
     finally:
         trainee.policy.train(was_training)
+    if trainee.parallel:
+        metrics.reduce(trainee.parallel.sum)
     return {**metrics.means(), "num_pairs": metrics.num_examples}
