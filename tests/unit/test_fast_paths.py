@@ -104,3 +104,18 @@ def test_chunked_token_logps_matches_full_logits_in_value_and_gradient():
     (g_chunk,) = torch.autograd.grad(chunked.sum(), hidden)
     torch.testing.assert_close(chunked, full)
     torch.testing.assert_close(g_chunk, g_full)
+
+
+def test_check_layout_falls_back_to_plain_when_the_fast_path_disagrees(tokenizer):
+    """A head the fast path misreads (here: a softcap the Llama forward does not apply) is caught at start-up."""
+    from dpokit.pipeline import Layout, check_layout
+
+    model = tiny_llama(tokenizer, hidden_size=36, num_layers=1, num_heads=3, seed=5)
+    examples = make_examples(ODD_PAIRS)
+    fast = Layout(packing=True, shared_prompt=True)
+    assert check_layout(model, examples, fast, PAD, False, 16) == (fast, None)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(100)  # confident logits, so a softcap of 0.5 really changes them
+    model.config.final_logit_softcapping = 0.5
+    layout, warning = check_layout(model, examples, fast, PAD, False, 16)
+    assert layout.plain and "using plain padded batches" in warning
