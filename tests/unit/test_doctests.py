@@ -1,0 +1,16 @@
+"""The worked `>>>` examples in module docstrings are checked, so they stay true."""
+
+from __future__ import annotations
+
+import doctest
+
+import pytest
+
+import dpokit.data.collate
+import dpokit.data.packing
+
+
+@pytest.mark.parametrize("module", [dpokit.data.collate, dpokit.data.packing])
+def test_docstring_examples(module):
+    result = doctest.testmod(module, verbose=False)
+    assert result.attempted > 0 and result.failed == 0
