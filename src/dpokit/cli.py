@@ -59,9 +59,44 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--output", help="write the metrics JSON here (always printed too)")
     ev.add_argument("overrides", nargs="*", metavar="key.sub=value", help="any config key, e.g. data.format=implicit")
 
-    demo = sub.add_parser("demo", help="a small end-to-end run on data dpokit generates itself (offline)")
-    demo.add_argument("--output-dir", default="dpokit-demo", help="where the demo writes its runs and report")
+    _add_experiment_commands(sub, fmt)
     return parser
+
+
+def _add_experiment_commands(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatter]) -> None:
+    """`demo`, `generate` and `frontier`: sampling from models and the reward–KL experiment."""
+    demo = sub.add_parser("demo", help="the DPO paper's reward-KL experiment in miniature, offline (< 10 min on 2 "
+                          "CPU cores): DPO vs baselines on review continuations scored by VADER")
+    demo.add_argument("--output-dir", default="dpokit-demo", help="where the demo writes its runs and report")
+    demo.add_argument("--quick", action="store_true", help="smaller corpus, fewer prompts, steps and methods "
+                      "(about a minute)")
+    demo.add_argument("--seed", type=int, default=0, help="seeds the corpus, the models and every draw (default 0)")
+    demo.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the demo's models are "
+                      "tiny, and extra threads stall when other processes share the cores)")
+
+    gen = sub.add_parser("generate", help="sample completions from a model; prints JSON lines {prompt, completion}")
+    gen.add_argument("--model", required=True, help="causal LM: local directory or hub name (safetensors only)")
+    gen.add_argument("--prompt", action="append", help="a prompt to complete; repeat the flag for several")
+    gen.add_argument("--prompts-file", help=".txt with one prompt per line, or JSONL with a 'prompt' field")
+    gen.add_argument("--num-samples", type=int, default=1, help="completions per prompt (default 1)")
+    gen.add_argument("--max-new-tokens", type=int, default=64, help="completion budget in tokens (default 64)")
+    gen.add_argument("--temperature", type=float, default=1.0, help="1 samples the model's own distribution; 0 is "
+                     "greedy (default 1)")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass; 1 keeps it all (default 1)")
+    gen.add_argument("--seed", type=int, default=0, help="same seed, same completions (default 0)")
+    gen.add_argument("--batch-size", type=int, default=32, help="prompts per generate call (default 32)")
+    gen.add_argument("--output", help="also write the JSON lines to this file")
+
+    frontier = sub.add_parser("frontier", help="reward-KL frontier of DPO vs baselines on your own model, prompts "
+                              "and reward (the demo's protocol)", epilog=frontier_yaml_help(), formatter_class=fmt)
+    frontier.add_argument("--config", required=True, help="frontier YAML file (keys below)")
+    frontier.add_argument("--output-dir", help="where runs, figures and report go (overrides output_dir)")
+
+
+def frontier_yaml_help() -> str:
+    from dpokit.eval import frontier_config
+
+    return frontier_config.__doc__.split("\n", 1)[1].rstrip() + "\n"
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -99,7 +134,11 @@ def _run(args: argparse.Namespace) -> int:
         return commands.train(args.command, args.config, flags, args.overrides)
     if args.command == "eval":
         return commands.evaluate(args)
-    return commands.demo(args.output_dir)
+    if args.command == "generate":
+        return commands.generate(args)
+    if args.command == "frontier":
+        return commands.frontier(args.config, args.output_dir)
+    return commands.demo(args.output_dir, quick=args.quick, seed=args.seed, threads=args.threads)
 
 
 if __name__ == "__main__":

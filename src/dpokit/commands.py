@@ -76,10 +76,12 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def demo(output_dir: str, quick: bool = False, seed: int = 0) -> int:
+def demo(output_dir: str, quick: bool = False, seed: int = 0, threads: int = 1) -> int:
     from dpokit.demo import run_demo
 
-    run_demo(output_dir, size="quick" if quick else "full", seed=seed)
+    if threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
+    run_demo(output_dir, size="quick" if quick else "full", seed=seed, threads=threads)
     return 0
 
 

@@ -1,0 +1,134 @@
+"""The demo pipeline end to end at a tiny size (corpus -> SFT -> preferences -> 4 methods -> report), then the
+`frontier` and `generate` commands on the model it built. Asserts what the outputs must satisfy, not just that
+they exist: πref's KL to itself is exactly 0, its reported reward is reproduced by sampling again and re-scoring,
+every evaluation of every run is in the CSV, the report's table and the preference files agree with the result."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dpokit.cli import main
+from dpokit.config import ModelConfig
+from dpokit.demo import TINY, run_demo
+from dpokit.eval.frontier import EVAL_SEED_OFFSET
+from dpokit.eval.rewards import load_reward
+from dpokit.eval.sampling import SamplingSettings, sample
+from dpokit.models import load_model, load_tokenizer
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: a second torch thread gains little, and stalls badly when other processes share the
+    cores (each op waits at a barrier for a descheduled thread)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    return out, run_demo(str(out), size="tiny", seed=0)
+
+
+def test_outputs_are_written(demo):
+    out, result = demo
+    for name in ("frontier.png", "curves.png"):
+        assert (out / name).read_bytes()[:8] == PNG
+    report = (out / "report.md").read_text()
+    assert "## What the runs show" in report and "![reward vs KL](frontier.png)" in report
+    for run in result.runs:
+        assert f"| {run.method.label} | {run.method.setting} | {run.steps} |" in report
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["runs"]) == len(TINY.methods) and results["verdict"]
+
+
+def test_reference_kl_to_itself_is_zero(demo):
+    _, result = demo
+    assert result.reference.kl == 0.0
+    assert all(k == 0.0 for k in result.reference.kls)
+
+
+def test_reference_reward_matches_a_recomputation(demo):
+    """Sample πref again from disk with the evaluation seed, re-score with VADER: same completions, same mean."""
+    out, result = demo
+    model = load_model(str(out / "sft"), ModelConfig())
+    tokenizer = load_tokenizer(str(out / "sft"))
+    cfg = result.config
+    settings = SamplingSettings(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.sample_batch_size)
+    again = sample(model, tokenizer, cfg.eval_prompts, settings, seed=cfg.seed + EVAL_SEED_OFFSET,
+                   num_samples=cfg.eval_samples_per_prompt)
+    assert again.completions == result.reference.samples.completions
+    scores = load_reward("vader")(again.prompts, again.completions)
+    assert sum(scores) / len(scores) == pytest.approx(result.reference.reward, abs=1e-9)
+
+
+def test_every_evaluation_is_recorded(demo):
+    out, result = demo
+    with (out / "points.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 + sum(len(run.points) for run in result.runs)
+    for run in result.runs:
+        assert [p.step for p in run.points] == [TINY.eval_every * (i + 1) for i in range(len(run.points))]
+        assert run.points[-1].step == TINY.method_steps
+        logged = [json.loads(line) for line in (Path(run.run_dir) / "metrics.jsonl").read_text().splitlines()]
+        callbacks = [r for r in logged if r["split"] == "callback"]
+        assert [r["gt_reward"] for r in callbacks] == [p.reward for p in run.points]
+        assert run.points[-1].kl > 0  # the callback saw the trained policy, not πref
+
+
+def test_preference_files_follow_the_recipe(demo):
+    out, result = demo
+    ranked = [json.loads(line) for line in (out / "data" / "ranked.jsonl").read_text().splitlines()]
+    pairs = [json.loads(line) for line in (out / "data" / "pairs.jsonl").read_text().splitlines()]
+    stats = result.preferences
+    assert len(ranked) == stats.kept_prompts and len(pairs) == stats.pairs
+    assert stats.pairs + stats.tied_pairs == 6 * stats.kept_prompts
+    for record in ranked:
+        assert len(record["responses"]) == 4 == len(set(record["responses"]))
+    scores = {(r["prompt"], text): s for r in ranked for text, s in zip(r["responses"], r["scores"], strict=True)}
+    assert all(scores[(p["prompt"], p["chosen"])] > scores[(p["prompt"], p["rejected"])] for p in pairs)
+
+
+def test_frontier_and_generate_commands(demo, tmp_path, capsys):
+    out, _ = demo
+    reward_file = tmp_path / "length_reward.py"
+    reward_file.write_text("def score(prompts, completions):\n    return [len(c.split()) / 10 for c in completions]\n")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(["the acting was", "i saw it", "what a", "the plot is", "it is a", "the music"]))
+    config = tmp_path / "frontier.yaml"
+    config.write_text(
+        f"model: {out / 'sft'}\nprompts: {prompts}\neval_fraction: 0.34\nreward: {reward_file}:score\n"
+        "max_new_tokens: 6\nrun: {train: {max_steps: 2, eval_every: 1, batch_size: 2, lr: 1.0e-3, progress: false}}\n"
+        "methods:\n  - {label: DPO, loss: sigmoid, beta: 0.1}\n  - {label: Preferred-FT, loss: sft}\n"
+    )
+    assert main(["frontier", "--config", str(config), "--output-dir", str(tmp_path / "fr")]) == 0
+    assert (tmp_path / "fr" / "frontier.png").read_bytes()[:8] == PNG
+    assert "DPO" in capsys.readouterr().out
+
+    code = main(["generate", "--model", str(out / "sft"), "--prompt", "the acting was", "--num-samples", "2",
+                 "--max-new-tokens", "5", "--seed", "1"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 0 and len(lines) == 2 and all(r["prompt"] == "the acting was" for r in lines)
+
+
+@pytest.mark.parametrize(("yaml_text", "message"), [
+    ("model: x\nprompts: p.txt\ncolour: red\n", "unknown key(s) colour"),
+    ("prompts: p.txt\n", "'model' is required"),
+    ("model: x\nprompts: missing.txt\n", "prompts file not found"),
+])
+def test_bad_frontier_config_is_one_line(tmp_path, capsys, monkeypatch, yaml_text, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.txt").write_text("a prompt\n")
+    (tmp_path / "f.yaml").write_text(yaml_text)
+    assert main(["frontier", "--config", "f.yaml"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err

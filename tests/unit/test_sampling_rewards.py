@@ -1,0 +1,155 @@
+"""Sampling draws from the model's own distribution, reproducibly; rewards load from every source and check output."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+from dpokit.errors import ConfigError, DataError
+from dpokit.eval.rewards import load_reward
+from dpokit.eval.sampling import SamplingSettings, encode_prompts, left_pad, sample, sample_ids
+from dpokit.tiny import tiny_llama, train_bpe_tokenizer
+
+TEXTS = ["the acting was great. i loved it.", "the plot was dull, but the music was lovely.",
+         "it is about a chef who opens a restaurant.", "what a terrible film!"] * 20
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: a second torch thread gains little, and stalls badly when other processes share the
+    cores (each op waits at a barrier for a descheduled thread)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def review_tokenizer():
+    return train_bpe_tokenizer(TEXTS, vocab_size=320)
+
+
+@pytest.fixture(scope="module")
+def review_model(review_tokenizer):
+    return tiny_llama(review_tokenizer, hidden_size=32, num_layers=1, num_heads=2, seed=0)
+
+
+def test_left_pad_right_aligns_rows():
+    ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_first_token_frequencies_match_the_softmax():
+    """60 tokens, near-uniform: transformers' default top_k=50 would never draw 10 of them (~17% of the mass)."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=60, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2, eos_token_id=0,
+                                         pad_token_id=1, bos_token_id=None)).eval()
+    model.generation_config.top_k = 5  # a checkpoint's own defaults must not leak into the draw either
+    prompt = [7, 8, 9]
+    n = 20000
+    drawn = sample_ids(model, [prompt] * n, SamplingSettings(max_new_tokens=1, batch_size=n), eos_id=0, pad_id=1)
+    counts = torch.bincount(torch.tensor([ids[0] for ids in drawn]), minlength=60).double() / n
+    with torch.no_grad():
+        probs = model(torch.tensor([prompt])).logits[0, -1].double().softmax(-1)
+    total_variation = 0.5 * (counts - probs).abs().sum().item()
+    assert total_variation < 0.04  # ~0.014 expected from sampling noise alone
+    assert (counts > 0).all()
+    assert model.generation_config.top_k == 5  # restored
+
+
+def test_sampling_is_seeded_and_leaves_the_global_rng_alone(review_model, review_tokenizer):
+    prompts = ["the acting", "what a"]
+    settings = SamplingSettings(max_new_tokens=6, batch_size=2)
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    first = sample(review_model, review_tokenizer, prompts, settings, seed=3, num_samples=2)
+    assert torch.rand(1).item() == before.item()
+    second = sample(review_model, review_tokenizer, prompts, settings, seed=3, num_samples=2)
+    assert first.completion_ids == second.completion_ids
+    assert first.prompts == ["the acting", "the acting", "what a", "what a"]
+    other = sample(review_model, review_tokenizer, prompts, settings, seed=4, num_samples=2)
+    assert other.completion_ids != first.completion_ids
+    for ids, text, done in zip(first.completion_ids, first.completions, first.finished, strict=True):
+        assert 1 <= len(ids) <= 6
+        assert done == (ids[-1] == review_tokenizer.eos_token_id)
+        assert text == review_tokenizer.decode([t for t in ids if t != review_tokenizer.eos_token_id],
+                                               skip_special_tokens=True)
+
+
+def test_prompts_are_encoded_like_training_data(review_tokenizer):
+    from dpokit.data.records import Example
+    from dpokit.data.tokenize import TokenizeSettings, tokenize_examples
+
+    prompts = ["the acting was ", "what a"]
+    trained = tokenize_examples([Example(p, (" great.", " bad.")) for p in prompts], review_tokenizer,
+                                TokenizeSettings()).examples
+    assert encode_prompts(review_tokenizer, prompts) == [list(ex.prompt_ids) for ex in trained]
+    with pytest.raises(ConfigError, match="no tokens"):
+        encode_prompts(review_tokenizer, [""])
+
+
+def test_greedy_decoding_is_deterministic(review_model, review_tokenizer):
+    settings = SamplingSettings(max_new_tokens=5, temperature=0.0)
+    a = sample(review_model, review_tokenizer, ["the plot"], settings, seed=0)
+    b = sample(review_model, review_tokenizer, ["the plot"], settings, seed=99)
+    assert a.completion_ids == b.completion_ids
+
+
+@pytest.mark.parametrize(("field", "value"), [("max_new_tokens", 0), ("temperature", -1.0), ("top_p", 0.0)])
+def test_bad_sampling_settings_fail_clearly(field, value):
+    with pytest.raises(ConfigError, match=field):
+        SamplingSettings(**{field: value}).check()
+
+
+def test_vader_scores_the_completion_or_the_full_text():
+    reward = load_reward("vader")
+    scores = reward(["i hated", "i hated"], [" it. then it was great and lovely.", " it. awful, terrible film."])
+    assert scores[0] > 0.5 > -0.5 > scores[1]
+    full = load_reward("vader", text="full")
+    assert full(["terrible, awful:"], [" ok"])[0] < 0 < reward(["terrible, awful:"], [" ok"])[0]
+
+
+def test_callable_reward_from_a_file(tmp_path):
+    path = tmp_path / "my_reward.py"
+    path.write_text("def score(prompts, completions):\n    return [float(len(c)) for c in completions]\n"
+                    "def broken(prompts, completions):\n    return [float('nan')] * len(completions)\n")
+    assert load_reward(f"{path}:score")(["p", "q"], ["ab", "abcd"]) == [2.0, 4.0]
+    with pytest.raises(DataError, match="finite"):
+        load_reward(f"{path}:broken")(["p"], ["x"])
+    with pytest.raises(ConfigError, match="no function"):
+        load_reward(f"{path}:missing")
+    with pytest.raises(ConfigError, match="cannot import"):
+        load_reward("no_such_module_xyz:score")
+
+
+def test_classifier_reward_is_the_chosen_label_logit(tmp_path, review_tokenizer):
+    config = LlamaConfig(vocab_size=len(review_tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, num_labels=2,
+                         id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1},
+                         pad_token_id=review_tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(config).eval()
+    model.save_pretrained(tmp_path)
+    review_tokenizer.save_pretrained(tmp_path)
+    texts = [" great.", " a long and dull film, really."]
+    reward = load_reward(str(tmp_path), label="POSITIVE")
+    got = reward(["x", "y"], texts)
+    with torch.no_grad():
+        expected = [model(torch.tensor([review_tokenizer(t)["input_ids"]])).logits[0, 1].item() for t in texts]
+    assert got == pytest.approx(expected, abs=1e-5)
+    assert all(math.isfinite(s) for s in got)
+    with pytest.raises(ConfigError, match="2 labels"):
+        load_reward(str(tmp_path))
+    with pytest.raises(ConfigError, match="no label 'HAPPY'"):
+        load_reward(str(tmp_path), label="HAPPY")
+
+
+def test_unknown_reward_source_fails_in_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="neither 'vader'"):
+        load_reward(str(tmp_path / "nothing-here"))
