@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.dpokit-installed
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,12 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks
+
+# By hand, on a quiet machine: dpokit vs TRL 1.16 side by side (TRL is a benchmark-only dependency).
+bench: $(STAMP)
+	$(BIN)/python -m pip install -q -c constraints.txt trl==1.16.0
+	$(BIN)/python benchmarks/compare_trl.py --steps 6 --limit 128
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache dpokit-demo

@@ -74,6 +74,7 @@ def test_prompt_leaving_no_room_is_a_bad_record(bpe):
     skipped = tokenize_examples([ex, Example("hi", (" a", " b"))], bpe, lenient)
     assert len(skipped.examples) == 1 and len(skipped.skipped) == 1
     assert skipped.examples[0].index == 1  # the dataset index survives the skip
+    assert skipped.skipped[0].reason == "prompt leaves no room for a response under max_length=8"  # groupable
 
 
 def test_empty_prompt_gets_a_start_token_so_every_response_token_is_scored(bpe):

@@ -104,7 +104,9 @@ def _add(result: TokenizeResult, ex: Example, index: int, prompt: list[int], res
         if s.on_bad_record == "error":
             raise DataError(reason + " (set data.prompt_truncation to keep_end or keep_start to cut prompts)",
                             source=ex.source, line=ex.line, field="prompt")
-        result.skipped.append(Skip(ex.source, ex.line, "prompt", reason.split(",")[0] + ", leaving no room"))
+        # a fixed reason, so the report groups these skips into one count
+        no_room = f"prompt leaves no room for a response under max_length={s.max_length}"
+        result.skipped.append(Skip(ex.source, ex.line, "prompt", no_room))
         return
     if longest > room:
         resps = [r[:room] for r in resps]
