@@ -1,0 +1,123 @@
+"""What both runners share: the command-line contract, peak memory, and how step times become one result line.
+
+Both runners take the same arguments and print the same JSON keys, so the driver (and a person) can compare them
+line by line. The first `--warmup` steps are dropped from every statistic in both systems alike: step 1 pays for
+allocator growth and lazy initialisation that a long run amortises.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class RunResult:
+    """One runner's output: a single JSON line on stdout (the last line the runner prints)."""
+
+    system: str  # "trl" | "dpokit"
+    mode: str
+    steps: int
+    batch_size: int
+    step_times_s: list[float]
+    step_tokens: list[int]  # non-pad tokens of each step's batch (prompt+chosen and prompt+rejected rows)
+    median_s_per_step: float
+    pairs_per_s: float  # batch_size / median step time
+    tokens_per_s: float  # median over measured steps of tokens_i / time_i
+    peak_rss_gib: float  # getrusage ru_maxrss: the whole process, model loading and data preparation included
+    peak_hwm_gib: float | None  # /proc/self/status VmHWM (same quantity, immune to rusage inherited across exec)
+    setup_s: float  # everything before step 1: loading, tokenization, and precomputed reference log-probs
+    first_batch: dict[str, float]  # loss, logps/chosen, logps/rejected, rewards/margins of step 1 (before update)
+    loadavg_1m: float  # at the end of the run; above the core count, other jobs were competing for the CPU
+    config: dict[str, object] = field(default_factory=dict)
+
+
+SHARED = ("steps", "warmup", "batch_size", "max_length", "beta", "lr", "optimizer", "max_grad_norm",
+          "gradient_checkpointing", "limit", "seed", "threads")  # passed by the driver to both runners unchanged
+
+
+def add_shared_args(parser: argparse.ArgumentParser) -> None:
+    """The arguments both runners accept with the same meaning (and the driver forwards to both)."""
+    parser.add_argument("--small", action="store_true", help="use the small development fixture")
+    parser.add_argument("--steps", type=int, default=3, help="optimizer steps")
+    parser.add_argument("--warmup", type=int, default=1, help="leading steps left out of the statistics")
+    parser.add_argument("--batch-size", type=int, default=8, help="pairs per optimizer step")
+    parser.add_argument("--max-length", type=int, default=256, help="prompt + response tokens per sequence")
+    parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--lr", type=float, default=1e-6)
+    parser.add_argument("--optimizer", choices=("adamw", "rmsprop"), default="adamw")
+    parser.add_argument("--max-grad-norm", type=float, default=10.0)
+    parser.add_argument("--gradient-checkpointing", choices=("off", "on"), default="off")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="use only the first N pairs, 0 for all (bounds tokenization and precompute time)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+
+
+def add_runner_args(parser: argparse.ArgumentParser) -> None:
+    """Shared arguments plus the two that differ per run: the reference weights and system-specific overrides."""
+    add_shared_args(parser)
+    parser.add_argument("--ref-model", default=None, help="reference weights (default: the policy's own)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="extra overrides for this system (dpokit dotted keys / DPOConfig fields)")
+
+
+def forward_args(args: argparse.Namespace) -> list[str]:
+    """The driver's values of the shared arguments, as runner command-line flags."""
+    argv = ["--small"] if args.small else []
+    for name in SHARED:
+        value = getattr(args, name)
+        if value is not None:
+            argv += [f"--{name.replace('_', '-')}", str(value)]
+    return argv
+
+
+def peak_rss_gib() -> float:
+    """ru_maxrss is in KiB on Linux."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def peak_hwm_gib() -> float | None:
+    status = Path("/proc/self/status")
+    if not status.exists():
+        return None
+    for line in status.read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    return None
+
+
+def summarize(system: str, mode: str, args: argparse.Namespace, times: list[float], tokens: list[int],
+              setup_s: float, first_batch: dict[str, float], config: dict[str, object]) -> RunResult:
+    """Median s/step and per-step rates over the steps after warm-up (all steps if there are no others)."""
+    keep = slice(args.warmup, None) if len(times) > args.warmup else slice(None)
+    measured, measured_tokens = times[keep], tokens[keep]
+    median = statistics.median(measured)
+    return RunResult(
+        system=system, mode=mode, steps=len(times), batch_size=args.batch_size,
+        step_times_s=times, step_tokens=tokens, median_s_per_step=median,
+        pairs_per_s=args.batch_size / median,
+        tokens_per_s=statistics.median(n / t for n, t in zip(measured_tokens, measured, strict=True)),
+        peak_rss_gib=peak_rss_gib(), peak_hwm_gib=peak_hwm_gib(), setup_s=setup_s,
+        first_batch=first_batch, loadavg_1m=os.getloadavg()[0], config=config,
+    )
+
+
+def emit(result: RunResult) -> None:
+    print(json.dumps(asdict(result)), flush=True)
+
+
+def parse_sets(items: list[str]) -> dict[str, str]:
+    """["a=1", "b.c=x"] -> {"a": "1", "b.c": "x"}; values stay strings (each system parses its own)."""
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        pairs[key.strip()] = value
+    return pairs

@@ -1,0 +1,119 @@
+"""dpokit side of the TRL comparison: N optimizer steps through `dpokit.train.loop.train`, one JSON line out.
+
+Step times are dpokit's own `step_time_s` from metrics.jsonl (forward, backward, clip, optimizer step; batch
+collation excluded, as the TRL runner's callback excludes it). Modes are presets of config overrides; `--set` adds
+any dotted key on top, so new fast paths are benchmarked without touching this file:
+
+    python benchmarks/run_dpokit.py --small --steps 3 --mode default
+    python benchmarks/run_dpokit.py --mode precomputed --limit 256
+    python benchmarks/run_dpokit.py --mode default --set model.gradient_checkpointing=true
+
+Truncation: `--truncation matched` (default) never cuts the prompt and cuts responses to the room left, dropping
+pairs whose prompt alone fills max_length: token for token what TRL 1.16 does with `truncation_mode="keep_start"`.
+`--truncation native` uses dpokit's default instead (prompt cut to its last max_length // 2 tokens first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import fixture
+from measure import RunResult, add_runner_args, emit, summarize
+
+MODES: dict[str, list[str]] = {
+    "default": [],  # every fast path on (packing, shared prompt, chunked LM head), frozen-copy reference
+    "precomputed": ["reference.mode=precomputed"],
+    # the least memory: no reference model in memory while training, activations recomputed in backward
+    "lean": ["reference.mode=precomputed", "model.gradient_checkpointing=true"],
+    "lora": ["model.lora.enabled=true"],
+}
+TRUNCATION = {
+    "matched": ["data.prompt_truncation=none", "data.on_bad_record=skip"],
+    "native": ["data.on_bad_record=skip"],
+}
+FIRST_BATCH_KEYS = ("loss", "logps/chosen", "logps/rejected", "rewards/margins")
+
+
+def overrides(args: argparse.Namespace, fix: fixture.Fixture, workdir: Path) -> list[str]:
+    """Dotted overrides, in precedence order: the shared benchmark settings, the mode preset, then `--set`."""
+    base = [
+        f"model.name_or_path={fix.model}",
+        f"data.path={fix.pairs}", "data.format=explicit", f"data.max_length={args.max_length}",
+        f"loss.beta={args.beta}", f"train.lr={args.lr}", f"train.optimizer={args.optimizer}",
+        f"train.max_grad_norm={args.max_grad_norm}", f"train.batch_size={args.batch_size}",
+        f"train.max_steps={args.steps}", f"train.seed={args.seed}", "train.shuffle=false",
+        "train.save=false", "train.progress=false", "train.log_every=1", "train.precision=fp32",
+        f"train.output_dir={workdir / 'run'}", f"reference.cache_dir={workdir / 'ref-cache'}",
+        f"model.gradient_checkpointing={'true' if args.gradient_checkpointing == 'on' else 'false'}",
+    ]
+    if args.limit:
+        base.append(f"data.limit={args.limit}")
+    if args.ref_model:
+        base.append(f"reference.name_or_path={args.ref_model}")
+    return base + TRUNCATION[args.truncation] + MODES[args.mode] + list(args.set)
+
+
+def run(args: argparse.Namespace) -> RunResult:
+    import torch
+
+    from dpokit import config as config_io
+    from dpokit.train.loop import train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    fix = fixture.build(args.small)
+    with tempfile.TemporaryDirectory(prefix="bench-dpokit-") as tmp:
+        items = overrides(args, fix, Path(tmp))
+        cfg = config_io.build_config(None, config_io.parse_overrides(items))
+        first_step = _record_first_step()
+        start = time.perf_counter()
+        summary = train(cfg)
+        total = time.perf_counter() - start
+        rows = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r.get("split") == "train"]
+    times = [r["step_time_s"] for r in steps]
+    tokens = [round(r["tokens_per_s"] * r["step_time_s"]) for r in steps]
+    first = {k: steps[0][k] for k in FIRST_BATCH_KEYS if steps[0].get(k) is not None}
+    config = {"overrides": items, "torch_threads": torch.get_num_threads(), "train_pairs": summary.train_pairs}
+    setup = first_step[0] - start if first_step else total - sum(times)
+    return summarize("dpokit", args.mode, args, times, tokens, setup, first, config)
+
+
+def _record_first_step() -> list[float]:
+    """Wraps the loop's `train_step` to note when step 1 begins, so setup time ends where TRL's does.
+
+    Measurement only: the wrapped function runs unchanged. If the loop stops calling a module-level `train_step`,
+    the list stays empty and setup falls back to total time minus the step times.
+    """
+    from dpokit.train import loop
+
+    stamps: list[float] = []
+    inner = getattr(loop, "train_step", None)
+    if inner is None:
+        return stamps
+
+    def timed(*args, **kwargs):
+        if not stamps:
+            stamps.append(time.perf_counter())
+        return inner(*args, **kwargs)
+
+    loop.train_step = timed
+    return stamps
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_runner_args(parser)
+    parser.add_argument("--mode", choices=sorted(MODES), default="default")
+    parser.add_argument("--truncation", choices=sorted(TRUNCATION), default="matched")
+    args = parser.parse_args(argv)
+    emit(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
