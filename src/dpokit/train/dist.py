@@ -68,6 +68,12 @@ class Parallel:
     def barrier(self) -> None:
         self.accelerator.wait_for_everyone()
 
+    def close(self) -> None:
+        """Tears the process group down before the interpreter exits: left to process exit, gloo's threads can
+        abort the process ("terminate called without an active exception") after the work is done."""
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
     def replica_digests(self, model: torch.nn.Module) -> list[str]:
         """A hash of this process's trainable weights, gathered from every process: all equal iff in sync."""
         h = hashlib.blake2b(digest_size=8)

@@ -72,6 +72,14 @@ def train(cfg: Config, chosen_only: bool = False, callback: Callback | None = No
     """
     start = time.perf_counter()
     run = build_run(cfg, chosen_only)
+    try:
+        return _train(run, callback, start)
+    finally:
+        run.parallel.close()
+
+
+def _train(run: Run, callback: Callback | None, start: float) -> RunSummary:
+    cfg = run.cfg
     main = run.parallel.is_main
     first_step = _resume(run)
     order = _order(run, first_step)
