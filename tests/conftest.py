@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from dpokit.tiny import tiny_llama, train_bpe_tokenizer
 
@@ -19,6 +20,16 @@ def hh_texts(limit: int | None = None) -> list[str]:
     with gzip.open(HH_PATH, "rt", encoding="utf-8") as f:
         rows = [json.loads(line) for _, line in zip(range(limit or 10**9), f, strict=False)]
     return [t for r in rows for t in (r["chosen"], r["rejected"])]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny models: a second torch thread gains little, and stalls badly when other processes share
+    the cores (each op waits at a barrier for a descheduled thread). Use with `pytest.mark.usefixtures`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

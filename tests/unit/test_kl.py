@@ -28,14 +28,7 @@ VOCAB, EOS, PAD, MAX_NEW = 6, 0, 1, 3
 PROMPTS = ([2, 3], [4])  # different lengths: sampling left-pads, the KL forward right-pads
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: a second torch thread gains little, and stalls badly when other processes share the
-    cores (each op waits at a barrier for a descheduled thread)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _llama(vocab: int, seed: int, scale: float = 1.0) -> LlamaForCausalLM:

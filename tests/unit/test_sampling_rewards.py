@@ -17,14 +17,7 @@ TEXTS = ["the acting was great. i loved it.", "the plot was dull, but the music 
          "it is about a chef who opens a restaurant.", "what a terrible film!"] * 20
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: a second torch thread gains little, and stalls badly when other processes share the
-    cores (each op waits at a barrier for a descheduled thread)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
