@@ -113,6 +113,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    _quiet_transformers()
     try:
         return _run(args)
     except DpokitError as err:
@@ -121,6 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dpokit: interrupted", file=sys.stderr)
         return 130
+
+
+def _quiet_transformers() -> None:
+    """transformers draws a bar for every weight load and save; dpokit's own bars say what is happening."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def _run(args: argparse.Namespace) -> int:
