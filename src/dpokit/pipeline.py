@@ -137,8 +137,12 @@ def check_layout(model: torch.nn.Module, examples: list[TokenizedExample], layou
     was_training = model.training
     model.eval()
     try:
-        fast = sequence_logps(model, layout(sample, pad_id, unpaired), chunk_size).logps
         plain = sequence_logps(model, Layout()(sample, pad_id, unpaired)).logps
+        try:
+            fast = sequence_logps(model, layout(sample, pad_id, unpaired), chunk_size).logps
+        except Exception as err:  # any architecture-specific refusal of position_ids / 4D masks means: use plain
+            return Layout(), (f"packed/shared-prompt forward failed for this model ({type(err).__name__}: {err}); "
+                              "using plain padded batches")
     finally:
         model.train(was_training)
     tolerance = 1e-3 if next(model.parameters()).dtype == torch.float32 else 5e-2

@@ -119,3 +119,60 @@ def test_check_layout_falls_back_to_plain_when_the_fast_path_disagrees(tokenizer
     model.config.final_logit_softcapping = 0.5
     layout, warning = check_layout(model, examples, fast, PAD, False, 16)
     assert layout.plain and "using plain padded batches" in warning
+
+
+def _architectures():
+    from transformers import (
+        GemmaConfig,
+        GemmaForCausalLM,
+        GPT2Config,
+        GPT2LMHeadModel,
+        GPTNeoXConfig,
+        GPTNeoXForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        PhiConfig,
+        PhiForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
+
+    small = dict(vocab_size=128, num_hidden_layers=2, num_attention_heads=4, hidden_size=64, intermediate_size=128)
+    return {
+        "gpt2": lambda: GPT2LMHeadModel(GPT2Config(vocab_size=128, n_layer=2, n_head=4, n_embd=64, bos_token_id=0,
+                                                   eos_token_id=0)),
+        "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**small, num_key_value_heads=2)),
+        "mistral": lambda: MistralForCausalLM(MistralConfig(**small, num_key_value_heads=2)),
+        "gemma": lambda: GemmaForCausalLM(GemmaConfig(**small, num_key_value_heads=2, head_dim=16)),
+        "phi": lambda: PhiForCausalLM(PhiConfig(**small)),
+        "gpt_neox": lambda: GPTNeoXForCausalLM(GPTNeoXConfig(**small)),
+    }
+
+
+@pytest.mark.parametrize("arch", sorted(_architectures()))
+def test_fast_path_holds_across_architectures(arch):
+    """Learned/rotary/partial-rotary positions, GQA, parallel blocks: packed log-probs equal plain ones."""
+    from dpokit.pipeline import Layout, check_layout
+
+    torch.manual_seed(0)
+    model = _architectures()[arch]().eval()
+    examples = make_examples([(7, (6, 13)), (3, (10, 3))], vocab=100)
+    fast = Layout(packing=True, shared_prompt=True, row_length=64)
+    assert check_layout(model, examples, fast, PAD, False, 16) == (fast, None)
+
+
+def test_check_layout_falls_back_when_the_fast_forward_raises(tokenizer, monkeypatch):
+    import dpokit.pipeline as pipeline
+    from dpokit.data.packing import PackedBatch
+
+    real = pipeline.sequence_logps
+
+    def refuses_packed(model, batch, chunk_size=1024):
+        if isinstance(batch, PackedBatch):
+            raise ValueError("4D masks are not supported by this attention")
+        return real(model, batch, chunk_size)
+
+    monkeypatch.setattr(pipeline, "sequence_logps", refuses_packed)
+    model = tiny_llama(tokenizer, hidden_size=36, num_layers=1, num_heads=3, seed=5)
+    layout, warning = pipeline.check_layout(model, make_examples(ODD_PAIRS), pipeline.Layout(True, True), PAD, False, 8)
+    assert layout.plain and "ValueError: 4D masks are not supported" in warning
