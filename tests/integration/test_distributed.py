@@ -26,19 +26,32 @@ def common(model_dir, hh_path, out):
             "data.eval_fraction=0.2", "train.optimizer=adamw", "train.progress=false"]
 
 
-def test_two_processes_equal_one_process_with_accumulation(model_dir, hh_path, tmp_path):
-    two = tmp_path / "ddp"
+MODES = {
+    "ddp": [],
+    # sharded weights, gradients and optimizer state; the reference must be cached (a copy would be unsharded)
+    "fsdp": ["train.fsdp=true", "reference.mode=precomputed"],
+}
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_two_processes_equal_one_process_with_accumulation(model_dir, hh_path, tmp_path, mode):
+    extra = [*MODES[mode], f"reference.cache_dir={tmp_path / 'cache'}"]
+    two = tmp_path / mode
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-              "--master_port", str(free_port()), "-m", "dpokit", *common(model_dir, hh_path, two)]
+              "--master_port", str(free_port()), "-m", "dpokit", *common(model_dir, hh_path, two), *extra]
     done = subprocess.run(launch, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((two / "summary.json").read_text())
     assert summary["processes"] == 2
-    digests = summary["replica_digests"]
-    assert len(digests) == 2 and digests[0] == digests[1]  # (a) both ranks hold identical parameters
+    if mode == "ddp":
+        digests = summary["replica_digests"]
+        assert len(digests) == 2 and digests[0] == digests[1]  # (a) both ranks hold identical parameters
+    else:
+        assert summary["sharded"] is True  # each rank held half: the gathered model is compared below
 
     one = tmp_path / "single"
-    assert main([*common(model_dir, hh_path, one), "train.grad_accum=2"]) == 0
+    single_extra = [e for e in extra if not e.startswith("train.fsdp")]
+    assert main([*common(model_dir, hh_path, one), "train.grad_accum=2", *single_extra]) == 0
     a, b = load_file(str(two / "model.safetensors")), load_file(str(one / "model.safetensors"))
     assert set(a) == set(b)
     for name in a:  # (b) the same model as one process at the same global batch

@@ -9,6 +9,7 @@ across processes, so N processes compute what one process with `grad_accum × N`
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 
 import torch
@@ -44,17 +45,39 @@ class Parallel:
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
         self.device = self.accelerator.device
+        self.sharded = False  # set by wrap(shard=True) with several processes
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def wrap(self, engine: PolicyLogps) -> torch.nn.Module:
+    def wrap(self, engine: PolicyLogps, shard: bool = False) -> torch.nn.Module:
+        """DDP through accelerate, or with `shard` FSDP2: each transformer block, then the engine, fully sharded."""
+        self.sharded = shard and self.world > 1
+        if self.sharded:
+            from torch.distributed.fsdp import fully_shard
+
+            blocks = set(getattr(engine.model, "_no_split_modules", None) or [])
+            for module in engine.model.modules():
+                if type(module).__name__ in blocks:
+                    fully_shard(module)
+            fully_shard(engine)
+            return engine
         return self.accelerator.prepare_model(engine) if self.world > 1 else engine
 
     def no_sync(self, engine: torch.nn.Module, skip: bool):
-        """Accumulating micro-batches need no all-reduce until the last one."""
-        return self.accelerator.no_sync(engine) if skip and self.world > 1 else contextlib.nullcontext()
+        """Accumulating micro-batches need no all-reduce until the last one (sharded: reduce-scatter every time)."""
+        if skip and self.world > 1 and not self.sharded:
+            return self.accelerator.no_sync(engine)
+        return contextlib.nullcontext()
+
+    def full_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """Every process's part gathered into whole tensors (a collective: all processes must call it)."""
+        out = {}
+        for name, tensor in model.state_dict().items():
+            full = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+            out[name] = full.detach().cpu().contiguous()
+        return out
 
     def sum(self, values: list[float]) -> list[float]:
         if self.world == 1:
@@ -69,13 +92,22 @@ class Parallel:
         self.accelerator.wait_for_everyone()
 
     def close(self) -> None:
-        """Tears the process group down before the interpreter exits: left to process exit, gloo's threads can
-        abort the process ("terminate called without an active exception") after the work is done."""
+        """Tears the process group down before the interpreter exits. Left to process exit, the group outlives its
+        last user (a DDP reducer holds it) and gloo's threads can abort the process at shutdown ("terminate called
+        without an active exception"). The caller drops its wrapped modules first; accelerate's references go here.
+        """
         if self.world > 1 and torch.distributed.is_initialized():
+            self.accelerator.free_memory()
+            gc.collect()
             torch.distributed.destroy_process_group()
 
     def replica_digests(self, model: torch.nn.Module) -> list[str]:
-        """A hash of this process's trainable weights, gathered from every process: all equal iff in sync."""
+        """A hash of this process's trainable weights, gathered from every process: all equal iff in sync.
+
+        Sharded weights are not replicas (each process holds its own part): no digests then.
+        """
+        if self.sharded:
+            return []
         h = hashlib.blake2b(digest_size=8)
         for _, p in sorted(model.named_parameters()):
             if p.requires_grad:

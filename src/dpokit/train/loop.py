@@ -58,6 +58,7 @@ class RunSummary:
     notes: list[str]
     processes: int = 1
     replica_digests: list[str] | None = None  # hash of each process's weights at the end: all equal when in sync
+    sharded: bool = False  # FSDP: each process held only its part of weights, gradients and optimizer state
 
 
 def train(cfg: Config, chosen_only: bool = False, callback: Callback | None = None) -> RunSummary:
@@ -75,6 +76,7 @@ def train(cfg: Config, chosen_only: bool = False, callback: Callback | None = No
     try:
         return _train(run, callback, start)
     finally:
+        run.trainee.engine = run.eval_trainee.engine = None  # the DDP wrapper goes before its process group
         run.parallel.close()
 
 
@@ -96,6 +98,10 @@ def _train(run: Run, callback: Callback | None, start: float) -> RunSummary:
             if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < run.steps:
                 _evaluate(run, step + 1, writer, callback)
             stopping = run.parallel.any(stop.signum is not None)  # every process stops after the same step
+            if stopping and run.parallel.sharded:
+                raise Interrupted(f"stopped by signal {stop.signum or signal.SIGTERM} after step {step + 1}/"
+                                  f"{run.steps}; no checkpoint: train.fsdp does not support checkpoints yet",
+                                  stop.signum or signal.SIGTERM)
             if stopping or (cfg.train.save_every and (step + 1) % cfg.train.save_every == 0):
                 path = _checkpoint(run, step + 1, writer)
                 if stopping:
@@ -105,10 +111,12 @@ def _train(run: Run, callback: Callback | None, start: float) -> RunSummary:
     final_eval = _evaluate(run, run.steps, writer, callback)
     writer.close()
     digests = _check_replicas(run)
-    if cfg.train.save and main:
-        save_model(run.policy, run.tokenizer, run.out_dir)
+    if cfg.train.save:
+        state = run.parallel.full_state(run.policy) if run.parallel.sharded else None  # every process takes part
+        if main:
+            save_model(run.policy, run.tokenizer, run.out_dir, state)
     summary = RunSummary(str(run.out_dir), run.steps, len(run.data.train), len(run.data.eval), last, final_eval,
-                         time.perf_counter() - start, run.notes, run.parallel.world, digests)
+                         time.perf_counter() - start, run.notes, run.parallel.world, digests, run.parallel.sharded)
     if main:
         (run.out_dir / "summary.json").write_text(json.dumps(summary.__dict__, indent=2))
     return summary
@@ -227,10 +235,13 @@ class StopSignals:
             signal.signal(sig, handler)
 
 
-def save_model(policy: torch.nn.Module, tokenizer, out_dir: Path) -> None:
-    """safetensors weights + tokenizer. A LoRA policy is saved merged (loadable anywhere) plus its adapter."""
+def save_model(policy: torch.nn.Module, tokenizer, out_dir: Path, state: dict | None = None) -> None:
+    """safetensors weights + tokenizer. A LoRA policy is saved merged (loadable anywhere) plus its adapter.
+
+    `state`: the gathered weights of a sharded policy (its own parameters hold only this process's part).
+    """
     if hasattr(policy, "merge_and_unload"):
         policy.save_pretrained(out_dir / "adapter")
         policy = policy.merge_and_unload()
-    policy.save_pretrained(out_dir, safe_serialization=True)
+    policy.save_pretrained(out_dir, safe_serialization=True, state_dict=state)
     tokenizer.save_pretrained(out_dir)

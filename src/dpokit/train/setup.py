@@ -92,7 +92,7 @@ def build_run(cfg: Config, chosen_only: bool = False) -> Run:
     with parallel.accelerator.main_process_first():  # a precomputed reference is computed once, then loaded
         train_ref, eval_ref = build_reference(cfg, policy, objective, data, pad, device, layout)
     policy.train()
-    engine = parallel.wrap(PolicyLogps(policy, chunk))
+    engine = parallel.wrap(PolicyLogps(policy, chunk), shard=cfg.train.fsdp)
     autocast = autocast_for(cfg.train.precision, device)
     steps = total_steps(cfg, len(data.train), parallel.world)
     optimizer = build_optimizer(policy.parameters(), cfg.train)

@@ -85,6 +85,8 @@ def train_step(
         tokens += _real_tokens(batch)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf"))
+    if hasattr(grad_norm, "full_tensor"):  # sharded gradients give a distributed norm
+        grad_norm = grad_norm.full_tensor()
     if trainee.parallel:
         metrics.reduce(trainee.parallel.sum)
         tokens = int(trainee.parallel.sum([tokens])[0])
@@ -119,7 +121,10 @@ def evaluate(trainee: Trainee, batches) -> dict[str, float]:
     was_training = trainee.policy.training
     trainee.policy.eval()
     metrics = PreferenceMetrics()
-    rank, world = (trainee.parallel.rank, trainee.parallel.world) if trainee.parallel else (0, 1)
+    # processes split the batches between them, except when sharded: every forward is then a collective that all
+    # processes must join, so each evaluates every batch (and the sums need no reduction)
+    split = trainee.parallel is not None and not trainee.parallel.sharded
+    rank, world = (trainee.parallel.rank, trainee.parallel.world) if split else (0, 1)
     try:
         for i, batch in enumerate(batches):
             if i % world == rank:  # each process evaluates its share; the sums are combined below
@@ -127,6 +132,6 @@ def evaluate(trainee: Trainee, batches) -> dict[str, float]:
                 metrics.add(fwd.out, fwd.logps, batch.labels)
     finally:
         trainee.policy.train(was_training)
-    if trainee.parallel:
+    if split:
         metrics.reduce(trainee.parallel.sum)
     return {**metrics.means(), "num_pairs": metrics.num_examples}
