@@ -55,7 +55,11 @@ def selected_token_logps(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 def sequence_logps(model: torch.nn.Module, batch: Batch | PackedBatch, chunk_size: int = 1024) -> SequenceLogps:
-    """Response log-probs of every example and response in `batch`, by the batch's layout."""
+    """Response log-probs of every example and response in `batch`, by the batch's layout.
+
+    Batches are built on the CPU; they move to the model's device here (a no-op when already there).
+    """
+    batch = batch.to(next(model.parameters()).device)
     if isinstance(batch, PackedBatch):
         return packed_sequence_logps(model, batch, chunk_size)
     return padded_sequence_logps(model, batch)

@@ -48,6 +48,7 @@ class Trainee:
 
 def forward(trainee: Trainee, batch: Batch | PackedBatch) -> Forward:
     """Policy (with grad) and reference (without) log-probs of every response, then the objective."""
+    batch = batch.to(next(trainee.policy.parameters()).device)  # so reference rows and labels share its device
     with trainee.autocast():
         logps = trainee.engine(batch)
     ref = trainee.reference.logps(batch) if trainee.reference is not None else None
