@@ -96,7 +96,7 @@ class TrainConfig:
     shared_prompt: bool = True  # compute each prompt once for all of its responses
     row_length: int | None = None  # packed row capacity in tokens; null: data.max_length (or the longest example)
     logps_chunk_size: int = 1024  # response tokens per LM-head chunk (0: all at once); bounds logits memory
-    fsdp: bool = False  # with several processes: shard weights, grads and optimizer state (FSDP2 full shard)
+    fsdp: bool = False  # with several processes: shard weights, grads, optimizer state, reference (FSDP2)
     eval_every: int = 0  # run held-out evaluation every N steps (0: only at the end, if there is eval data)
     eval_batch_size: int | None = None  # defaults to batch_size
     log_every: int = 1  # write a metrics line every N optimizer steps
@@ -298,7 +298,6 @@ def validate(config: Config, *, require: tuple[str, ...] = ()) -> None:
             raise ConfigError(f"config key '{key}' must be >= 0, got {flat[key]}")
     for key in ("data.path", "data.eval_path"):
         _check_local_path(key, flat[key])
-    _check_fsdp(config)
     for key in ("model.name_or_path", "model.tokenizer", "reference.name_or_path"):
         _check_model_dir(key, flat[key])
 
@@ -306,20 +305,6 @@ def validate(config: Config, *, require: tuple[str, ...] = ()) -> None:
 def _looks_local(value: str) -> bool:
     """True if `value` cannot be a hub name ("name" or "owner/name"), so it names something on this machine."""
     return value.startswith(("/", "./", "../", "~")) or value.count("/") > 1
-
-
-def _check_fsdp(config: Config) -> None:
-    """What sharded training supports so far: a cached (or no) reference, full fine-tuning, no checkpoints."""
-    t = config.train
-    if not t.fsdp:
-        return
-    if config.reference.mode not in ("precomputed", "none") and not config.loss.reference_free:
-        raise ConfigError("train.fsdp needs reference.mode=precomputed (or a reference-free loss): a frozen copy "
-                          "would be a full, unsharded model on every process")
-    if config.model.lora.enabled:
-        raise ConfigError("train.fsdp does not support model.lora.enabled yet")
-    if t.save_every or t.resume:
-        raise ConfigError("train.fsdp does not support checkpoints (train.save_every, train.resume) yet")
 
 
 def _check_local_path(key: str, value: str | None) -> None:

@@ -9,6 +9,7 @@ Two paths give the same numbers (tests check loss and gradients):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -136,3 +137,23 @@ def _chunk_logps(hidden: Tensor, targets: Tensor, head: torch.nn.Module, softcap
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+class PolicyLogps(torch.nn.Module):
+    """The policy as a module whose forward returns response log-probs.
+
+    Wrappers hook the *forward* of the module they wrap: DDP prepares its gradient all-reduce there, FSDP gathers
+    the root's sharded weights (embeddings, final norm, LM head) there. Calling the inner model's backbone directly
+    would bypass them, so the whole log-prob computation, packed paths included, runs inside this module's forward.
+    """
+
+    def __init__(self, model: torch.nn.Module, chunk_size: int = 1024):
+        super().__init__()
+        self.model = model
+        self.chunk_size = chunk_size
+
+    def forward(self, batch: Batch | PackedBatch) -> SequenceLogps:
+        out = sequence_logps(self.model, batch, self.chunk_size)
+        # no view in the output: FSDP hooks the outputs for backward, and an in-place op on a view would lose the hook
+        parts = (getattr(out, f.name) for f in dataclasses.fields(out))
+        return SequenceLogps(*(t.clone() if t._is_view() else t for t in parts))

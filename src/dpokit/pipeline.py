@@ -186,13 +186,13 @@ def build_reference(cfg: Config, policy: torch.nn.Module, objective: Objective, 
         raise ConfigError(f"loss '{objective}' needs a reference model; set reference.mode or loss.reference_free=true")
     if mode == "adapter" and not cfg.model.lora.enabled:
         raise ConfigError("reference.mode=adapter needs model.lora.enabled=true")
-    autocast = autocast_for(cfg.train.precision, device)
+    autocast, chunk = autocast_for(cfg.train.precision, device), cfg.train.logps_chunk_size
     if cfg.reference.name_or_path:
-        live: Reference = FrozenModel(load_model(cfg.reference.name_or_path, cfg.model).to(device), autocast)
+        live: Reference = FrozenModel(load_model(cfg.reference.name_or_path, cfg.model).to(device), autocast, chunk)
     elif cfg.model.lora.enabled:
-        live = AdapterOff(policy, autocast)
+        live = AdapterOff(policy, autocast, chunk)
     else:
-        live = FrozenModel(copy.deepcopy(policy), autocast)
+        live = FrozenModel(copy.deepcopy(policy), autocast, chunk)
     if mode != "precomputed":
         return live, live
     if objective.unpaired:

@@ -3,6 +3,8 @@
 Three implementations, interchangeable (tests check they agree):
 - `FrozenModel`: a separate frozen copy of the starting weights (eval mode, no grad).
 - `AdapterOff`: with LoRA, the policy itself with its adapter disabled: no second copy in memory.
+Both compute through `engine`, a `PolicyLogps` over their model; under FSDP it is the sharded (root) module, whose
+forward every process must join, so it is swapped in after sharding.
 - `Cached`: log-probs computed once over the whole dataset and stored on disk, keyed by the reference weights, the
   token ids (so data and tokenization settings) and the precision; a β sweep or a second epoch never recomputes them.
 """
@@ -23,7 +25,7 @@ from tqdm.auto import tqdm
 
 from dpokit.data.collate import Batch
 from dpokit.data.tokenize import TokenizedExample
-from dpokit.logprobs import sequence_logps
+from dpokit.logprobs import PolicyLogps
 
 CACHE_FORMAT = "dpokit-reference-logps-v1"
 
@@ -35,22 +37,24 @@ class Reference(Protocol):
 
 
 class FrozenModel:
-    def __init__(self, model: torch.nn.Module, autocast=contextlib.nullcontext):
+    def __init__(self, model: torch.nn.Module, autocast=contextlib.nullcontext, chunk_size: int = 1024):
         self.model = model.eval().requires_grad_(False)
         self.autocast = autocast
+        self.engine: torch.nn.Module = PolicyLogps(self.model, chunk_size)
 
     @torch.no_grad()
     def logps(self, batch: Batch) -> Tensor:
         with self.autocast():
-            return sequence_logps(self.model, batch).logps
+            return self.engine(batch).logps
 
 
 class AdapterOff:
     """The peft policy with its adapter disabled (and in eval mode) for the duration of the forward."""
 
-    def __init__(self, peft_model: torch.nn.Module, autocast=contextlib.nullcontext):
+    def __init__(self, peft_model: torch.nn.Module, autocast=contextlib.nullcontext, chunk_size: int = 1024):
         self.model = peft_model
         self.autocast = autocast
+        self.engine: torch.nn.Module = PolicyLogps(peft_model, chunk_size)
 
     @torch.no_grad()
     def logps(self, batch: Batch) -> Tensor:
@@ -58,7 +62,7 @@ class AdapterOff:
         self.model.eval()
         try:
             with self.model.disable_adapter(), self.autocast():
-                return sequence_logps(self.model, batch).logps
+                return self.engine(batch).logps
         finally:
             self.model.train(was_training)
 

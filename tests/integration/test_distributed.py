@@ -1,17 +1,24 @@
 """Two real processes (torchrun, gloo on CPU): gradients are all-reduced, and the run equals one process that
-accumulates the same global batch (the bug TRL shipped as issue #7245 would fail both checks)."""
+accumulates the same global batch (the bug TRL shipped as issue #7245 would fail both checks); sharded (FSDP) runs
+with every kind of reference, launched the way accelerate's FSDP config launches them; kill-and-resume when sharded."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
 from dpokit.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -26,38 +33,63 @@ def common(model_dir, hh_path, out):
             "data.eval_fraction=0.2", "train.optimizer=adamw", "train.progress=false"]
 
 
+def torchrun(*args, port=None) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+            "--master_port", str(port or free_port()), "-m", "dpokit", *args]
+
+
+def accelerate_fsdp_env() -> dict[str, str]:
+    """The environment `accelerate launch --config_file configs/accelerate_fsdp.yaml` gives each process, built by
+    accelerate's own launcher code (its launcher itself will not start FSDP without GPUs; torchrun starts it here)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    parsed = launch_command_parser().parse_args(
+        ["--config_file", str(REPO / "configs" / "accelerate_fsdp.yaml"), "--num_processes", "2", "-m", "dpokit"])
+    env = prepare_multi_gpu_env(_validate_launch_command(parsed)[0])
+    assert env["ACCELERATE_USE_FSDP"] == "true" and env["FSDP_VERSION"] == "2"
+    return {k: v for k, v in env.items() if k.startswith(("ACCELERATE_", "FSDP_"))}
+
+
+# mode: (extra args of the 2-process run, extra args of the 1-process run, environment of the 2-process run)
 MODES = {
-    "ddp": [],
-    # sharded weights, gradients and optimizer state; the reference must be cached (a copy would be unsharded)
-    "fsdp": ["train.fsdp=true", "reference.mode=precomputed"],
+    "ddp": ([], [], {}),
+    # sharded policy; the frozen-copy reference is sharded the same way
+    "fsdp": (["train.fsdp=true"], [], {}),
+    # sharded LoRA policy; the reference is the policy with its adapter off, computed through the sharded model
+    "fsdp-lora": (["train.fsdp=true", "model.lora.enabled=true"], ["model.lora.enabled=true"], {}),
+    # FSDP asked for by accelerate's config, cached reference log-probs
+    "fsdp-accelerate": (["reference.mode=precomputed"], ["reference.mode=precomputed"], "accelerate"),
 }
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_two_processes_equal_one_process_with_accumulation(model_dir, hh_path, tmp_path, mode):
-    extra = [*MODES[mode], f"reference.cache_dir={tmp_path / 'cache'}"]
+    two_extra, one_extra, env = MODES[mode]
+    env = accelerate_fsdp_env() if env == "accelerate" else env
+    cache = f"reference.cache_dir={tmp_path / 'cache'}"
     two = tmp_path / mode
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-              "--master_port", str(free_port()), "-m", "dpokit", *common(model_dir, hh_path, two), *extra]
-    done = subprocess.run(launch, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(torchrun(*common(model_dir, hh_path, two), *two_extra, cache), capture_output=True,
+                          text=True, timeout=600, env={**os.environ, **env})
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((two / "summary.json").read_text())
     assert summary["processes"] == 2
     if mode == "ddp":
         digests = summary["replica_digests"]
         assert len(digests) == 2 and digests[0] == digests[1]  # (a) both ranks hold identical parameters
+        assert summary["sharded"] is False
     else:
         assert summary["sharded"] is True  # each rank held half: the gathered model is compared below
 
     one = tmp_path / "single"
-    single_extra = [e for e in extra if not e.startswith("train.fsdp")]
-    assert main([*common(model_dir, hh_path, one), "train.grad_accum=2", *single_extra]) == 0
+    assert main([*common(model_dir, hh_path, one), "train.grad_accum=2", *one_extra, cache]) == 0
     a, b = load_file(str(two / "model.safetensors")), load_file(str(one / "model.safetensors"))
     assert set(a) == set(b)
     for name in a:  # (b) the same model as one process at the same global batch
         assert (a[name] - b[name]).abs().max().item() <= 1e-5, name
-    assert (a["model.embed_tokens.weight"] - load_file(str(model_dir / "model.safetensors"))[
-        "model.embed_tokens.weight"]).abs().max() > 1e-4  # and training really moved the weights
+    start = load_file(str(model_dir / "model.safetensors"))
+    moved = max((a[n] - start[n]).abs().max().item() for n in a)
+    assert moved > 1e-4  # and training really moved the weights
 
     def rows(path):
         return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
@@ -67,3 +99,51 @@ def test_two_processes_equal_one_process_with_accumulation(model_dir, hh_path, t
         for key in ("loss", "rewards/margins", "grad_norm", "num_pairs"):
             if key in x:
                 assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-6), key
+
+
+DETERMINISTIC = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "grad_norm", "lr", "num_pairs")
+
+
+def test_sharded_run_killed_by_sigterm_resumes_bit_for_bit(model_dir, hh_path, tmp_path):
+    """SIGTERM to the launcher (as a scheduler preempting the job sends it): both processes finish the same step,
+    each writes its shard of weights and optimizer state, and `--resume` continues exactly."""
+
+    def run_args(out, *extra):
+        return [*common(model_dir, hh_path, out), "--max-steps", "16", "train.fsdp=true", "train.eval_every=8",
+                "train.save=false", *extra]
+
+    def metrics(out):
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r["split"], {k: r[k] for k in DETERMINISTIC if k in r}) for r in rows]
+
+    whole = tmp_path / "whole"
+    done = subprocess.run(torchrun(*run_args(whole)), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(torchrun(*run_args(cut)), stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (cut / "metrics.jsonl").is_file() and len((cut / "metrics.jsonl").read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0, err[-3000:]
+    assert "continue with the same command plus --resume" in err, err[-3000:]
+    saved = list((cut / "checkpoints").glob("step-*"))
+    assert len(saved) == 1
+    assert sorted(p.name for p in saved[0].glob("model*")) == ["model-rank00000.safetensors",
+                                                               "model-rank00001.safetensors"]
+    done_steps = len([m for m in metrics(cut) if m[1] == "train"])
+    assert 3 <= done_steps < 16  # really stopped mid-run
+
+    done = subprocess.run(torchrun(*run_args(cut, "--resume")), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert metrics(cut) == metrics(whole)  # weights, optimizer shards, data order and RNG restored exactly
+
+    # a sharded checkpoint cannot be resumed by a replicated run: a clear error, not a wrong model
+    code = main([*common(model_dir, hh_path, cut), "--max-steps", "16", "train.save=false",
+                 f"train.resume={saved[0]}"])
+    assert code == 2

@@ -50,9 +50,6 @@ def test_bad_keys_and_types_name_the_key(values, message):
         ({"train.optimizer": "sgd"}, "'train.optimizer' must be one of rmsprop, adamw"),
         ({"data.path": "missing.jsonl"}, "'data.path': file not found"),
         ({"data.eval_fraction": 1.0}, "eval_fraction"),
-        ({"train.fsdp": True}, "train.fsdp needs reference.mode=precomputed"),
-        ({"train.fsdp": True, "reference.mode": "precomputed", "model.lora.enabled": True}, "model.lora.enabled"),
-        ({"train.fsdp": True, "reference.mode": "precomputed", "train.save_every": 5}, "does not support checkpoints"),
     ],
 )
 def test_bad_values_fail_validation(values, message):

@@ -4,9 +4,13 @@ Layout: `<output_dir>/checkpoints/step-00000012/` holding
 - `model.safetensors`: the trainable weights (all of them, or only the LoRA adapter's),
 - `optimizer.pt`: optimizer + scheduler state, loaded with `torch.load(weights_only=True)` (no arbitrary unpickling),
 - `rng.pt`: Python, NumPy and torch (CPU and CUDA) generator states, same loader,
-- `state.json`: step, examples seen, the metrics.jsonl line count at that step.
+- `state.json`: step, the metrics.jsonl line count at that step, and `shards`.
+Sharded (FSDP), every process writes its own part instead: `model-rank00001.safetensors`, `optimizer-rank00001.pt`,
+`rng-rank00001.pt` (`shards` = the number of processes), and a resume needs the same number of processes. Replicated
+runs (one process, DDP) write one copy from the main process (`shards` = 0), resumable with any number of processes.
 A checkpoint is written into a temporary directory and renamed into place, so a crash mid-write never leaves a
-half checkpoint that `--resume latest` would pick; the newest `keep` checkpoints are kept.
+half checkpoint that `--resume latest` would pick; the newest `keep` checkpoints are kept. With several processes,
+the directory must be on a filesystem they all see.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from torch.distributed.tensor import DTensor
 
 from dpokit.errors import ConfigError
 
@@ -31,6 +36,19 @@ PREFIX = "step-"
 class TrainState:
     step: int  # optimizer steps completed
     metrics_lines: int  # lines of metrics.jsonl written up to and including this step
+    shards: int = 0  # processes that each wrote their own part (sharded training); 0: one whole copy
+
+
+class Solo:
+    """The process group of a single process (what `Parallel` looks like to this module when there is none)."""
+
+    rank, world, sharded, is_main = 0, 1, False, True
+
+    def barrier(self) -> None:
+        pass
+
+
+SOLO = Solo()
 
 
 def checkpoint_dir(output_dir: str | Path) -> Path:
@@ -38,26 +56,39 @@ def checkpoint_dir(output_dir: str | Path) -> Path:
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The parameters that change during training (the whole model, or just the adapter), contiguous on CPU."""
-    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    """The parameters that change during training (the whole model, or just the adapter), contiguous on CPU.
+
+    Sharded parameters give this process's part.
+    """
+    return {n: _local(p.detach()).cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def save_checkpoint(output_dir: str | Path, model: torch.nn.Module, optimizer, scheduler, state: TrainState,
-                    keep: int) -> Path:
+                    keep: int, group=SOLO) -> Path:
+    """Writes a checkpoint; with several processes every one of them must call this (it has barriers)."""
     root = checkpoint_dir(output_dir)
     final = root / f"{PREFIX}{state.step:08d}"
-    tmp = root / f".tmp-{PREFIX}{state.step:08d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(trainable_state(model), str(tmp / "model.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
-    torch.save(_rng_state(), tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps(asdict(state)))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    tmp = root / f".tmp-{PREFIX}{state.step:08d}"  # one name for all processes: each writes its part into it
+    if group.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    group.barrier()
+    if group.sharded or group.is_main:
+        suffix = _suffix(group)
+        save_file(trainable_state(model), str(tmp / f"model{suffix}.safetensors"))
+        torch.save({"optimizer": _local_tensors(optimizer.state_dict()), "scheduler": scheduler.state_dict()},
+                   tmp / f"optimizer{suffix}.pt")
+        torch.save(_rng_state(), tmp / f"rng{suffix}.pt")
+    group.barrier()
+    if group.is_main:
+        state.shards = group.world if group.sharded else 0
+        (tmp / "state.json").write_text(json.dumps(asdict(state)))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    group.barrier()
     return final
 
 
@@ -81,20 +112,70 @@ def resolve(output_dir: str | Path, resume: str) -> Path:
     return path
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) -> TrainState:
-    weights = load_file(str(path / "model.safetensors"))
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, group=SOLO) -> TrainState:
+    state = TrainState(**json.loads((path / "state.json").read_text()))
+    wanted = group.world if group.sharded else 0
+    if state.shards != wanted:
+        raise ConfigError(f"checkpoint {path} was written by {_kind(state.shards)}, but this run is {_kind(wanted)}; "
+                          f"resume {_how(state.shards)}")
+    suffix = _suffix(group)
+    weights = load_file(str(path / f"model{suffix}.safetensors"))
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
     if missing or set(weights) - set(params):
         raise ConfigError(f"checkpoint {path} does not match this model (e.g. {(missing or sorted(weights))[0]})")
     with torch.no_grad():
         for name, value in weights.items():
-            params[name].copy_(value)
-    opt = torch.load(path / "optimizer.pt", weights_only=True)
-    optimizer.load_state_dict(opt["optimizer"])
+            _local(params[name]).copy_(value)
+    opt = torch.load(path / f"optimizer{suffix}.pt", weights_only=True)
+    optimizer.load_state_dict(_shard_like_params(opt["optimizer"], optimizer))
     scheduler.load_state_dict(opt["scheduler"])
-    _set_rng_state(torch.load(path / "rng.pt", weights_only=True))
-    return TrainState(**json.loads((path / "state.json").read_text()))
+    _set_rng_state(torch.load(path / f"rng{suffix}.pt", weights_only=True))
+    return state
+
+
+def _suffix(group) -> str:
+    return f"-rank{group.rank:05d}" if group.sharded else ""
+
+
+def _kind(shards: int) -> str:
+    return f"{shards} sharded processes" if shards else "replicated (one process or DDP)"
+
+
+def _how(shards: int) -> str:
+    if shards:
+        return f"with {shards} processes and FSDP (train.fsdp=true or the same accelerate config)"
+    return "without FSDP (any number of processes)"
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's part of a sharded tensor; a plain tensor as it is."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def _local_tensors(optimizer_state: dict) -> dict:
+    """The optimizer state with every sharded tensor replaced by this process's part (plain tensors save and load
+    with weights_only; the sharding is the parameters', restored by `_shard_like_params`)."""
+    state = {i: {k: _local(v) for k, v in per_param.items()} for i, per_param in optimizer_state["state"].items()}
+    return {**optimizer_state, "state": state}
+
+
+def _shard_like_params(optimizer_state: dict, optimizer: torch.optim.Optimizer) -> dict:
+    """Saved local parts back into tensors sharded like their parameters (the optimizer's step mixes the two)."""
+    ids = [i for group in optimizer_state["param_groups"] for i in group["params"]]
+    params = dict(zip(ids, [p for group in optimizer.param_groups for p in group["params"]], strict=True))
+    state = {}
+    for i, per_param in optimizer_state["state"].items():
+        param = params[i]
+        state[i] = {k: _like(v, param) if k != "step" else v for k, v in per_param.items()}
+    return {**optimizer_state, "state": state}
+
+
+def _like(value, param: torch.Tensor):
+    if not (isinstance(param, DTensor) and isinstance(value, torch.Tensor) and value.shape == param.to_local().shape):
+        return value
+    return DTensor.from_local(value.to(param.device), param.device_mesh, param.placements, run_check=False,
+                              shape=param.shape, stride=param.stride())
 
 
 def _rng_state() -> dict:

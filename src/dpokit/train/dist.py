@@ -1,5 +1,9 @@
 """Data parallelism through accelerate: one code path for 1 or N processes (`accelerate launch`, `torchrun`).
 
+Replicated (DDP, accelerate's wrapper) by default; sharded (FSDP2 full shard) with `train.fsdp=true` or when
+`accelerate launch` runs with an FSDP config. The loop, the step and the checkpoint code do not branch on which,
+except where a collective or a shard changes what a process may do alone (saving, evaluating, hashing).
+
 Every process walks the same seeded batch stream; of each optimizer step's `world × grad_accum` micro-batches,
 process r takes its own `grad_accum`. Gradients are all-reduced by the engine accelerate wraps (DDP), losses are
 scaled so the all-reduced gradient is that of the mean loss over the whole global batch, and metrics are summed
@@ -11,59 +15,63 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
+import os
 
 import torch
 from accelerate import Accelerator
 
-from dpokit.data.collate import Batch
-from dpokit.data.packing import PackedBatch
-from dpokit.logprobs import SequenceLogps, sequence_logps
+from dpokit.errors import ConfigError
+from dpokit.logprobs import PolicyLogps
+from dpokit.reference import AdapterOff, FrozenModel, Reference
 
-
-class PolicyLogps(torch.nn.Module):
-    """The policy as a module whose forward returns response log-probs.
-
-    Wrappers such as DDP hook the *forward* of the module they wrap (that is where they prepare gradient
-    all-reduce); calling the inner model's backbone directly would bypass them. So the whole log-prob computation,
-    packed paths included, runs inside this module's forward.
-    """
-
-    def __init__(self, model: torch.nn.Module, chunk_size: int = 1024):
-        super().__init__()
-        self.model = model
-        self.chunk_size = chunk_size
-
-    def forward(self, batch: Batch | PackedBatch) -> SequenceLogps:
-        return sequence_logps(self.model, batch, self.chunk_size)
+__all__ = ["Parallel", "PolicyLogps"]
 
 
 class Parallel:
     """The process group as the loop sees it: who am I, reduce sums, sync the stop flag, skip sync on accumulation."""
 
-    def __init__(self) -> None:
+    def __init__(self, fsdp: bool = False) -> None:
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())  # MULTI_CPU (gloo) needs cpu=True
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
         self.device = self.accelerator.device
-        self.sharded = False  # set by wrap(shard=True) with several processes
+        self.sharded = (fsdp or fsdp_from_accelerate()) and self.world > 1
+        # of accelerate's FSDP settings dpokit reads the version (above) and this one; see README
+        self.reshard_after_forward = _env_flag("FSDP_RESHARD_AFTER_FORWARD", True) if self.sharded else True
+        if self.sharded:
+            # every process loads the whole model, then shards it: transformers must not leave the weights of
+            # processes other than the first on the meta device (accelerate's "cpu_ram_efficient_loading")
+            os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "false"
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def wrap(self, engine: PolicyLogps, shard: bool = False) -> torch.nn.Module:
-        """DDP through accelerate, or with `shard` FSDP2: each transformer block, then the engine, fully sharded."""
-        self.sharded = shard and self.world > 1
-        if self.sharded:
-            from torch.distributed.fsdp import fully_shard
+    def wrap(self, engine: PolicyLogps, reference: Reference | None = None) -> torch.nn.Module:
+        """The policy's engine wrapped for this process group: DDP through accelerate, or sharded.
 
-            blocks = set(getattr(engine.model, "_no_split_modules", None) or [])
-            for module in engine.model.modules():
-                if type(module).__name__ in blocks:
-                    fully_shard(module)
-            fully_shard(engine)
+        Sharded, the reference follows: a frozen copy is sharded the same way (every process holds 1/world of it),
+        and a LoRA policy's adapter-off reference computes through the sharded policy.
+        """
+        if self.sharded:
+            self.shard(engine)
+            if isinstance(reference, FrozenModel):
+                reference.engine = self.shard(reference.engine)
+            elif isinstance(reference, AdapterOff):
+                reference.engine = engine
             return engine
         return self.accelerator.prepare_model(engine) if self.world > 1 else engine
+
+    def shard(self, engine: PolicyLogps) -> PolicyLogps:
+        """FSDP2 full shard: each transformer block (the model's `_no_split_modules`), then the engine as root."""
+        from torch.distributed.fsdp import fully_shard
+
+        blocks = set(getattr(engine.model, "_no_split_modules", None) or [])
+        for module in engine.model.modules():
+            if type(module).__name__ in blocks:
+                fully_shard(module, reshard_after_forward=self.reshard_after_forward)
+        fully_shard(engine, reshard_after_forward=self.reshard_after_forward)
+        return engine
 
     def no_sync(self, engine: torch.nn.Module, skip: bool):
         """Accumulating micro-batches need no all-reduce until the last one (sharded: reduce-scatter every time)."""
@@ -117,3 +125,25 @@ class Parallel:
             return [f"{mine:016x}"]
         gathered = self.accelerator.gather(torch.tensor([mine], dtype=torch.int64, device=self.device))
         return [f"{int(v):016x}" for v in gathered.tolist()]
+
+
+def fsdp_from_accelerate() -> bool:
+    """`accelerate launch` with an FSDP config sets ACCELERATE_USE_FSDP; dpokit then shards with FSDP2 itself
+    (accelerate would only do so on GPUs, and the engine must be the root module either way)."""
+    if not _env_flag("ACCELERATE_USE_FSDP", False):
+        return False
+    if os.environ.get("FSDP_VERSION", "2") != "2":
+        raise ConfigError("the accelerate config asks for FSDP version 1; dpokit shards with FSDP2 only: set "
+                          "fsdp_version: 2 (see configs/accelerate_fsdp.yaml)")
+    return True
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    if value.strip().lower() in ("1", "true", "yes"):
+        return True
+    if value.strip().lower() in ("0", "false", "no"):
+        return False
+    raise ConfigError(f"environment variable {name}={value!r}: expected true or false")

@@ -25,8 +25,8 @@ import torch
 from tqdm.auto import tqdm
 
 from dpokit.config import Config
-from dpokit.errors import DpokitError
-from dpokit.pipeline import batches
+from dpokit.errors import ConfigError, DpokitError
+from dpokit.pipeline import batches, build_policy
 from dpokit.train import checkpoint as ckpt
 from dpokit.train.metrics import JsonlWriter, NullWriter
 from dpokit.train.order import batch_indices
@@ -83,6 +83,9 @@ def train(cfg: Config, chosen_only: bool = False, callback: Callback | None = No
 def _train(run: Run, callback: Callback | None, start: float) -> RunSummary:
     cfg = run.cfg
     main = run.parallel.is_main
+    if callback is not None and run.parallel.sharded:
+        raise ConfigError("a training callback needs the whole policy in one process; with FSDP each process holds "
+                          "only a part: evaluate the saved model instead")
     first_step = _resume(run)
     order = _order(run, first_step)
     writer = JsonlWriter(run.out_dir / "metrics.jsonl") if main else NullWriter()
@@ -98,10 +101,6 @@ def _train(run: Run, callback: Callback | None, start: float) -> RunSummary:
             if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < run.steps:
                 _evaluate(run, step + 1, writer, callback)
             stopping = run.parallel.any(stop.signum is not None)  # every process stops after the same step
-            if stopping and run.parallel.sharded:
-                raise Interrupted(f"stopped by signal {stop.signum or signal.SIGTERM} after step {step + 1}/"
-                                  f"{run.steps}; no checkpoint: train.fsdp does not support checkpoints yet",
-                                  stop.signum or signal.SIGTERM)
             if stopping or (cfg.train.save_every and (step + 1) % cfg.train.save_every == 0):
                 path = _checkpoint(run, step + 1, writer)
                 if stopping:
@@ -112,14 +111,30 @@ def _train(run: Run, callback: Callback | None, start: float) -> RunSummary:
     writer.close()
     digests = _check_replicas(run)
     if cfg.train.save:
-        state = run.parallel.full_state(run.policy) if run.parallel.sharded else None  # every process takes part
-        if main:
-            save_model(run.policy, run.tokenizer, run.out_dir, state)
+        _save(run)
     summary = RunSummary(str(run.out_dir), run.steps, len(run.data.train), len(run.data.eval), last, final_eval,
                          time.perf_counter() - start, run.notes, run.parallel.world, digests, run.parallel.sharded)
     if main:
         (run.out_dir / "summary.json").write_text(json.dumps(summary.__dict__, indent=2))
     return summary
+
+
+def _save(run: Run) -> None:
+    """The final model, from the main process. Sharded weights are gathered first (all processes take part); a
+    sharded LoRA policy is rebuilt whole in the main process from them, so it can be merged and saved as usual."""
+    if not run.parallel.sharded:
+        if run.parallel.is_main:
+            save_model(run.policy, run.tokenizer, run.out_dir)
+        return
+    state = run.parallel.full_state(run.policy)
+    if run.parallel.is_main:
+        if run.cfg.model.lora.enabled:
+            whole = build_policy(run.cfg, torch.device("cpu"))
+            whole.load_state_dict(state, strict=True)
+            save_model(whole, run.tokenizer, run.out_dir)
+        else:
+            save_model(run.policy, run.tokenizer, run.out_dir, state)
+    run.parallel.barrier()
 
 
 def _check_replicas(run: Run) -> list[str]:
@@ -164,7 +179,7 @@ def _resume(run: Run) -> int:
             (run.out_dir / "metrics.jsonl").unlink(missing_ok=True)
         return 0
     path = ckpt.resolve(run.out_dir, run.cfg.train.resume)
-    state = ckpt.load_checkpoint(path, run.policy, run.optimizer, run.scheduler)
+    state = ckpt.load_checkpoint(path, run.policy, run.optimizer, run.scheduler, run.parallel)
     metrics = run.out_dir / "metrics.jsonl"
     if run.parallel.is_main:
         lines = metrics.read_text().splitlines(keepends=True) if metrics.is_file() else []
@@ -175,14 +190,10 @@ def _resume(run: Run) -> int:
 
 
 def _checkpoint(run: Run, step: int, writer: JsonlWriter) -> Path:
-    """The main process writes (all hold the same weights and optimizer state); the others wait for it."""
+    """Every process calls this: replicated, the main one writes; sharded, each writes its part."""
     state = ckpt.TrainState(step=step, metrics_lines=writer.lines)
-    path = ckpt.checkpoint_dir(run.out_dir) / f"{ckpt.PREFIX}{step:08d}"
-    if run.parallel.is_main:
-        path = ckpt.save_checkpoint(run.out_dir, run.policy, run.optimizer, run.scheduler, state,
-                                    run.cfg.train.keep_checkpoints)
-    run.parallel.barrier()
-    return path
+    return ckpt.save_checkpoint(run.out_dir, run.policy, run.optimizer, run.scheduler, state,
+                                run.cfg.train.keep_checkpoints, run.parallel)
 
 
 def _evaluate(run: Run, step: int, writer: JsonlWriter, callback: Callback | None) -> dict[str, float] | None:

@@ -72,7 +72,7 @@ def build_run(cfg: Config, chosen_only: bool = False) -> Run:
     config_io.validate(cfg, require=("model.name_or_path", "data.path", "train.output_dir"))
     objective, params = objective_from(cfg)
     torch.manual_seed(cfg.train.seed)
-    parallel = Parallel()
+    parallel = Parallel(fsdp=cfg.train.fsdp)
     out_dir = Path(cfg.train.output_dir)
     if parallel.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -92,7 +92,7 @@ def build_run(cfg: Config, chosen_only: bool = False) -> Run:
     with parallel.accelerator.main_process_first():  # a precomputed reference is computed once, then loaded
         train_ref, eval_ref = build_reference(cfg, policy, objective, data, pad, device, layout)
     policy.train()
-    engine = parallel.wrap(PolicyLogps(policy, chunk), shard=cfg.train.fsdp)
+    engine = parallel.wrap(PolicyLogps(policy, chunk), train_ref)
     autocast = autocast_for(cfg.train.precision, device)
     steps = total_steps(cfg, len(data.train), parallel.world)
     optimizer = build_optimizer(policy.parameters(), cfg.train)
