@@ -9,8 +9,7 @@ Two paths give the same numbers (tests check loss and gradients):
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -20,9 +19,10 @@ from dpokit.data.collate import Batch
 from dpokit.data.packing import PackedBatch
 
 
-@dataclass
-class SequenceLogps:
+class SequenceLogps(NamedTuple):
     """Per-response log-probs of a batch, shaped by example and response.
+
+    A named tuple, so that wrappers which hook a module's output tensors (FSDP, DeepSpeed ZeRO-3) find them.
 
     Attributes:
         logps: (B, K) log π(y_k | x) summed over response tokens (eos included).
@@ -155,5 +155,4 @@ class PolicyLogps(torch.nn.Module):
     def forward(self, batch: Batch | PackedBatch) -> SequenceLogps:
         out = sequence_logps(self.model, batch, self.chunk_size)
         # no view in the output: FSDP hooks the outputs for backward, and an in-place op on a view would lose the hook
-        parts = (getattr(out, f.name) for f in dataclasses.fields(out))
-        return SequenceLogps(*(t.clone() if t._is_view() else t for t in parts))
+        return SequenceLogps(*(t.clone() if t._is_view() else t for t in out))

@@ -1,8 +1,9 @@
 """Data parallelism through accelerate: one code path for 1 or N processes (`accelerate launch`, `torchrun`).
 
 Replicated (DDP, accelerate's wrapper) by default; sharded (FSDP2 full shard) with `train.fsdp=true` or when
-`accelerate launch` runs with an FSDP config. The loop, the step and the checkpoint code do not branch on which,
-except where a collective or a shard changes what a process may do alone (saving, evaluating, hashing).
+`accelerate launch` runs with an FSDP config; DeepSpeed ZeRO (stage 1-3; 3 shards the weights) when `accelerate
+launch` runs with a DeepSpeed config. The loop and the step do not branch on which, except where a collective or a
+shard changes what a process may do alone (saving, evaluating, hashing) and where DeepSpeed owns backward and step.
 
 Every process walks the same seeded batch stream; of each optimizer step's `world × grad_accum` micro-batches,
 process r takes its own `grad_accum`. Gradients are all-reduced by the engine accelerate wraps (DDP), losses are
@@ -15,7 +16,10 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
+import json
 import os
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -23,6 +27,7 @@ from accelerate import Accelerator
 from dpokit.errors import ConfigError
 from dpokit.logprobs import PolicyLogps
 from dpokit.reference import AdapterOff, FrozenModel, Reference
+from dpokit.train.optim import clip_and_step
 
 __all__ = ["Parallel", "PolicyLogps"]
 
@@ -31,14 +36,24 @@ class Parallel:
     """The process group as the loop sees it: who am I, reduce sums, sync the stop flag, skip sync on accumulation."""
 
     def __init__(self, fsdp: bool = False) -> None:
+        zero = zero_from_accelerate()
+        if zero is not None:
+            # dpokit loads whole models and partitions them itself: no zero.Init inside from_pretrained
+            os.environ["ACCELERATE_DEEPSPEED_ZERO3_INIT"] = "false"
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())  # MULTI_CPU (gloo) needs cpu=True
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
         self.device = self.accelerator.device
-        self.sharded = (fsdp or fsdp_from_accelerate()) and self.world > 1
+        fsdp = fsdp or fsdp_from_accelerate()
+        if fsdp and zero is not None:
+            raise ConfigError("train.fsdp=true and a DeepSpeed accelerate config: choose one")
+        self.zero = zero if self.world > 1 else None  # the DeepSpeed config dpokit completes, or None
+        self.deepspeed = None  # the policy's DeepSpeed engine, once wrapped
+        zero_stage = self.zero["zero_optimization"].get("stage", 0) if self.zero else 0
+        self.sharded = (fsdp or zero_stage == 3) and self.world > 1
         # of accelerate's FSDP settings dpokit reads the version (above) and this one; see README
         self.reshard_after_forward = _env_flag("FSDP_RESHARD_AFTER_FORWARD", True) if self.sharded else True
-        if self.sharded:
+        if self.sharded and fsdp:
             # every process loads the whole model, then shards it: transformers must not leave the weights of
             # processes other than the first on the meta device (accelerate's "cpu_ram_efficient_loading")
             os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "false"
@@ -47,20 +62,47 @@ class Parallel:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def wrap(self, engine: PolicyLogps, reference: Reference | None = None) -> torch.nn.Module:
-        """The policy's engine wrapped for this process group: DDP through accelerate, or sharded.
+    def wrap(self, engine: PolicyLogps, reference: Reference | None, make_optimizer: Callable,
+             train_cfg) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        """The policy's engine wrapped for this process group, and its optimizer (built at the point each backend
+        needs it: FSDP replaces the parameters, DeepSpeed takes the optimizer in).
 
-        Sharded, the reference follows: a frozen copy is sharded the same way (every process holds 1/world of it),
-        and a LoRA policy's adapter-off reference computes through the sharded policy.
+        When the weights are sharded the reference follows: a frozen copy is sharded the same way (every process
+        holds 1/world of it), and a LoRA policy's adapter-off reference computes through the sharded policy.
         """
+        if self.zero is not None:
+            return self._deepspeed(engine, reference, make_optimizer, train_cfg)
         if self.sharded:
             self.shard(engine)
             if isinstance(reference, FrozenModel):
                 reference.engine = self.shard(reference.engine)
             elif isinstance(reference, AdapterOff):
                 reference.engine = engine
-            return engine
-        return self.accelerator.prepare_model(engine) if self.world > 1 else engine
+            return engine, make_optimizer(engine.model.parameters())
+        wrapped = self.accelerator.prepare_model(engine) if self.world > 1 else engine
+        return wrapped, make_optimizer(engine.model.parameters())
+
+    def _deepspeed(self, engine: PolicyLogps, reference: Reference | None, make_optimizer: Callable, train_cfg):
+        """DeepSpeed's engine around dpokit's: it owns backward (gradient partitioning), clipping and the step;
+        dpokit's optimizer and lr schedule run inside it. ZeRO-3 partitions a frozen-copy reference too."""
+        import deepspeed
+
+        config = {
+            **self.zero,
+            "train_micro_batch_size_per_gpu": train_cfg.batch_size,
+            "gradient_accumulation_steps": train_cfg.grad_accum,
+            "gradient_clipping": train_cfg.max_grad_norm or 0.0,
+            "zero_allow_untested_optimizer": True,
+            "steps_per_print": 2**31 - 1,
+        }
+        optimizer = make_optimizer(engine.model.parameters())
+        self.deepspeed, *_ = deepspeed.initialize(model=engine, optimizer=optimizer, config=config)
+        if self.sharded and isinstance(reference, FrozenModel):
+            frozen = {k: v for k, v in config.items() if k != "gradient_clipping"}
+            reference.engine, *_ = deepspeed.initialize(model=reference.engine, config=frozen)
+        elif isinstance(reference, AdapterOff):
+            reference.engine = self.deepspeed
+        return self.deepspeed, optimizer
 
     def shard(self, engine: PolicyLogps) -> PolicyLogps:
         """FSDP2 full shard: each transformer block (the model's `_no_split_modules`), then the engine as root."""
@@ -75,17 +117,40 @@ class Parallel:
 
     def no_sync(self, engine: torch.nn.Module, skip: bool):
         """Accumulating micro-batches need no all-reduce until the last one (sharded: reduce-scatter every time)."""
-        if skip and self.world > 1 and not self.sharded:
+        if skip and self.world > 1 and not self.sharded and self.deepspeed is None:
             return self.accelerator.no_sync(engine)
         return contextlib.nullcontext()
 
     def full_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """Every process's part gathered into whole tensors (a collective: all processes must call it)."""
+        if self.deepspeed is not None:
+            return _gather_zero3(model)
         out = {}
         for name, tensor in model.state_dict().items():
             full = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
             out[name] = full.detach().cpu().contiguous()
         return out
+
+    def backward(self, loss: torch.Tensor, last: bool) -> None:
+        """`last`: the optimizer step's last micro-batch (DeepSpeed reduces and steps at that boundary)."""
+        if self.deepspeed is None:
+            loss.backward()
+            return
+        self.deepspeed.set_gradient_accumulation_boundary(last)
+        self.deepspeed.backward(loss, scale_wrt_gas=False)  # dpokit's loss is already the global-batch mean
+
+    def clip_and_step(self, optimizer: torch.optim.Optimizer, max_norm: float | None,
+                      check: Callable[[torch.Tensor], None]) -> torch.Tensor:
+        """Clips, calls `check(grad_norm)` (which raises to stop the run), steps, clears gradients.
+
+        DeepSpeed computes the norm inside its step, so there `check` runs after the step instead of before.
+        """
+        if self.deepspeed is not None:
+            self.deepspeed.step()
+            norm = torch.as_tensor(float(self.deepspeed.get_global_grad_norm() or 0.0))
+            check(norm)
+            return norm
+        return clip_and_step(optimizer, max_norm, check)
 
     def sum(self, values: list[float]) -> list[float]:
         if self.world == 1:
@@ -104,6 +169,9 @@ class Parallel:
         last user (a DDP reducer holds it) and gloo's threads can abort the process at shutdown ("terminate called
         without an active exception"). The caller drops its wrapped modules first; accelerate's references go here.
         """
+        if self.deepspeed is not None and hasattr(self.deepspeed, "destroy"):
+            self.deepspeed.destroy()
+        self.deepspeed = None
         if self.world > 1 and torch.distributed.is_initialized():
             self.accelerator.free_memory()
             gc.collect()
@@ -136,6 +204,54 @@ def fsdp_from_accelerate() -> bool:
         raise ConfigError("the accelerate config asks for FSDP version 1; dpokit shards with FSDP2 only: set "
                           "fsdp_version: 2 (see configs/accelerate_fsdp.yaml)")
     return True
+
+
+def zero_from_accelerate() -> dict | None:
+    """`accelerate launch` with a DeepSpeed config sets ACCELERATE_USE_DEEPSPEED and the ZeRO settings (or a
+    DeepSpeed JSON file); dpokit reads them and fills in batch size, accumulation and clipping from its own config."""
+    if not _env_flag("ACCELERATE_USE_DEEPSPEED", False):
+        return None
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:
+        raise ConfigError("the accelerate config asks for DeepSpeed, which is not installed: "
+                          "pip install 'dpokit[deepspeed]'") from None
+    path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if path and path != "none":
+        try:
+            config = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise ConfigError(f"DeepSpeed config {path}: {err}") from None
+    else:
+        zero: dict = {"stage": int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"))}
+        for key, name in (("offload_optimizer", "OFFLOAD_OPTIMIZER_DEVICE"), ("offload_param", "OFFLOAD_PARAM_DEVICE")):
+            device = os.environ.get(f"ACCELERATE_DEEPSPEED_{name}", "none")
+            if device != "none":
+                zero[key] = {"device": device}
+        config = {"zero_optimization": zero}
+    for half in ("fp16", "bf16"):
+        if config.get(half, {}).get("enabled") in (True, "true"):
+            raise ConfigError(f"the DeepSpeed config enables {half}: dpokit keeps fp32 weights and applies autocast "
+                              "itself; remove it and set train.precision=bf16")
+    stage = config.get("zero_optimization", {}).get("stage", 0)
+    if stage not in (1, 2, 3):
+        raise ConfigError(f"DeepSpeed ZeRO stage {stage}: dpokit supports stages 1, 2 and 3 (stage 0 is plain DDP)")
+    return {**config, "fp16": {"enabled": False}, "bf16": {"enabled": False}}
+
+
+def _gather_zero3(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Whole tensors of a ZeRO-3 model, one parameter at a time (tied names point at the same parameter)."""
+    import deepspeed
+
+    params = dict(model.named_parameters(remove_duplicate=False))
+    out = {}
+    for name, tensor in model.state_dict().items():
+        if name in params:
+            with deepspeed.zero.GatheredParameters([params[name]]):
+                out[name] = params[name].detach().cpu().clone()
+        else:
+            out[name] = tensor.detach().cpu().clone()
+    return out
 
 
 def _env_flag(name: str, default: bool) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -14,6 +15,23 @@ def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def clip_and_step(optimizer: torch.optim.Optimizer, max_norm: float | None,
+                  check: Callable[[torch.Tensor], None]) -> torch.Tensor:
+    """Clips the gradients, calls `check(grad_norm)` (which raises to stop: the step is then not taken), steps."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm or float("inf"))
+    if hasattr(norm, "full_tensor"):  # sharded gradients give a distributed norm
+        norm = norm.full_tensor()
+    try:
+        check(norm)
+    except Exception:
+        optimizer.zero_grad(set_to_none=True)
+        raise
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from dpokit import config as config_io
 from dpokit.config import Config
+from dpokit.errors import ConfigError
 from dpokit.losses import LossParams, Objective, parse_objective, validate_params
 from dpokit.models import load_tokenizer
 from dpokit.pipeline import (
@@ -73,6 +74,9 @@ def build_run(cfg: Config, chosen_only: bool = False) -> Run:
     objective, params = objective_from(cfg)
     torch.manual_seed(cfg.train.seed)
     parallel = Parallel(fsdp=cfg.train.fsdp)
+    if parallel.zero is not None and (cfg.train.save_every or cfg.train.resume):
+        raise ConfigError("checkpoints (train.save_every, train.resume) are not supported with DeepSpeed yet; "
+                          "use train.fsdp=true (sharded checkpoints) or plain DDP")
     out_dir = Path(cfg.train.output_dir)
     if parallel.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -92,10 +96,10 @@ def build_run(cfg: Config, chosen_only: bool = False) -> Run:
     with parallel.accelerator.main_process_first():  # a precomputed reference is computed once, then loaded
         train_ref, eval_ref = build_reference(cfg, policy, objective, data, pad, device, layout)
     policy.train()
-    engine = parallel.wrap(PolicyLogps(policy, chunk), train_ref)
+    engine, optimizer = parallel.wrap(PolicyLogps(policy, chunk), train_ref,
+                                      lambda params: build_optimizer(params, cfg.train), cfg.train)
     autocast = autocast_for(cfg.train.precision, device)
     steps = total_steps(cfg, len(data.train), parallel.world)
-    optimizer = build_optimizer(policy.parameters(), cfg.train)
     return Run(
         cfg=cfg, out_dir=out_dir, tokenizer=tokenizer, data=data, layout=layout,
         trainee=Trainee(policy, train_ref, objective, params, autocast, chunk, engine, parallel),

@@ -16,6 +16,7 @@ from dpokit.losses import LossInputs, LossOutput, LossParams, Objective
 from dpokit.reference import Reference
 from dpokit.train.dist import Parallel, PolicyLogps
 from dpokit.train.metrics import PreferenceMetrics
+from dpokit.train.optim import clip_and_step
 
 
 class NonFiniteError(RuntimeError):
@@ -81,24 +82,22 @@ def train_step(
         last = i == len(micro_batches) - 1
         with trainee.parallel.no_sync(trainee.engine, not last) if trainee.parallel else contextlib.nullcontext():
             fwd = forward(trainee, batch)
-            (fwd.out.losses.sum() * world / total).backward()
+            loss = fwd.out.losses.sum() * world / total
+            trainee.parallel.backward(loss, last) if trainee.parallel else loss.backward()
         metrics.add(fwd.out, fwd.logps, batch.labels)
         tokens += _real_tokens(batch)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf"))
-    if hasattr(grad_norm, "full_tensor"):  # sharded gradients give a distributed norm
-        grad_norm = grad_norm.full_tensor()
     if trainee.parallel:
         metrics.reduce(trainee.parallel.sum)
         tokens = int(trainee.parallel.sum([tokens])[0])
     means = metrics.means()
-    if not (math.isfinite(means["loss"]) and torch.isfinite(grad_norm)):
-        optimizer.zero_grad(set_to_none=True)
-        raise NonFiniteError(f"non-finite loss ({means['loss']}) or gradient norm ({float(grad_norm)})")
     lr = optimizer.param_groups[0]["lr"]
-    optimizer.step()
+
+    def check(grad_norm: torch.Tensor) -> None:
+        if not (math.isfinite(means["loss"]) and torch.isfinite(grad_norm)):
+            raise NonFiniteError(f"non-finite loss ({means['loss']}) or gradient norm ({float(grad_norm)})")
+
+    grad_norm = (trainee.parallel.clip_and_step if trainee.parallel else clip_and_step)(optimizer, max_grad_norm, check)
     scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
     elapsed = time.perf_counter() - start
     return {
         **means,

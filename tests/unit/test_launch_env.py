@@ -1,0 +1,76 @@
+"""What dpokit reads from the environment `accelerate launch` sets for FSDP and DeepSpeed configs, and the clear
+errors for settings it cannot honour (the 2-process runs themselves are in tests/integration/test_distributed.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dpokit.errors import ConfigError
+from dpokit.train.dist import fsdp_from_accelerate, zero_from_accelerate
+
+
+@pytest.fixture
+def env(monkeypatch):
+    for name in ("ACCELERATE_USE_FSDP", "FSDP_VERSION", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_ZERO_STAGE",
+                 "ACCELERATE_DEEPSPEED_CONFIG_FILE", "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE",
+                 "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_nothing_asked_means_neither(env):
+    assert fsdp_from_accelerate() is False
+    assert zero_from_accelerate() is None
+
+
+def test_fsdp_version_2_is_used_and_version_1_refused(env):
+    env.setenv("ACCELERATE_USE_FSDP", "true")
+    env.setenv("FSDP_VERSION", "2")
+    assert fsdp_from_accelerate() is True
+    env.setenv("FSDP_VERSION", "1")
+    with pytest.raises(ConfigError, match="fsdp_version: 2"):
+        fsdp_from_accelerate()
+    env.setenv("ACCELERATE_USE_FSDP", "maybe")
+    with pytest.raises(ConfigError, match="ACCELERATE_USE_FSDP='maybe'"):
+        fsdp_from_accelerate()
+
+
+def test_zero_settings_from_the_environment(env):
+    pytest.importorskip("deepspeed")
+    env.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    env.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    env.setenv("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "cpu")
+    env.setenv("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "none")
+    config = zero_from_accelerate()
+    assert config["zero_optimization"] == {"stage": 3, "offload_optimizer": {"device": "cpu"}}
+    assert config["bf16"] == {"enabled": False} and config["fp16"] == {"enabled": False}
+
+
+@pytest.mark.parametrize(
+    ("file_config", "message"),
+    [
+        ({"zero_optimization": {"stage": 0}}, "stage 0"),
+        ({"zero_optimization": {"stage": 2}, "bf16": {"enabled": True}}, "enables bf16.*train.precision=bf16"),
+        ({"zero_optimization": {"stage": 2}, "fp16": {"enabled": "true"}}, "enables fp16"),
+        (None, "DeepSpeed config .*ds.json"),  # not JSON
+    ],
+)
+def test_deepspeed_json_files_that_cannot_be_honoured_are_refused(env, tmp_path, file_config, message):
+    pytest.importorskip("deepspeed")
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(file_config) if file_config is not None else "{stage: 2")
+    env.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    env.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(path))
+    with pytest.raises(ConfigError, match=message):
+        zero_from_accelerate()
+
+
+def test_a_deepspeed_json_file_is_read(env, tmp_path):
+    pytest.importorskip("deepspeed")
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"zero_optimization": {"stage": 2, "overlap_comm": True}}))
+    env.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    env.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(path))
+    assert zero_from_accelerate()["zero_optimization"] == {"stage": 2, "overlap_comm": True}
