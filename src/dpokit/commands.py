@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -36,8 +37,7 @@ def train(command: str, yaml_path: str | None, flags: dict, overrides: list[str]
 def evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from dpokit.models import load_tokenizer
-    from dpokit.pipeline import Layout, batches, build_policy, build_reference, check_layout, prepare_data
+    from dpokit.pipeline import batches, load_all
     from dpokit.train.setup import objective_from
     from dpokit.train.step import Trainee
     from dpokit.train.step import evaluate as run_eval
@@ -56,18 +56,11 @@ def evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"loss '{objective}' compares against a reference: pass --reference (or "
                           "loss.reference_free=true)")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = load_tokenizer(args.policy, cfg.model.trust_remote_code)
-    data = prepare_data(cfg, tokenizer, objective)
-    for note in data.notes:
-        print(note, file=sys.stderr)
-    policy = build_policy(cfg, device).eval()
-    pad, chunk = tokenizer.pad_token_id, cfg.train.logps_chunk_size
-    layout, warning = check_layout(policy, data.train, Layout.from_config(cfg), pad, objective.unpaired, chunk)
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr)
-    reference, _ = build_reference(cfg, policy, objective, data, pad, device, layout)
-    trainee = Trainee(policy, reference, objective, params, chunk_size=chunk)
-    result = run_eval(trainee, batches(data.train, cfg.train.batch_size, pad, objective.unpaired, layout=layout))
+    loaded = load_all(cfg, objective, device, functools.partial(print, file=sys.stderr))
+    trainee = Trainee(loaded.policy.eval(), loaded.train_ref, objective, params, chunk_size=cfg.train.logps_chunk_size)
+    rows = batches(loaded.data.train, cfg.train.batch_size, loaded.tokenizer.pad_token_id, objective.unpaired,
+                   layout=loaded.layout)
+    result = run_eval(trainee, rows)
     text = json.dumps(result, indent=2)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from dpokit.data.tokenize import TokenizedExample, TokenizeSettings, tokenize_ex
 from dpokit.errors import ConfigError
 from dpokit.logprobs import sequence_logps
 from dpokit.losses import Objective
-from dpokit.models import apply_lora, load_model
+from dpokit.models import apply_lora, load_model, load_tokenizer
 from dpokit.reference import AdapterOff, Cached, FrozenModel, Reference, cache_key, load_cached, precompute
 
 
@@ -212,3 +212,36 @@ def _cached(cfg: Config, live: Reference, examples: list[TokenizedExample], pad_
     k = len(examples[0].response_ids)
     rows = batches(examples, size, pad_id, False, layout=layout)
     return precompute(live, rows, path, max(ex.index for ex in examples) + 1, k, progress=cfg.train.progress)
+
+
+@dataclass
+class Loaded:
+    """What every command that runs models builds first, in the same way."""
+
+    tokenizer: object
+    data: PreparedData
+    policy: torch.nn.Module
+    layout: Layout
+    train_ref: Reference | None
+    eval_ref: Reference | None
+
+
+def load_all(cfg: Config, objective: Objective, device: torch.device, say, chosen_only: bool = False,
+             reference_first=contextlib.nullcontext) -> Loaded:
+    """Tokenizer, data, policy, the batch layout this model supports, and the reference, telling `say` the notes.
+
+    `reference_first`: a context for building the reference (with several processes, the main one first, so a
+    precomputed reference is computed once and then loaded by the others).
+    """
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, cfg.model.trust_remote_code)
+    data = prepare_data(cfg, tokenizer, objective, chosen_only)
+    for note in data.notes:
+        say(note)
+    policy = build_policy(cfg, device)
+    pad, chunk = tokenizer.pad_token_id, cfg.train.logps_chunk_size
+    layout, warning = check_layout(policy, data.train, Layout.from_config(cfg), pad, objective.unpaired, chunk)
+    if warning:
+        say(f"warning: {warning}")
+    with reference_first():
+        train_ref, eval_ref = build_reference(cfg, policy, objective, data, pad, device, layout)
+    return Loaded(tokenizer, data, policy, layout, train_ref, eval_ref)

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from interrupt import sigterm_after
 from safetensors.torch import load_file
 
 from dpokit.cli import main
@@ -138,16 +137,8 @@ def test_sharded_run_killed_by_sigterm_resumes_bit_for_bit(model_dir, hh_path, t
     assert done.returncode == 0, done.stderr[-3000:]
 
     cut = tmp_path / "cut"
-    proc = subprocess.Popen(torchrun(*run_args(cut)), stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if (cut / "metrics.jsonl").is_file() and len((cut / "metrics.jsonl").read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode != 0, err[-3000:]
+    code, err = sigterm_after(torchrun(*run_args(cut)), cut)
+    assert code != 0, err[-3000:]
     assert "continue with the same command plus --resume" in err, err[-3000:]
     saved = list((cut / "checkpoints").glob("step-*"))
     assert len(saved) == 1

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import sys
-import time
 
 import pytest
+from interrupt import sigterm_after
 
 from dpokit.cli import main
 from dpokit.errors import DpokitError
@@ -35,17 +33,8 @@ def test_sigterm_then_resume_gives_the_uninterrupted_run_bit_for_bit(model_dir, 
     assert main(args(model_dir, hh_path, whole)) == 0
 
     cut = tmp_path / "cut"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "dpokit", *args(model_dir, hh_path, cut)],
-                            stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if (cut / "metrics.jsonl").is_file() and len((cut / "metrics.jsonl").read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 128 + signal.SIGTERM, err
+    code, err = sigterm_after([sys.executable, "-m", "dpokit", *args(model_dir, hh_path, cut)], cut)
+    assert code == 128 + signal.SIGTERM, err
     assert "--resume" in err.strip().splitlines()[-1]
     done = len([m for m in metrics(cut) if m[1] == "train"])
     assert 3 <= done < 30  # really stopped mid-run

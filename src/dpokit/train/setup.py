@@ -14,16 +14,7 @@ from dpokit import config as config_io
 from dpokit.config import Config
 from dpokit.errors import ConfigError
 from dpokit.losses import LossParams, Objective, parse_objective, validate_params
-from dpokit.models import load_tokenizer
-from dpokit.pipeline import (
-    Layout,
-    PreparedData,
-    autocast_for,
-    build_policy,
-    build_reference,
-    check_layout,
-    prepare_data,
-)
+from dpokit.pipeline import Layout, PreparedData, autocast_for, load_all
 from dpokit.train.dist import Parallel, PolicyLogps
 from dpokit.train.optim import build_optimizer, build_scheduler
 from dpokit.train.step import Trainee
@@ -84,17 +75,10 @@ def build_run(cfg: Config, chosen_only: bool = False) -> Run:
     device = parallel.device
     say = _say if parallel.is_main else _quiet
 
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, cfg.model.trust_remote_code)
-    data = prepare_data(cfg, tokenizer, objective, chosen_only)
-    for note in data.notes:
-        say(note)
-    policy = build_policy(cfg, device)
-    pad, chunk = tokenizer.pad_token_id, cfg.train.logps_chunk_size
-    layout, warning = check_layout(policy, data.train, Layout.from_config(cfg), pad, objective.unpaired, chunk)
-    if warning:
-        say(f"warning: {warning}")
-    with parallel.accelerator.main_process_first():  # a precomputed reference is computed once, then loaded
-        train_ref, eval_ref = build_reference(cfg, policy, objective, data, pad, device, layout)
+    # a precomputed reference is computed once by the main process, then loaded by the others
+    loaded = load_all(cfg, objective, device, say, chosen_only, parallel.accelerator.main_process_first)
+    tokenizer, data, policy, layout = loaded.tokenizer, loaded.data, loaded.policy, loaded.layout
+    train_ref, eval_ref, chunk = loaded.train_ref, loaded.eval_ref, cfg.train.logps_chunk_size
     policy.train()
     engine, optimizer = parallel.wrap(PolicyLogps(policy, chunk), train_ref,
                                       lambda params: build_optimizer(params, cfg.train), cfg.train)
