@@ -120,38 +120,51 @@ def test_two_processes_equal_one_process_with_accumulation(model_dir, hh_path, t
 DETERMINISTIC = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "grad_norm", "lr", "num_pairs")
 
 
-def test_sharded_run_killed_by_sigterm_resumes_bit_for_bit(model_dir, hh_path, tmp_path):
-    """SIGTERM to the launcher (as a scheduler preempting the job sends it): both processes finish the same step,
-    each writes its shard of weights and optimizer state, and `--resume` continues exactly."""
+# mode: (extra args, accelerate config, the weight files each checkpoint holds)
+RESUMABLE = {
+    "fsdp": (["train.fsdp=true"], None, ["model-rank00000.safetensors", "model-rank00001.safetensors"]),
+    "zero2": ([], "accelerate_zero2.yaml", ["model.safetensors"]),  # + each process's optimizer partition
+    "zero3": ([], "accelerate_zero3.yaml", ["model.safetensors"]),  # gathered weights + optimizer partitions
+}
 
-    def run_args(out, *extra):
-        return [*common(model_dir, hh_path, out), "--max-steps", "16", "train.fsdp=true", "train.eval_every=8",
-                "train.save=false", *extra]
+
+@pytest.mark.parametrize("mode", sorted(RESUMABLE))
+def test_partitioned_run_killed_by_sigterm_resumes_bit_for_bit(model_dir, hh_path, tmp_path, mode):
+    """SIGTERM to the launcher (as a scheduler preempting the job sends it): both processes finish the same step,
+    each writes its part of the state, and `--resume` continues exactly."""
+    extra, config, weight_files = RESUMABLE[mode]
+    if config:
+        pytest.importorskip("deepspeed", reason="DeepSpeed is an optional extra: pip install 'dpokit[deepspeed]'")
+    env = {**os.environ, **(accelerate_env(config) if config else {})}
+
+    def run_args(out, *more):
+        return [*common(model_dir, hh_path, out), "--max-steps", "16", "train.eval_every=8", "train.save=false",
+                *extra, *more]
 
     def metrics(out):
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         return [(r["step"], r["split"], {k: r[k] for k in DETERMINISTIC if k in r}) for r in rows]
 
     whole = tmp_path / "whole"
-    done = subprocess.run(torchrun(*run_args(whole)), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(torchrun(*run_args(whole)), capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
 
     cut = tmp_path / "cut"
-    code, err = sigterm_after(torchrun(*run_args(cut)), cut)
+    code, err = sigterm_after(torchrun(*run_args(cut)), cut, env=env)
     assert code != 0, err[-3000:]
     assert "continue with the same command plus --resume" in err, err[-3000:]
     saved = list((cut / "checkpoints").glob("step-*"))
     assert len(saved) == 1
-    assert sorted(p.name for p in saved[0].glob("model*")) == ["model-rank00000.safetensors",
-                                                               "model-rank00001.safetensors"]
+    assert sorted(p.name for p in saved[0].glob("model*")) == weight_files
+    assert sorted(p.name for p in saved[0].glob("optimizer*")) == ["optimizer-rank00000.pt", "optimizer-rank00001.pt"]
     done_steps = len([m for m in metrics(cut) if m[1] == "train"])
     assert 3 <= done_steps < 16  # really stopped mid-run
 
-    done = subprocess.run(torchrun(*run_args(cut, "--resume")), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(torchrun(*run_args(cut, "--resume")), capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert metrics(cut) == metrics(whole)  # weights, optimizer shards, data order and RNG restored exactly
+    assert metrics(cut) == metrics(whole)  # weights, optimizer state, data order and RNG restored exactly
 
-    # a sharded checkpoint cannot be resumed by a replicated run: a clear error, not a wrong model
+    # a partitioned checkpoint cannot be resumed by a replicated run: a clear error, not a wrong model
     code = main([*common(model_dir, hh_path, cut), "--max-steps", "16", "train.save=false",
                  f"train.resume={saved[0]}"])
     assert code == 2

@@ -6,8 +6,10 @@ Layout: `<output_dir>/checkpoints/step-00000012/` holding
 - `rng.pt`: Python, NumPy and torch (CPU and CUDA) generator states, same loader,
 - `state.json`: step, the metrics.jsonl line count at that step, and `shards`.
 Sharded (FSDP), every process writes its own part instead: `model-rank00001.safetensors`, `optimizer-rank00001.pt`,
-`rng-rank00001.pt` (`shards` = the number of processes), and a resume needs the same number of processes. Replicated
-runs (one process, DDP) write one copy from the main process (`shards` = 0), resumable with any number of processes.
+`rng-rank00001.pt` (`shards` = the number of processes), and a resume needs the same number of processes. DeepSpeed
+ZeRO: the main process writes the whole trainable weights (gathered under ZeRO-3) to `model.safetensors`, every
+process its partition of the optimizer state and its RNG (`zero_stage` records the stage). Replicated runs (one
+process, DDP) write one copy from the main process (`shards` = 0), resumable with any number of processes.
 A checkpoint is written into a temporary directory and renamed into place, so a crash mid-write never leaves a
 half checkpoint that `--resume latest` would pick; the newest `keep` checkpoints are kept. With several processes,
 the directory must be on a filesystem they all see.
@@ -37,12 +39,13 @@ class TrainState:
     step: int  # optimizer steps completed
     metrics_lines: int  # lines of metrics.jsonl written up to and including this step
     shards: int = 0  # processes that each wrote their own part (sharded training); 0: one whole copy
+    zero_stage: int = 0  # DeepSpeed ZeRO stage of the run that wrote it; 0: not DeepSpeed
 
 
 class Solo:
     """The process group of a single process (what `Parallel` looks like to this module when there is none)."""
 
-    rank, world, sharded, is_main = 0, 1, False, True
+    rank, world, sharded, is_main, deepspeed = 0, 1, False, True, None
 
     def barrier(self) -> None:
         pass
@@ -73,15 +76,22 @@ def save_checkpoint(output_dir: str | Path, model: torch.nn.Module, optimizer, s
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     group.barrier()
-    if group.sharded or group.is_main:
-        suffix = _suffix(group)
+    suffix, zero = _suffix(group), group.deepspeed
+    if zero is not None:  # whole weights from the main process, the optimizer's partition from every process
+        weights = group.full_state(model, trainable_only=True)  # a collective under ZeRO-3
+        if group.is_main:
+            save_file(weights, str(tmp / "model.safetensors"))
+        optimizer_state = _partition_state(zero)  # the torch optimizer over this partition
+    elif group.sharded or group.is_main:
         save_file(trainable_state(model), str(tmp / f"model{suffix}.safetensors"))
-        torch.save({"optimizer": _local_tensors(optimizer.state_dict()), "scheduler": scheduler.state_dict()},
-                   tmp / f"optimizer{suffix}.pt")
+        optimizer_state = _local_tensors(optimizer.state_dict())
+    if zero is not None or group.sharded or group.is_main:
+        torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict()}, tmp / f"optimizer{suffix}.pt")
         torch.save(_rng_state(), tmp / f"rng{suffix}.pt")
     group.barrier()
     if group.is_main:
-        state.shards = group.world if group.sharded else 0
+        state.shards = group.world if _per_process(group) else 0
+        state.zero_stage = _zero_stage(group)
         (tmp / "state.json").write_text(json.dumps(asdict(state)))
         if final.exists():
             shutil.rmtree(final)
@@ -114,38 +124,84 @@ def resolve(output_dir: str | Path, resume: str) -> Path:
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, group=SOLO) -> TrainState:
     state = TrainState(**json.loads((path / "state.json").read_text()))
-    wanted = group.world if group.sharded else 0
-    if state.shards != wanted:
-        raise ConfigError(f"checkpoint {path} was written by {_kind(state.shards)}, but this run is {_kind(wanted)}; "
-                          f"resume {_how(state.shards)}")
-    suffix = _suffix(group)
-    weights = load_file(str(path / f"model{suffix}.safetensors"))
+    wanted = (group.world if _per_process(group) else 0, _zero_stage(group))
+    if (state.shards, state.zero_stage) != wanted:
+        raise ConfigError(f"checkpoint {path} was written by {_kind(state.shards, state.zero_stage)}, but this run "
+                          f"is {_kind(*wanted)}; resume {_how(state.shards, state.zero_stage)}")
+    suffix, zero = _suffix(group), group.deepspeed
+    weights = load_file(str(path / ("model.safetensors" if zero is not None else f"model{suffix}.safetensors")))
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
     if missing or set(weights) - set(params):
         raise ConfigError(f"checkpoint {path} does not match this model (e.g. {(missing or sorted(weights))[0]})")
-    with torch.no_grad():
-        for name, value in weights.items():
-            _local(params[name]).copy_(value)
     opt = torch.load(path / f"optimizer{suffix}.pt", weights_only=True)
-    optimizer.load_state_dict(_shard_like_params(opt["optimizer"], optimizer))
+    if zero is not None:
+        group.load_weights(model, weights)
+        zero.optimizer.refresh_fp32_params()  # the optimizer's fp32 partition from the weights just loaded (exact)
+        _load_partition_state(zero, opt["optimizer"])
+    else:
+        with torch.no_grad():
+            for name, value in weights.items():
+                _local(params[name]).copy_(value)
+        optimizer.load_state_dict(_shard_like_params(opt["optimizer"], optimizer))
     scheduler.load_state_dict(opt["scheduler"])
     _set_rng_state(torch.load(path / f"rng{suffix}.pt", weights_only=True))
     return state
 
 
+def _partition_state(zero) -> dict:
+    """The state of the torch optimizer DeepSpeed runs over this process's fp32 partitions, in partition order
+    (its `state_dict()` cannot be used: DeepSpeed swaps partitions in and out of the optimizer's groups)."""
+    inner = zero.optimizer.optimizer
+    return {
+        "groups": [{k: v for k, v in group.items() if k != "params"} for group in inner.param_groups],
+        "state": [dict(inner.state.get(part, {})) for part in _fp32_partitions(zero)],
+    }
+
+
+def _load_partition_state(zero, saved: dict) -> None:
+    inner, parts = zero.optimizer.optimizer, _fp32_partitions(zero)
+    if len(parts) != len(saved["state"]) or len(inner.param_groups) != len(saved["groups"]):
+        raise ConfigError("the checkpoint's optimizer partitions do not match this run's (another DeepSpeed config?)")
+    for group, hyper in zip(inner.param_groups, saved["groups"], strict=True):
+        group.update(hyper)
+    for part, state in zip(parts, saved["state"], strict=True):
+        inner.state[part] = {k: v.to(part.device) if k != "step" and torch.is_tensor(v) else v
+                             for k, v in state.items()}
+
+
+def _fp32_partitions(zero) -> list[torch.Tensor]:
+    """DeepSpeed's fp32 master partitions of this process, the tensors its torch optimizer updates."""
+    if zero.zero_optimization_stage() == 3:
+        return list(zero.optimizer.fp32_partitioned_groups_flat)
+    return list(zero.optimizer.single_partition_of_fp32_groups)
+
+
+def _per_process(group) -> bool:
+    """Whether every process writes (and reads back) its own part: sharded weights or partitioned optimizer state."""
+    return group.sharded or group.deepspeed is not None
+
+
+def _zero_stage(group) -> int:
+    return group.deepspeed.zero_optimization_stage() if group.deepspeed is not None else 0
+
+
 def _suffix(group) -> str:
-    return f"-rank{group.rank:05d}" if group.sharded else ""
+    return f"-rank{group.rank:05d}" if _per_process(group) else ""
 
 
-def _kind(shards: int) -> str:
+def _kind(shards: int, zero_stage: int) -> str:
+    if zero_stage:
+        return f"{shards} processes under DeepSpeed ZeRO-{zero_stage}"
     return f"{shards} sharded processes" if shards else "replicated (one process or DDP)"
 
 
-def _how(shards: int) -> str:
+def _how(shards: int, zero_stage: int) -> str:
+    if zero_stage:
+        return f"with {shards} processes and the same DeepSpeed config (ZeRO-{zero_stage})"
     if shards:
         return f"with {shards} processes and FSDP (train.fsdp=true or the same accelerate config)"
-    return "without FSDP (any number of processes)"
+    return "without FSDP or DeepSpeed (any number of processes)"
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:

@@ -121,15 +121,29 @@ class Parallel:
             return self.accelerator.no_sync(engine)
         return contextlib.nullcontext()
 
-    def full_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-        """Every process's part gathered into whole tensors (a collective: all processes must call it)."""
-        if self.deepspeed is not None:
-            return _gather_zero3(model)
-        out = {}
-        for name, tensor in model.state_dict().items():
-            full = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
-            out[name] = full.detach().cpu().contiguous()
+    def full_state(self, model: torch.nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
+        """Every process's part gathered into whole tensors (a collective: all processes must call it).
+
+        `trainable_only`: just the parameters being trained (what a checkpoint holds).
+        """
+        if self.deepspeed is not None and self.sharded:
+            out = _gather_zero3(model)
+        else:
+            out = {}
+            for name, tensor in model.state_dict().items():
+                full = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+                out[name] = full.detach().cpu().contiguous()
+        if trainable_only:
+            keep = {n for n, p in model.named_parameters() if p.requires_grad}
+            out = {n: t for n, t in out.items() if n in keep}
         return out
+
+    def load_weights(self, model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+        """Whole tensors into the model's parameters; under ZeRO-3 each is gathered, set, and partitioned again."""
+        params = dict(model.named_parameters())
+        for name, value in weights.items():
+            with _gathered(params[name], self.deepspeed is not None and self.sharded), torch.no_grad():
+                params[name].copy_(value)
 
     def backward(self, loss: torch.Tensor, last: bool) -> None:
         """`last`: the optimizer step's last micro-batch (DeepSpeed reduces and steps at that boundary)."""
@@ -147,7 +161,8 @@ class Parallel:
         """
         if self.deepspeed is not None:
             self.deepspeed.step()
-            norm = torch.as_tensor(float(self.deepspeed.get_global_grad_norm() or 0.0))
+            raw = self.deepspeed.get_global_grad_norm()  # None would mean DeepSpeed did not compute one
+            norm = torch.as_tensor(float("nan") if raw is None else float(raw))
             check(norm)
             return norm
         return clip_and_step(optimizer, max_norm, check)
@@ -237,6 +252,15 @@ def zero_from_accelerate() -> dict | None:
     if stage not in (1, 2, 3):
         raise ConfigError(f"DeepSpeed ZeRO stage {stage}: dpokit supports stages 1, 2 and 3 (stage 0 is plain DDP)")
     return {**config, "fp16": {"enabled": False}, "bf16": {"enabled": False}}
+
+
+def _gathered(param: torch.nn.Parameter, zero3: bool):
+    """A ZeRO-3 parameter whole for the block, its change kept (every process sets the same value)."""
+    if not zero3:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters([param], modifier_rank=0)
 
 
 def _gather_zero3(model: torch.nn.Module) -> dict[str, torch.Tensor]:

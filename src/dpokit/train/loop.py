@@ -101,10 +101,6 @@ def _train(run: Run, callback: Callback | None, start: float) -> RunSummary:
             if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < run.steps:
                 _evaluate(run, step + 1, writer, callback)
             stopping = run.parallel.any(stop.signum is not None)  # every process stops after the same step
-            if stopping and run.parallel.deepspeed is not None:
-                signum = stop.signum or signal.SIGTERM
-                raise Interrupted(f"stopped by signal {signum} after step {step + 1}/{run.steps}; no checkpoint: "
-                                  "checkpoints are not supported with DeepSpeed yet", signum)
             if stopping or (cfg.train.save_every and (step + 1) % cfg.train.save_every == 0):
                 path = _checkpoint(run, step + 1, writer)
                 if stopping:

@@ -12,7 +12,6 @@ from tqdm.auto import tqdm
 
 from dpokit import config as config_io
 from dpokit.config import Config
-from dpokit.errors import ConfigError
 from dpokit.losses import LossParams, Objective, parse_objective, validate_params
 from dpokit.pipeline import Layout, PreparedData, autocast_for, load_all
 from dpokit.train.dist import Parallel, PolicyLogps
@@ -65,9 +64,6 @@ def build_run(cfg: Config, chosen_only: bool = False) -> Run:
     objective, params = objective_from(cfg)
     torch.manual_seed(cfg.train.seed)
     parallel = Parallel(fsdp=cfg.train.fsdp)
-    if parallel.zero is not None and (cfg.train.save_every or cfg.train.resume):
-        raise ConfigError("checkpoints (train.save_every, train.resume) are not supported with DeepSpeed yet; "
-                          "use train.fsdp=true (sharded checkpoints) or plain DDP")
     out_dir = Path(cfg.train.output_dir)
     if parallel.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
