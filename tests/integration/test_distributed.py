@@ -93,6 +93,17 @@ def test_two_processes_equal_one_process_with_accumulation(model_dir, hh_path, t
         assert summary["sharded"] is False
     else:
         assert summary["sharded"] is True  # each rank held half: the gathered model is compared below
+    # really sharded / partitioned: what each process held, against the whole model's size
+    whole_model = sum(t.numel() for t in load_file(str(two / "model.safetensors")).values())
+    held, state = summary["held_per_process"]["parameters"], summary["held_per_process"]["optimizer_state"]
+    if summary["sharded"]:
+        assert max(held) <= 0.6 * sum(held) and sum(held) >= whole_model, held  # each about half (+ adapter)
+    else:
+        assert min(held) >= whole_model, held
+    if mode == "ddp":
+        assert state[0] == state[1] > 0  # replicas: the whole optimizer state on each process
+    else:
+        assert 0 < max(state) <= 0.6 * sum(state), state  # FSDP, ZeRO-2, ZeRO-3: each holds about half
 
     one = tmp_path / "single"
     assert main([*common(model_dir, hh_path, one), "train.grad_accum=2", *one_extra, cache]) == 0

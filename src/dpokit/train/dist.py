@@ -192,6 +192,19 @@ class Parallel:
             gc.collect()
             torch.distributed.destroy_process_group()
 
+    def holdings(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, list[int]]:
+        """Elements of parameters and of optimizer state each process holds (its own part when sharded or
+        partitioned): what shows that sharding really happened. A collective with several processes."""
+        inner = self.deepspeed.optimizer.optimizer if self.deepspeed is not None else optimizer
+        params = sum(_held(p) for p in model.parameters())
+        state = sum(_held(v) for per_param in inner.state.values() for k, v in per_param.items()
+                    if k != "step" and torch.is_tensor(v))
+        if self.world == 1:
+            return {"parameters": [params], "optimizer_state": [state]}
+        mine = torch.tensor([[params, state]], dtype=torch.int64, device=self.device)
+        every = self.accelerator.gather(mine).tolist()
+        return {"parameters": [row[0] for row in every], "optimizer_state": [row[1] for row in every]}
+
     def replica_digests(self, model: torch.nn.Module) -> list[str]:
         """A hash of this process's trainable weights, gathered from every process: all equal iff in sync.
 
@@ -252,6 +265,15 @@ def zero_from_accelerate() -> dict | None:
     if stage not in (1, 2, 3):
         raise ConfigError(f"DeepSpeed ZeRO stage {stage}: dpokit supports stages 1, 2 and 3 (stage 0 is plain DDP)")
     return {**config, "fp16": {"enabled": False}, "bf16": {"enabled": False}}
+
+
+def _held(tensor: torch.Tensor) -> int:
+    """Elements this process stores of a tensor: its shard (FSDP), its partition (ZeRO-3), or all of it."""
+    if hasattr(tensor, "to_local"):
+        return tensor.to_local().numel()
+    if hasattr(tensor, "ds_tensor"):
+        return tensor.ds_tensor.numel()
+    return tensor.numel()
 
 
 def _gathered(param: torch.nn.Parameter, zero3: bool):

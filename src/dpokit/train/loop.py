@@ -58,7 +58,8 @@ class RunSummary:
     notes: list[str]
     processes: int = 1
     replica_digests: list[str] | None = None  # hash of each process's weights at the end: all equal when in sync
-    sharded: bool = False  # FSDP: each process held only its part of weights, gradients and optimizer state
+    sharded: bool = False  # FSDP or ZeRO-3: each process held only its part of the weights
+    held_per_process: dict[str, list[int]] | None = None  # elements of parameters / optimizer state per process
 
 
 def train(cfg: Config, chosen_only: bool = False, callback: Callback | None = None) -> RunSummary:
@@ -110,10 +111,12 @@ def _train(run: Run, callback: Callback | None, start: float) -> RunSummary:
     final_eval = _evaluate(run, run.steps, writer, callback)
     writer.close()
     digests = _check_replicas(run)
+    held = run.parallel.holdings(run.policy, run.optimizer)
     if cfg.train.save:
         _save(run)
     summary = RunSummary(str(run.out_dir), run.steps, len(run.data.train), len(run.data.eval), last, final_eval,
-                         time.perf_counter() - start, run.notes, run.parallel.world, digests, run.parallel.sharded)
+                         time.perf_counter() - start, run.notes, run.parallel.world, digests, run.parallel.sharded,
+                         held)
     if main:
         (run.out_dir / "summary.json").write_text(json.dumps(summary.__dict__, indent=2))
     return summary
