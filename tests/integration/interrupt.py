@@ -9,11 +9,9 @@ import time
 from pathlib import Path
 
 
-def sigterm_after(command: list[str], out: Path, lines: int = 3, timeout: float = 300,
-                  env: dict[str, str] | None = None) -> tuple[int, str]:
+def sigterm_after(command: list[str], out: Path, lines: int = 3, timeout: float = 300) -> tuple[int, str]:
     """Runs `command`, waits until `out/metrics.jsonl` has `lines` lines, sends SIGTERM; returns (exit code, stderr)."""
-    env = {**(env or os.environ), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         if (out / "metrics.jsonl").is_file() and len((out / "metrics.jsonl").read_text().splitlines()) >= lines:

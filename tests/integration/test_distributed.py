@@ -1,11 +1,11 @@
-"""Two real processes (torchrun, gloo on CPU): gradients are all-reduced, and the run equals one process that
-accumulates the same global batch (the bug TRL shipped as issue #7245 would fail both checks); sharded (FSDP) runs
-with every kind of reference, launched the way accelerate's FSDP config launches them; kill-and-resume when sharded."""
+"""Two real processes (torchrun or `accelerate launch` with the files in configs/, gloo on CPU): gradients are
+all-reduced, and the run equals one process that accumulates the same global batch (the bug TRL shipped as issue
+#7245 would fail both checks), for DDP, FSDP and DeepSpeed ZeRO-2/3 with every kind of reference; each process really
+holds only its part when sharded; a run killed by SIGTERM resumes bit for bit when its state is partitioned."""
 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -37,29 +37,24 @@ def torchrun(*args, port=None) -> list[str]:
             "--master_port", str(port or free_port()), "-m", "dpokit", *args]
 
 
-def accelerate_env(config: str) -> dict[str, str]:
-    """The environment `accelerate launch --config_file configs/<config>` gives each process, built by accelerate's
-    own launcher code (its launcher itself will not start FSDP or DeepSpeed without GPUs; torchrun starts it here)."""
-    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
-    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+def accelerate_launch(config: str, *args) -> list[str]:
+    """`accelerate launch --config_file configs/<config>` for 2 processes (its launcher starts torchrun; on a machine
+    without GPUs the processes use gloo)."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "configs" / config),
+            "--num_processes", "2", "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()),
+            "-m", "dpokit", *args]
 
-    parsed = launch_command_parser().parse_args(
-        ["--config_file", str(REPO / "configs" / config), "--num_processes", "2", "-m", "dpokit"])
-    parsed, defaults, _ = _validate_launch_command(parsed)
-    if parsed.use_deepspeed:
-        parsed.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)
-        env = prepare_deepspeed_cmd_env(parsed)[1]
-        assert env["ACCELERATE_USE_DEEPSPEED"] == "true"
-    else:
-        env = prepare_multi_gpu_env(parsed)
-        assert env["ACCELERATE_USE_FSDP"] == "true" and env["FSDP_VERSION"] == "2"
-    return {k: v for k, v in env.items() if k.startswith(("ACCELERATE_", "FSDP_"))}
+
+def launch(config: str | None, *args) -> list[str]:
+    return accelerate_launch(config, *args) if config else torchrun(*args)
 
 
 LORA = "model.lora.enabled=true"
-# mode: (extra args of the 2-process run, extra args of the 1-process run, accelerate config of the 2-process run)
+# mode: (extra args of the 2-process run, extra args of the 1-process run, accelerate config of the 2-process run:
+# `accelerate launch` with it, or torchrun without)
 MODES = {
     "ddp": ([], [], None),
+    "ddp-accelerate": ([], [], "accelerate_ddp.yaml"),
     # sharded policy; the frozen-copy reference is sharded the same way
     "fsdp": (["train.fsdp=true"], [], None),
     # sharded LoRA policy; the reference is the policy with its adapter off, computed through the sharded model
@@ -79,15 +74,14 @@ def test_two_processes_equal_one_process_with_accumulation(model_dir, hh_path, t
     two_extra, one_extra, config = MODES[mode]
     if mode.startswith("zero"):
         pytest.importorskip("deepspeed", reason="DeepSpeed is an optional extra: pip install 'dpokit[deepspeed]'")
-    env = accelerate_env(config) if config else {}
     cache = f"reference.cache_dir={tmp_path / 'cache'}"
     two = tmp_path / mode
-    done = subprocess.run(torchrun(*common(model_dir, hh_path, two), *two_extra, cache), capture_output=True,
-                          text=True, timeout=600, env={**os.environ, **env})
+    done = subprocess.run(launch(config, *common(model_dir, hh_path, two), *two_extra, cache), capture_output=True,
+                          text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((two / "summary.json").read_text())
     assert summary["processes"] == 2
-    if mode in ("ddp", "zero2"):
+    if mode in ("ddp", "ddp-accelerate", "zero2"):
         digests = summary["replica_digests"]
         assert len(digests) == 2 and digests[0] == digests[1]  # (a) both ranks hold identical parameters
         assert summary["sharded"] is False
@@ -100,7 +94,7 @@ def test_two_processes_equal_one_process_with_accumulation(model_dir, hh_path, t
         assert max(held) <= 0.6 * sum(held) and sum(held) >= whole_model, held  # each about half (+ adapter)
     else:
         assert min(held) >= whole_model, held
-    if mode == "ddp":
+    if mode.startswith("ddp"):
         assert state[0] == state[1] > 0  # replicas: the whole optimizer state on each process
     else:
         assert 0 < max(state) <= 0.6 * sum(state), state  # FSDP, ZeRO-2, ZeRO-3: each holds about half
@@ -141,12 +135,11 @@ RESUMABLE = {
 
 @pytest.mark.parametrize("mode", sorted(RESUMABLE))
 def test_partitioned_run_killed_by_sigterm_resumes_bit_for_bit(model_dir, hh_path, tmp_path, mode):
-    """SIGTERM to the launcher (as a scheduler preempting the job sends it): both processes finish the same step,
-    each writes its part of the state, and `--resume` continues exactly."""
+    """SIGTERM to the launcher, torchrun or accelerate (as a scheduler preempting the job sends it): both processes
+    finish the same step, each writes its part of the state, and `--resume` continues exactly."""
     extra, config, weight_files = RESUMABLE[mode]
     if config:
         pytest.importorskip("deepspeed", reason="DeepSpeed is an optional extra: pip install 'dpokit[deepspeed]'")
-    env = {**os.environ, **(accelerate_env(config) if config else {})}
 
     def run_args(out, *more):
         return [*common(model_dir, hh_path, out), "--max-steps", "16", "train.eval_every=8", "train.save=false",
@@ -157,11 +150,11 @@ def test_partitioned_run_killed_by_sigterm_resumes_bit_for_bit(model_dir, hh_pat
         return [(r["step"], r["split"], {k: r[k] for k in DETERMINISTIC if k in r}) for r in rows]
 
     whole = tmp_path / "whole"
-    done = subprocess.run(torchrun(*run_args(whole)), capture_output=True, text=True, timeout=600, env=env)
+    done = subprocess.run(launch(config, *run_args(whole)), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
     cut = tmp_path / "cut"
-    code, err = sigterm_after(torchrun(*run_args(cut)), cut, env=env)
+    code, err = sigterm_after(launch(config, *run_args(cut)), cut)
     assert code != 0, err[-3000:]
     assert "continue with the same command plus --resume" in err, err[-3000:]
     saved = list((cut / "checkpoints").glob("step-*"))
@@ -171,7 +164,7 @@ def test_partitioned_run_killed_by_sigterm_resumes_bit_for_bit(model_dir, hh_pat
     done_steps = len([m for m in metrics(cut) if m[1] == "train"])
     assert 3 <= done_steps < 16  # really stopped mid-run
 
-    done = subprocess.run(torchrun(*run_args(cut, "--resume")), capture_output=True, text=True, timeout=600, env=env)
+    done = subprocess.run(launch(config, *run_args(cut, "--resume")), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert metrics(cut) == metrics(whole)  # weights, optimizer state, data order and RNG restored exactly
 
