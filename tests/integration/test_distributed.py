@@ -172,3 +172,28 @@ def test_partitioned_run_killed_by_sigterm_resumes_bit_for_bit(model_dir, hh_pat
     code = main([*common(model_dir, hh_path, cut), "--max-steps", "16", "train.save=false",
                  f"train.resume={saved[0]}"])
     assert code == 2
+
+
+def test_a_training_callback_is_refused_when_the_policy_is_sharded(model_dir, hh_path, tmp_path):
+    """The callback (dpokit demo's sampler) gets the policy in one process; a sharded one would hang or be wrong."""
+    script = tmp_path / "with_callback.py"
+    script.write_text(f"""
+import sys
+from dpokit.config import build_config, parse_overrides
+from dpokit.errors import ConfigError
+from dpokit.train.loop import train
+cfg = build_config(None, {{"model.name_or_path": {str(model_dir)!r}, "data.path": {str(hh_path)!r},
+                           "train.output_dir": {str(tmp_path / "out")!r}}},
+                   parse_overrides(["data.limit=16", "data.on_bad_record=skip", "train.fsdp=true",
+                                    "train.max_steps=2", "train.progress=false"]))
+try:
+    train(cfg, callback=lambda step, policy: {{"x": 1.0}})
+except ConfigError as err:
+    print("refused:", err)
+    sys.exit(3)
+""")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                           "127.0.0.1", "--master_port", str(free_port()), str(script)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    assert done.stdout.count("refused: a training callback needs the whole policy in one process") == 2, done.stderr
