@@ -33,7 +33,8 @@ __all__ = ["Parallel", "PolicyLogps"]
 
 
 class Parallel:
-    """The process group as the loop sees it: who am I, reduce sums, sync the stop flag, skip sync on accumulation."""
+    """The process group as the loop sees it: who am I, how the policy is wrapped (DDP, FSDP2, DeepSpeed ZeRO),
+    backward and step for that wrapper, reduce sums, sync the stop flag, gather sharded weights."""
 
     def __init__(self, fsdp: bool = False) -> None:
         zero = zero_from_accelerate()
