@@ -85,7 +85,7 @@ def _train(run: Run, callback: Callback | None, start: float) -> RunSummary:
     cfg = run.cfg
     main = run.parallel.is_main
     if callback is not None and run.parallel.sharded:
-        raise ConfigError("a training callback needs the whole policy in one process; with FSDP each process holds "
+        raise ConfigError("a training callback needs the whole policy in one process; with FSDP or ZeRO-3 each holds "
                           "only a part: evaluate the saved model instead")
     first_step = _resume(run)
     order = _order(run, first_step)
