@@ -63,6 +63,11 @@ class Parallel:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def zero3(self) -> bool:
+        """DeepSpeed with the weights partitioned: whole tensors must be gathered to read or set them."""
+        return self.deepspeed is not None and self.sharded
+
     def wrap(self, engine: PolicyLogps, reference: Reference | None, make_optimizer: Callable,
              train_cfg) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         """The policy's engine wrapped for this process group, and its optimizer (built at the point each backend
@@ -127,7 +132,7 @@ class Parallel:
 
         `trainable_only`: just the parameters being trained (what a checkpoint holds).
         """
-        if self.deepspeed is not None and self.sharded:
+        if self.zero3:
             out = _gather_zero3(model)
         else:
             out = {}
@@ -143,7 +148,7 @@ class Parallel:
         """Whole tensors into the model's parameters; under ZeRO-3 each is gathered, set, and partitioned again."""
         params = dict(model.named_parameters())
         for name, value in weights.items():
-            with _gathered(params[name], self.deepspeed is not None and self.sharded), torch.no_grad():
+            with _gathered(params[name], self.zero3), torch.no_grad():
                 params[name].copy_(value)
 
     def backward(self, loss: torch.Tensor, last: bool) -> None:
