@@ -44,7 +44,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
     cfg = Config()
     config_io.apply(cfg, {
-        "model.name_or_path": args.policy, "reference.name_or_path": args.reference, "reference.mode": "copy",
+        "model.name_or_path": args.policy, "reference.name_or_path": args.reference,
         "data.path": args.data, "loss.name": args.loss, "loss.beta": args.beta, "data.max_length": args.max_length,
         "data.max_prompt_length": args.max_prompt_length, "train.batch_size": args.batch_size,
         "train.shuffle": False, "train.progress": False,

@@ -173,31 +173,71 @@ def build_policy(cfg: Config, device: torch.device) -> torch.nn.Module:
     return model.to(device)
 
 
+@dataclass(frozen=True)
+class ReferencePlan:
+    """Which reference a run uses, decided from `reference.mode` alone, before any model loads.
+
+    Attributes:
+        live: "copy" (a frozen model), "adapter" (the LoRA policy with its adapter off), or None (no reference).
+        weights: with "copy", the weights to load; None means a copy of the policy's starting weights.
+        cached: log-probs computed once by the live reference and read from disk (`reference.mode=precomputed`).
+    """
+
+    live: str | None
+    weights: str | None = None
+    cached: bool = False
+
+
+def plan_reference(cfg: Config, objective: Objective) -> ReferencePlan:
+    """`reference.mode` -> the reference, refusing settings that contradict it (ConfigError, before any load).
+
+    - auto: with LoRA, the adapter switched off (a copy of reference.name_or_path when that is set); else copy.
+    - copy: a frozen copy of reference.name_or_path, or of the policy's starting weights.
+    - adapter: the LoRA policy with its adapter off; refused without LoRA or with reference.name_or_path.
+    - precomputed: log-probs of what auto picks, computed once and cached on disk (not for unpaired losses).
+    - none: no reference; refused with reference.name_or_path or with a loss that needs a reference.
+    A loss that needs no reference (or loss.reference_free=true) takes auto or none only.
+    """
+    mode, name, lora = cfg.reference.mode, cfg.reference.name_or_path, cfg.model.lora.enabled
+    if name and mode in ("adapter", "none"):
+        raise ConfigError(f"reference.mode={mode} contradicts reference.name_or_path={name!r}: the reference is "
+                          + ("the LoRA policy with its adapter off" if mode == "adapter" else "switched off")
+                          + "; use reference.mode=copy to load it, or unset reference.name_or_path")
+    if mode == "adapter" and not lora:
+        raise ConfigError("reference.mode=adapter needs model.lora.enabled=true (the reference is the policy with its "
+                          "LoRA adapter switched off)")
+    if not objective.needs_reference:
+        if mode not in ("auto", "none"):
+            why = "loss.reference_free=true" if objective.reference_free else f"loss '{objective}' uses none"
+            raise ConfigError(f"reference.mode={mode}, but {why}: leave reference.mode at auto or set it to none")
+        return ReferencePlan(None)
+    if mode == "none":
+        raise ConfigError(f"loss '{objective}' needs a reference model; set reference.mode (auto, copy, adapter, "
+                          "precomputed) or loss.reference_free=true")
+    if mode == "precomputed" and objective.unpaired:
+        raise ConfigError("reference.mode=precomputed does not support unpaired (KTO) losses: their mismatched "
+                          "completions change with every batch")
+    adapter = mode == "adapter" or (mode in ("auto", "precomputed") and lora and not name)
+    return ReferencePlan("adapter" if adapter else "copy", None if adapter else name, cached=mode == "precomputed")
+
+
 def build_reference(cfg: Config, policy: torch.nn.Module, objective: Objective, data: PreparedData,
                     pad_id: int, device: torch.device, layout: Layout = Layout(),
                     ) -> tuple[Reference | None, Reference | None]:
     """The reference for training and for evaluation data (they differ only when log-probs are cached)."""
-    if not objective.needs_reference:
+    plan = plan_reference(cfg, objective)
+    if plan.live is None:
         return None, None
-    mode = cfg.reference.mode
-    if mode == "auto":
-        mode = "adapter" if cfg.model.lora.enabled and not cfg.reference.name_or_path else "copy"
-    if mode == "none":
-        raise ConfigError(f"loss '{objective}' needs a reference model; set reference.mode or loss.reference_free=true")
-    if mode == "adapter" and not cfg.model.lora.enabled:
-        raise ConfigError("reference.mode=adapter needs model.lora.enabled=true")
     autocast, chunk = autocast_for(cfg.train.precision, device), cfg.train.logps_chunk_size
-    if cfg.reference.name_or_path:
-        live: Reference = FrozenModel(load_model(cfg.reference.name_or_path, cfg.model).to(device), autocast, chunk)
-    elif cfg.model.lora.enabled:
-        live = AdapterOff(policy, autocast, chunk)
+    if plan.live == "adapter":
+        live: Reference = AdapterOff(policy, autocast, chunk)
+    elif plan.weights is not None or cfg.model.lora.enabled:  # a LoRA policy is no copy of its starting weights
+        model = load_model(plan.weights or cfg.model.name_or_path, cfg.model)
+        live = FrozenModel(model.to(device), autocast, chunk)
     else:
         live = FrozenModel(copy.deepcopy(policy), autocast, chunk)
-    if mode != "precomputed":
+    if not plan.cached:
         return live, live
-    if objective.unpaired:
-        raise ConfigError("reference.mode=precomputed does not support unpaired (KTO) losses: their mismatched "
-                          "completions change with every batch")
     return tuple(_cached(cfg, live, examples, pad_id, layout) if examples else None
                  for examples in (data.train, data.eval))
 
@@ -233,6 +273,7 @@ def load_all(cfg: Config, objective: Objective, device: torch.device, say, chose
     `reference_first`: a context for building the reference (with several processes, the main one first, so a
     precomputed reference is computed once and then loaded by the others).
     """
+    plan_reference(cfg, objective)  # contradictory reference settings fail now, before anything loads
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, cfg.model.trust_remote_code)
     data = prepare_data(cfg, tokenizer, objective, chosen_only)
     for note in data.notes:
