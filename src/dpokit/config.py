@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from dpokit.data.sources import looks_local
 from dpokit.errors import ConfigError
 
 
@@ -302,17 +303,9 @@ def validate(config: Config, *, require: tuple[str, ...] = ()) -> None:
         _check_model_dir(key, flat[key])
 
 
-def _looks_local(value: str) -> bool:
-    """True if `value` cannot be a hub name ("name" or "owner/name"), so it names something on this machine."""
-    return value.startswith(("/", "./", "../", "~")) or value.count("/") > 1
-
-
 def _check_local_path(key: str, value: str | None) -> None:
-    """A path that looks like a file (has a data extension) or a local path must exist; others may be hub names."""
-    if not value:
-        return
-    suffixes = (".jsonl", ".json", ".gz", ".parquet", ".csv")
-    if (value.endswith(suffixes) or _looks_local(value)) and not Path(value).expanduser().exists():
+    """A path that names something on this machine (see `looks_local`) must exist; others may be hub names."""
+    if value and looks_local(value) and not Path(value).expanduser().exists():
         raise ConfigError(f"config key '{key}': file not found: {value}")
 
 
@@ -321,7 +314,7 @@ def _check_model_dir(key: str, value: str | None) -> None:
     if not value:
         return
     path = Path(value).expanduser()
-    if (_looks_local(value) or path.exists()) and not path.is_dir():
+    if (looks_local(value) or path.exists()) and not path.is_dir():
         problem = "is a file, not a model directory" if path.exists() else "no such directory"
         raise ConfigError(f"config key '{key}': {problem}: {value}")
 

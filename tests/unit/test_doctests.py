@@ -8,9 +8,10 @@ import pytest
 
 import dpokit.data.collate
 import dpokit.data.packing
+import dpokit.data.sources
 
 
-@pytest.mark.parametrize("module", [dpokit.data.collate, dpokit.data.packing])
+@pytest.mark.parametrize("module", [dpokit.data.collate, dpokit.data.packing, dpokit.data.sources])
 def test_docstring_examples(module):
     result = doctest.testmod(module, verbose=False)
     assert result.attempted > 0 and result.failed == 0

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from dpokit.data.records import Example
+from dpokit.data.sources import json_type, printable
 from dpokit.errors import ConfigError
 
 FORMATS = ("auto", "explicit", "implicit", "conversational", "ranked", "unpaired")
@@ -67,7 +68,7 @@ def detect_format(record: dict[str, Any]) -> str:
         return "ranked"
     if "completion" in record and "label" in record:
         return "unpaired"
-    keys = _printable(", ".join(sorted(map(str, record))))[:200]
+    keys = printable(", ".join(sorted(map(str, record))))[:200]
     raise BadRecord(
         f"cannot detect the format from keys [{keys}]; expected chosen+rejected (+prompt), "
         "prompt+responses (+scores), or prompt+completion+label"
@@ -105,16 +106,6 @@ def ranked_to_pairs(ex: Example) -> list[Example]:
 # --- field checks --------------------------------------------------------------------------------------------------
 
 
-def _type_name(value: Any) -> str:
-    names = {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}
-    return names.get(type(value), "number" if isinstance(value, int | float) else type(value).__name__)
-
-
-def _printable(text: str) -> str:
-    """`text` with lone surrogates escaped, so a message quoting it can be written as UTF-8."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 def _unicode(value: str, field: str) -> str:
     """JSON can spell a lone surrogate ("\\ud800"); no encoder or tokenizer accepts one, so refuse it here, by field."""
     try:
@@ -141,13 +132,13 @@ def _text(record: dict[str, Any], field: str) -> str:
     """A string field; may be empty (a prompt can legitimately be empty)."""
     value = _get(record, field)
     if not isinstance(value, str):
-        raise BadRecord(f"expected a string, got {_type_name(value)}", field)
+        raise BadRecord(f"expected a string, got {json_type(value)}", field)
     return _unicode(value, field)
 
 
 def _response(value: Any, field: str) -> str:
     if not isinstance(value, str):
-        raise BadRecord(f"expected a string, got {_type_name(value)}", field)
+        raise BadRecord(f"expected a string, got {json_type(value)}", field)
     if not value.strip():
         raise BadRecord(EMPTY, field)
     return _unicode(value, field)
@@ -195,7 +186,7 @@ def _unpaired(record: dict[str, Any], options: FormatOptions) -> Example:
     completion = _response(_get(record, "completion"), "completion")
     label = _get(record, "label")
     if not isinstance(label, bool):
-        raise BadRecord(f"expected true or false, got {_type_name(label)}", "label")
+        raise BadRecord(f"expected true or false, got {json_type(label)}", "label")
     return Example(prompt=prompt, responses=(completion,), label=label)
 
 
@@ -207,7 +198,7 @@ def _ranked(record: dict[str, Any], options: FormatOptions) -> Example:
     prompt = _text(record, "prompt")
     values = _get(record, "responses")
     if not isinstance(values, list):
-        raise BadRecord(f"expected a list of strings, got {_type_name(values)}", "responses")
+        raise BadRecord(f"expected a list of strings, got {json_type(values)}", "responses")
     if len(values) < 2:
         raise BadRecord(f"a ranked list needs at least 2 responses, got {len(values)}", "responses")
     responses = [_response(v, f"responses[{i}]") for i, v in enumerate(values)]
@@ -225,12 +216,12 @@ def _ranked(record: dict[str, Any], options: FormatOptions) -> Example:
 
 def _scores(values: Any, n: int) -> list[float]:
     if not isinstance(values, list):
-        raise BadRecord(f"expected a list of numbers, got {_type_name(values)}", "scores")
+        raise BadRecord(f"expected a list of numbers, got {json_type(values)}", "scores")
     if len(values) != n:
         raise BadRecord(f"scores has {len(values)} entries but responses has {n}", "scores")
     for i, v in enumerate(values):
         if isinstance(v, bool) or not isinstance(v, int | float):
-            raise BadRecord(f"expected a number, got {_type_name(v)}", f"scores[{i}]")
+            raise BadRecord(f"expected a number, got {json_type(v)}", f"scores[{i}]")
         if not math.isfinite(v):
             raise BadRecord(f"expected a finite number, got {v}", f"scores[{i}]")
     return values
@@ -267,14 +258,14 @@ def _conversational(record: dict[str, Any], options: FormatOptions) -> Example:
 def _messages(record: dict[str, Any], field: str) -> list[dict[str, Any]]:
     value = _get(record, field)
     if not isinstance(value, list) or not value:
-        got = "an empty list" if value == [] else _type_name(value)
+        got = "an empty list" if value == [] else json_type(value)
         raise BadRecord(f"expected a non-empty list of {{role, content}} messages, got {got}", field)
     for i, m in enumerate(value):
         if not isinstance(m, dict):
-            raise BadRecord(f"expected a message object, got {_type_name(m)}", f"{field}[{i}]")
+            raise BadRecord(f"expected a message object, got {json_type(m)}", f"{field}[{i}]")
         for key in ("role", "content"):
             if not isinstance(m.get(key), str):
-                raise BadRecord(f"message {key!r} must be a string, got {_type_name(m.get(key))}", f"{field}[{i}]")
+                raise BadRecord(f"message {key!r} must be a string, got {json_type(m.get(key))}", f"{field}[{i}]")
             _unicode(m[key], f"{field}[{i}]")
     return value
 

@@ -88,7 +88,7 @@ def read_records(path: str, split: str = "train") -> Iterator[RawRecord]:
             f"unsupported file type; expected one of {', '.join(FILE_SUFFIXES)}, a dataset directory or a hub name",
             source=path,
         )
-    if _looks_local(path):
+    if looks_local(path):
         raise DataError("no such file or directory", source=path)
     return _read_hub(path, split)
 
@@ -98,17 +98,25 @@ def _file_suffix(path: str) -> str | None:
     return next((s for s in FILE_SUFFIXES if lower.endswith(s)), None)
 
 
-def _looks_local(path: str) -> bool:
-    """True if `path` cannot be a hub name ("name" or "owner/name"), so a missing one is simply a missing file."""
+def looks_local(path: str) -> bool:
+    """True if `path` cannot be a hub name ("name" or "owner/name"), so a missing one is simply a missing file.
+
+    The one rule for data and model paths alike (config checks use it too).
+
+    >>> [looks_local(p) for p in ("org/data", "./data", "a/b/c", "~/x", "hh.jsonl.gz", "notes.txt")]
+    [False, True, True, True, True, True]
+    """
+    lower = path.lower()
     return (
         os.path.isabs(path)
         or path.startswith((".", "~"))
         or path.replace(os.sep, "/").count("/") > 1
-        or Path(path).suffix.lower() in _FILE_LIKE_SUFFIXES
+        or Path(lower).suffix in _FILE_LIKE_SUFFIXES
+        or lower.endswith(FILE_SUFFIXES)
     )
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     """`text` with lone surrogates (from "\\ud800" escapes or undecodable bytes) escaped: messages stay UTF-8."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
@@ -123,7 +131,8 @@ def _json_failure(err: ValueError | RecursionError) -> str:
     return f"invalid JSON: {str(err).split(';')[0]}"  # drop the advice to call sys.set_int_max_str_digits()
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type, for messages: object, array, string, boolean, null, number."""
     names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
     return names.get(type(value), "number" if isinstance(value, int | float) else type(value).__name__)
 
@@ -158,7 +167,7 @@ def _parse_jsonl_line(path: str, line: int, raw: bytes) -> RawRecord | None:
     except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
         return RawRecord(path, line, error=_json_failure(e))
     if not isinstance(value, dict):
-        return RawRecord(path, line, error=f"expected a JSON object, got {_json_type(value)}")
+        return RawRecord(path, line, error=f"expected a JSON object, got {json_type(value)}")
     return RawRecord(path, line, record=value)
 
 
@@ -171,8 +180,8 @@ def _read_json(path: str) -> Iterator[RawRecord]:
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an over-long integer
         raise DataError(f"invalid JSON: {str(e).split(';')[0]}", source=path) from e
     if not isinstance(value, list):
-        hint = f" (keys: {_printable(', '.join(map(str, value)))[:200]})" if isinstance(value, dict) else ""
-        raise DataError(f"expected a top-level JSON array of objects, got {_json_type(value)}{hint}", source=path)
+        hint = f" (keys: {printable(', '.join(map(str, value)))[:200]})" if isinstance(value, dict) else ""
+        raise DataError(f"expected a top-level JSON array of objects, got {json_type(value)}{hint}", source=path)
     return _json_items(path, value)
 
 
@@ -181,7 +190,7 @@ def _json_items(path: str, items: list[Any]) -> Iterator[RawRecord]:
         if isinstance(item, dict):
             yield RawRecord(path, line, record=item)
         else:
-            yield RawRecord(path, line, error=f"expected a JSON object, got {_json_type(item)}")
+            yield RawRecord(path, line, error=f"expected a JSON object, got {json_type(item)}")
 
 
 # --- Parquet and CSV -----------------------------------------------------------------------------------------------
@@ -208,7 +217,7 @@ def _read_parquet(path: str) -> Iterator[RawRecord]:
                     line += len(records)
                     yield from records
             except (pa.ArrowException, OSError) as e:  # ArrowInvalid is also a ValueError; IO errors are OSErrors
-                error = f"unreadable Parquet row group {group}: {_printable((str(e).splitlines() or [''])[0])}"
+                error = f"unreadable Parquet row group {group}: {printable((str(e).splitlines() or [''])[0])}"
                 while line < end:
                     line += 1
                     yield RawRecord(path, line, error=error)
