@@ -12,13 +12,16 @@ class ConfigError(DpokitError):
 
 
 class DataError(DpokitError):
-    """A data record is unusable. Carries where it is (file, 1-based line) and which field is at fault."""
+    """A data record is unusable. Carries where it is (file, 1-based line), which field is at fault, and optionally
+    how to go on (`hint`, appended to the message after the reason)."""
 
-    def __init__(self, message: str, *, source: str | None = None, line: int | None = None, field: str | None = None):
+    def __init__(self, message: str, *, source: str | None = None, line: int | None = None, field: str | None = None,
+                 hint: str | None = None):
         self.reason = message
         self.source = source
         self.line = line
         self.field = field
+        self.hint = hint
         super().__init__(self._format())
 
     def _format(self) -> str:
@@ -27,4 +30,4 @@ class DataError(DpokitError):
             where += f":{self.line}"
         if self.field is not None:
             where += f": field '{self.field}'"
-        return f"{where}: {self.reason}"
+        return f"{where}: {self.reason}" + (f"; {self.hint}" if self.hint else "")

@@ -12,7 +12,7 @@ import datasets
 import pandas as pd
 import pytest
 
-from dpokit.data import LoadResult, Skip, load_examples, ranked_to_pairs, split_examples
+from dpokit.data import SKIP_HINT, LoadResult, Skip, load_examples, ranked_to_pairs, split_examples
 from dpokit.data.formats import EMPTY, IDENTICAL, PROMPTS_DISAGREE
 from dpokit.data.records import Example
 from dpokit.errors import ConfigError, DataError
@@ -221,7 +221,7 @@ def test_bad_record_error_names_file_line_and_field(
     with pytest.raises(DataError) as err:
         load_examples(path, format=fmt, tokenizer=tokenizer)
     assert (err.value.source, err.value.line, err.value.field, err.value.reason) == (path, 2, field, reason)
-    assert str(err.value) == f"{path}:2: field '{field}': {reason}"
+    assert str(err.value) == f"{path}:2: field '{field}': {reason}; {SKIP_HINT}"
 
 
 def test_broken_source_lines_are_bad_records_without_a_field(tmp_path: Path) -> None:
@@ -229,7 +229,7 @@ def test_broken_source_lines_are_bad_records_without_a_field(tmp_path: Path) -> 
     path.write_bytes(json.dumps(GOOD["explicit"]).encode() + b'\n{"prompt": "\xff"}\n')
     with pytest.raises(DataError) as err:
         load_examples(str(path))
-    assert str(err.value) == f"{path}:2: invalid UTF-8 (byte 13 of the line)"
+    assert str(err.value) == f"{path}:2: invalid UTF-8 (byte 13 of the line); {SKIP_HINT}"
     assert err.value.field is None
 
 
@@ -316,6 +316,13 @@ def test_hh_harmless_implicit_split() -> None:
 
 
 # --- conversational rendering --------------------------------------------------------------------------------------
+
+
+def test_hh_harmless_stops_at_its_first_empty_response_and_says_how_to_go_on() -> None:
+    with pytest.raises(DataError) as err:
+        load_examples(str(HH))
+    assert str(err.value) == f"{HH}:87: field 'chosen': {EMPTY}; {SKIP_HINT}"
+    assert "data.on_bad_record=skip" in SKIP_HINT
 
 
 def test_conversational_needs_a_tokenizer_with_a_chat_template(tmp_path: Path, tokenizer: Any) -> None:

@@ -31,6 +31,7 @@ from dpokit.data.sources import RawRecord, read_records
 from dpokit.errors import ConfigError, DataError
 
 BAD_RECORD_POLICIES = ("error", "skip")
+SKIP_HINT = "data.on_bad_record=skip counts and skips such records (and reports them)"
 
 __all__ = [
     "BAD_RECORD_POLICIES",
@@ -130,7 +131,8 @@ def load_examples(
             except BadRecord as bad:
                 skip = Skip(raw.source, raw.line, bad.field, bad.reason)
                 if on_bad_record == "error":
-                    raise DataError(skip.reason, source=skip.source, line=skip.line, field=skip.field) from None
+                    raise DataError(skip.reason, source=skip.source, line=skip.line, field=skip.field,
+                                    hint=SKIP_HINT) from None
                 result.skipped.append(skip)
             if limit is not None and len(result.examples) >= limit:
                 break
