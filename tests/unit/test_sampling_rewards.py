@@ -10,7 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassifi
 
 from dpokit.errors import ConfigError, DataError
 from dpokit.eval.rewards import load_reward
-from dpokit.eval.sampling import SamplingSettings, encode_prompts, left_pad, sample, sample_ids
+from dpokit.eval.sampling import SamplingSettings, left_pad, sample, sample_ids
 from dpokit.tiny import tiny_llama, train_bpe_tokenizer
 
 TEXTS = ["the acting was great. i loved it.", "the plot was dull, but the music was lovely.",
@@ -75,16 +75,20 @@ def test_sampling_is_seeded_and_leaves_the_global_rng_alone(review_model, review
                                                skip_special_tokens=True)
 
 
-def test_prompts_are_encoded_like_training_data(review_tokenizer):
+def test_sampling_sees_the_prompt_ids_training_sees(review_model, review_tokenizer):
+    """One prompt encoder: odd prompts (trailing spaces, empty, chat-rendered) give the same ids in both."""
     from dpokit.data.records import Example
     from dpokit.data.tokenize import TokenizeSettings, tokenize_examples
 
-    prompts = ["the acting was ", "what a"]
+    chat = review_tokenizer.apply_chat_template([{"role": "user", "content": "the plot?"}], tokenize=False,
+                                                add_generation_prompt=True)
+    prompts = ["the acting was ", "what a", "", "   ", "the music  ", chat]
     trained = tokenize_examples([Example(p, (" great.", " bad.")) for p in prompts], review_tokenizer,
                                 TokenizeSettings()).examples
-    assert encode_prompts(review_tokenizer, prompts) == [list(ex.prompt_ids) for ex in trained]
-    with pytest.raises(ConfigError, match="no tokens"):
-        encode_prompts(review_tokenizer, [""])
+    sampled = sample(review_model, review_tokenizer, prompts, SamplingSettings(max_new_tokens=2), seed=0)
+    assert sampled.prompt_ids == [list(ex.prompt_ids) for ex in trained]
+    assert sampled.prompt_ids[2] == sampled.prompt_ids[3] == [review_tokenizer.eos_token_id]  # empty: a boundary
+    assert review_tokenizer.decode(sampled.prompt_ids[5]) == chat.rstrip(" ")
 
 
 def test_greedy_decoding_is_deterministic(review_model, review_tokenizer):

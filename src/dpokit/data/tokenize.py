@@ -16,11 +16,12 @@ responses are cut to the room left (their eos is lost).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
-from dpokit.data import Skip
+from dpokit.data import SKIP_HINT, Skip
 from dpokit.data.records import Example
 from dpokit.errors import DataError
 
@@ -75,18 +76,13 @@ def tokenize_examples(
     eos = tokenizer.eos_token_id
     if eos is None:
         raise DataError("the tokenizer has no eos token; set one (tokenizer.eos_token) before training")
-    prompts, responses = [], []
-    for ex in examples:
-        prompt, shifted = _split_trailing_spaces(ex.prompt)
-        prompts.append(prompt)
-        responses.extend(shifted + r for r in ex.responses)
-    prompt_ids = _encode(tokenizer, prompts)
+    prompt_ids = encode_prompts(tokenizer, [ex.prompt for ex in examples])
+    # the spaces `encode_prompts` strips off a prompt's end start each of its responses instead
+    responses = [ex.prompt[len(ex.prompt.rstrip(" ")):] + r for ex in examples for r in ex.responses]
     response_ids = iter(_encode(tokenizer, responses))
     result = TokenizeResult(examples=[])
-    bos = _bos_prefix(tokenizer)
     for i, ex in enumerate(tqdm(examples, desc="tokenize", disable=not progress, leave=False)):
-        prompt = bos + prompt_ids[i] if bos and prompt_ids[i][:1] != bos else prompt_ids[i]
-        prompt = prompt or [eos]  # an empty prompt still needs a token whose logits predict the response's first
+        prompt = prompt_ids[i]
         resps = [next(response_ids) + [eos] for _ in ex.responses]
         _add(result, ex, i, prompt, resps, settings)
     return result
@@ -102,8 +98,8 @@ def _add(result: TokenizeResult, ex: Example, index: int, prompt: list[int], res
     if room < 1:
         reason = f"prompt has {len(prompt)} tokens, leaving no room for a response under max_length={s.max_length}"
         if s.on_bad_record == "error":
-            raise DataError(reason + " (set data.prompt_truncation to keep_end or keep_start to cut prompts)",
-                            source=ex.source, line=ex.line, field="prompt")
+            raise DataError(reason, source=ex.source, line=ex.line, field="prompt",
+                            hint="set data.prompt_truncation to keep_end or keep_start to cut prompts, or " + SKIP_HINT)
         # a fixed reason, so the report groups these skips into one count
         no_room = f"prompt leaves no room for a response under max_length={s.max_length}"
         result.skipped.append(Skip(ex.source, ex.line, "prompt", no_room))
@@ -118,9 +114,20 @@ def _add(result: TokenizeResult, ex: Example, index: int, prompt: list[int], res
     )
 
 
-def _split_trailing_spaces(prompt: str) -> tuple[str, str]:
-    stripped = prompt.rstrip(" ")
-    return stripped, prompt[len(stripped):]
+def encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
+    """Prompt token ids exactly as training sees them; sampling and the KL measurement use this too.
+
+    Trailing spaces are left for the response to start with; no special tokens are added except the bos the
+    tokenizer's own convention puts in front of a text (once: a prompt rendered with a chat template may begin with
+    it already); an empty prompt becomes [eos], a document boundary whose logits predict the first response token.
+    """
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise DataError("the tokenizer has no eos token; set one (tokenizer.eos_token) before training")
+    bos = _bos_prefix(tokenizer)
+    rows = _encode(tokenizer, [p.rstrip(" ") for p in prompts])
+    rows = [bos + row if bos and row[:1] != bos else row for row in rows]
+    return [row or [eos] for row in rows]
 
 
 def _encode(tokenizer, texts: list[str]) -> list[list[int]]:

@@ -1,9 +1,10 @@
 """Sampling completions from a causal LM: batched, left-padded, KV-cached `generate`, seeded, and exactly the
 model's distribution when asked (temperature 1, no top-k / top-p), which the KL estimate in `kl.py` relies on.
 
-Prompts are tokenized the way dpokit's training data is (`data/tokenize.py`): without special tokens except a bos the
-tokenizer itself prepends, and with trailing spaces left for the completion to write. So the model continues a prompt
-from the same token ids it was trained on, and `prompt + completion` text is the training text again.
+Prompts are tokenized by the one prompt encoder training uses (`data.tokenize.encode_prompts`): without special
+tokens except a bos the tokenizer itself prepends, and with trailing spaces left for the completion to write. So the
+model continues a prompt from the same token ids it was trained on, and `prompt + completion` text is the training
+text again.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
+from dpokit.data.tokenize import encode_prompts
 from dpokit.errors import ConfigError
 
 
@@ -69,19 +71,6 @@ class Samples:
     def finished(self) -> list[bool]:
         """True where the completion ended with eos within the budget."""
         return [self.eos_id is not None and ids[-1:] == [self.eos_id] for ids in self.completion_ids]
-
-
-def encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
-    """Prompt token ids as dpokit's training tokenization makes them (see the module docstring)."""
-    texts = [p.rstrip(" ") for p in prompts]
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-    bos = tokenizer.bos_token_id
-    if bos is not None and tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos]:
-        ids = [row if row[:1] == [bos] else [bos, *row] for row in ids]
-    for text, row in zip(prompts, ids, strict=True):
-        if not row:
-            raise ConfigError(f"prompt {text!r} has no tokens; every prompt needs at least one")
-    return ids
 
 
 def sample(
