@@ -37,8 +37,9 @@ class Batch:
 
     def to(self, device: torch.device | str) -> Batch:
         labels = None if self.labels is None else self.labels.to(device)
-        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.loss_mask.to(device),
-                     self.num_responses, self.indices, labels)
+        return Batch(input_ids=self.input_ids.to(device), attention_mask=self.attention_mask.to(device),
+                     loss_mask=self.loss_mask.to(device), num_responses=self.num_responses, indices=self.indices,
+                     labels=labels)
 
 
 def collate(examples: list[TokenizedExample], pad_id: int, unpaired: bool = False) -> Batch:
@@ -70,4 +71,5 @@ def collate(examples: list[TokenizedExample], pad_id: int, unpaired: bool = Fals
         loss_mask[i, len(prompt):n] = True
     labels = torch.tensor([bool(ex.label) for ex in examples]) if unpaired else None
     indices = torch.tensor([ex.index for ex in examples], dtype=torch.long)
-    return Batch(input_ids, attention_mask, loss_mask, k, indices, labels)
+    return Batch(input_ids=input_ids, attention_mask=attention_mask, loss_mask=loss_mask, num_responses=k,
+                 indices=indices, labels=labels)

@@ -95,22 +95,17 @@ def pack(
     k = len(responses[0])
     units = _units(examples, responses, shared_prompt)
     rows = _bin(units, max(max(map(len, units)), row_length or 0)) if packing else [[u] for u in units]
-    width = max(sum(map(len, row)) for row in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    pos = torch.zeros((len(rows), width), dtype=torch.long)
-    unit_id = torch.full((len(rows), width), -1, dtype=torch.long)
-    seg = torch.zeros((len(rows), width), dtype=torch.long)
-    preds: list[tuple[int, int, int, int, int]] = []  # row, col, target, seq id, token position
+    grid = _Grid(len(rows), max(sum(map(len, row)) for row in rows), pad_id, k)
     for r, row in enumerate(rows):
         col = 0
         for u_index, unit in enumerate(row):
-            col = _place(unit, r, col, u_index, k, ids, pos, unit_id, seg, preds)
-    pred = torch.tensor(preds, dtype=torch.long).view(-1, 5)
+            col = grid.place(unit, r, col, u_index)
+    pred = torch.tensor(grid.preds, dtype=torch.long).view(-1, 5)
     labels = torch.tensor([bool(ex.label) for ex in examples]) if unpaired else None
     return PackedBatch(
-        input_ids=ids,
-        position_ids=pos,
-        attention_mask=_mask(unit_id, seg),
+        input_ids=grid.ids,
+        position_ids=grid.pos,
+        attention_mask=_mask(grid.unit_id, grid.seg),
         pred_rows=pred[:, 0],
         pred_cols=pred[:, 1],
         targets=pred[:, 2],
@@ -119,7 +114,7 @@ def pack(
         num_responses=k,
         indices=torch.tensor([ex.index for ex in examples], dtype=torch.long),
         labels=labels,
-        num_real_tokens=int((unit_id >= 0).sum()),
+        num_real_tokens=int((grid.unit_id >= 0).sum()),
         num_sequence_tokens=sum(len(ex.prompt_ids) * k + sum(map(len, r)) for ex, r in zip(examples, responses,
                                                                                              strict=True)),
     )
@@ -163,25 +158,38 @@ def _bin(units: list[_Unit], capacity: int) -> list[list[_Unit]]:
     return rows
 
 
-def _place(unit: _Unit, r: int, col: int, u_index: int, k: int, ids, pos, unit_id, seg, preds) -> int:
-    """Writes one unit into row r from column `col`; records each response token's predictor. Returns next col."""
-    p = len(unit.prompt)
-    ids[r, col:col + p] = torch.tensor(unit.prompt, dtype=torch.long)
-    pos[r, col:col + p] = torch.arange(p)
-    unit_id[r, col:col + p] = u_index
-    last_prompt_col = col + p - 1
-    col += p
-    for j, resp in enumerate(unit.responses):
-        n = len(resp)
-        ids[r, col:col + n] = torch.tensor(resp, dtype=torch.long)
-        pos[r, col:col + n] = torch.arange(p, p + n)
-        unit_id[r, col:col + n] = u_index
-        seg[r, col:col + n] = j + 1
-        seq = unit.example * k + unit.first_response + j
-        for t, token in enumerate(resp):
-            preds.append((r, last_prompt_col if t == 0 else col + t - 1, token, seq, t))
-        col += n
-    return col
+class _Grid:
+    """The rows being filled: token ids, positions, unit and segment of every column, and each response token's
+    predictor as (row, col, target, seq id, token position)."""
+
+    def __init__(self, rows: int, width: int, pad_id: int, k: int):
+        self.ids = torch.full((rows, width), pad_id, dtype=torch.long)
+        self.pos = torch.zeros((rows, width), dtype=torch.long)
+        self.unit_id = torch.full((rows, width), -1, dtype=torch.long)  # -1: padding
+        self.seg = torch.zeros((rows, width), dtype=torch.long)  # 0: prompt, j + 1: response j
+        self.preds: list[tuple[int, int, int, int, int]] = []
+        self.k = k
+
+    def place(self, unit: _Unit, r: int, col: int, u_index: int) -> int:
+        """Writes one unit into row r from column `col`; records each response token's predictor. Returns next col."""
+        p = len(unit.prompt)
+        self._write(r, col, unit.prompt, torch.arange(p), u_index, 0)
+        last_prompt_col = col + p - 1
+        col += p
+        for j, resp in enumerate(unit.responses):
+            self._write(r, col, resp, torch.arange(p, p + len(resp)), u_index, j + 1)
+            seq = unit.example * self.k + unit.first_response + j
+            for t, token in enumerate(resp):
+                self.preds.append((r, last_prompt_col if t == 0 else col + t - 1, token, seq, t))
+            col += len(resp)
+        return col
+
+    def _write(self, r: int, col: int, tokens: tuple[int, ...], positions: Tensor, unit: int, segment: int) -> None:
+        end = col + len(tokens)
+        self.ids[r, col:end] = torch.tensor(tokens, dtype=torch.long)
+        self.pos[r, col:end] = positions
+        self.unit_id[r, col:end] = unit
+        self.seg[r, col:end] = segment
 
 
 def _mask(unit_id: Tensor, seg: Tensor) -> Tensor:
