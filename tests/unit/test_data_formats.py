@@ -339,6 +339,10 @@ class PromptChangingTemplate:
     """A template that renders the last user turn differently once an answer follows (as some 'thinking' ones do)."""
 
     chat_template = "fake"
+    all_special_ids: list[int] = []  # it writes no end-of-turn token
+
+    def __call__(self, text: str, add_special_tokens: bool) -> dict:
+        return {"input_ids": [ord(c) for c in text]}
 
     def apply_chat_template(self, messages: list[dict], tokenize: bool, add_generation_prompt: bool) -> str:
         text = "".join(f"[{m['role']}:{m['content']}]" for m in messages)

@@ -119,7 +119,7 @@ def test_sampled_mean_estimates_the_exact_kl(models):
     n = 3000
     prompts = [list(PROMPTS[i % 2]) for i in range(n)]
     settings = SamplingSettings(max_new_tokens=MAX_NEW, batch_size=1000)
-    completions = sample_ids(policy, prompts, settings, eos_id=EOS, pad_id=PAD, seed=0)
+    completions = sample_ids(policy, prompts, settings, stop=EOS, pad_id=PAD, seed=0)
     assert all(1 <= len(y) <= MAX_NEW and EOS not in y[:-1] for y in completions)
     estimates = sequence_kl(policy, reference, prompts, completions, batch_size=500)
     for start in (0, 1):  # each prompt on its own

@@ -45,7 +45,7 @@ def test_first_token_frequencies_match_the_softmax():
     model.generation_config.top_k = 5  # a checkpoint's own defaults must not leak into the draw either
     prompt = [7, 8, 9]
     n = 20000
-    drawn = sample_ids(model, [prompt] * n, SamplingSettings(max_new_tokens=1, batch_size=n), eos_id=0, pad_id=1)
+    drawn = sample_ids(model, [prompt] * n, SamplingSettings(max_new_tokens=1, batch_size=n), stop=0, pad_id=1)
     counts = torch.bincount(torch.tensor([ids[0] for ids in drawn]), minlength=60).double() / n
     with torch.no_grad():
         probs = model(torch.tensor([prompt])).logits[0, -1].double().softmax(-1)

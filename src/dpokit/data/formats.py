@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from dpokit.data import chat
 from dpokit.data.records import Example
 from dpokit.data.sources import json_type, printable
 from dpokit.errors import ConfigError
@@ -48,10 +49,12 @@ class FormatOptions:
     Attributes:
         prompt_marker: implicit format: the prompt ends at the last occurrence of this text in `chosen`.
         tokenizer: conversational format: renders messages with `apply_chat_template`.
+        end_of_turn: conversational format: the text of the template's end-of-turn token (`chat.end_of_turn_text`).
     """
 
     prompt_marker: str = DEFAULT_PROMPT_MARKER
     tokenizer: Any = None
+    end_of_turn: str | None = None
 
 
 def detect_format(record: dict[str, Any]) -> str:
@@ -79,7 +82,7 @@ def require_chat_tokenizer(tokenizer: Any) -> None:
     """Fails early, once, instead of once per record, when the conversational format cannot render."""
     if tokenizer is None:
         raise ConfigError("the conversational format needs a tokenizer (to apply its chat template); none was given")
-    if getattr(tokenizer, "chat_template", None) is None:
+    if not chat.has_template(tokenizer):
         raise ConfigError("the conversational format needs a tokenizer with a chat template; this one has none")
 
 
@@ -236,10 +239,10 @@ def _conversational(record: dict[str, Any], options: FormatOptions) -> Example:
     Without a "prompt" key the prompt is every message before the last assistant message, shared by both sides.
     """
     require_chat_tokenizer(options.tokenizer)
-    chosen = _messages(record, "chosen")
-    rejected = _messages(record, "rejected")
+    chosen = messages(record, "chosen")
+    rejected = messages(record, "rejected")
     if _present(record, "prompt"):
-        prompt = _messages(record, "prompt")
+        prompt = messages(record, "prompt")
     else:
         prompt, chosen = _split_last_assistant(chosen, "chosen")
         rejected_prompt, rejected = _split_last_assistant(rejected, "rejected")
@@ -249,13 +252,19 @@ def _conversational(record: dict[str, Any], options: FormatOptions) -> Example:
         if not any(m["content"].strip() for m in reply):
             raise BadRecord(EMPTY, field)
     tokenizer = options.tokenizer
-    prompt_text = _render(tokenizer, prompt, "prompt", add_generation_prompt=True)
+    try:
+        prompt_text = chat.render(tokenizer, prompt, add_generation_prompt=True)
+    except chat.TemplateError as e:
+        raise BadRecord(str(e), "prompt") from e
     chosen_text = _render_reply(tokenizer, prompt, prompt_text, chosen, "chosen")
     rejected_text = _render_reply(tokenizer, prompt, prompt_text, rejected, "rejected")
-    return Example(prompt=prompt_text, responses=_distinct_pair(chosen_text, rejected_text))
+    eot = options.end_of_turn
+    return Example(prompt=prompt_text, responses=_distinct_pair(chosen_text, rejected_text),
+                   ends_turn=eot is not None and eot in chosen_text and eot in rejected_text)
 
 
-def _messages(record: dict[str, Any], field: str) -> list[dict[str, Any]]:
+def messages(record: dict[str, Any], field: str) -> list[dict[str, Any]]:
+    """`record[field]` as a non-empty list of {role, content} messages, or BadRecord naming the message."""
     value = _get(record, field)
     if not isinstance(value, list) or not value:
         got = "an empty list" if value == [] else json_type(value)
@@ -280,24 +289,11 @@ def _split_last_assistant(messages: list[dict[str, Any]], field: str) -> tuple[l
     return messages[:last], messages[last:]
 
 
-def _render(tokenizer: Any, messages: list, field: str, *, add_generation_prompt: bool) -> str:
-    import jinja2
-
-    try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-    except (jinja2.TemplateError, ValueError, TypeError, KeyError) as e:  # templates raise on e.g. role order
-        raise BadRecord(f"chat template failed: {e}", field) from e
-
-
 def _render_reply(tokenizer: Any, prompt: list, prompt_text: str, reply: list, field: str) -> str:
-    full = _render(tokenizer, prompt + reply, field, add_generation_prompt=False)
-    if not full.startswith(prompt_text):
-        raise BadRecord(
-            "the chat template renders the prompt differently inside the full conversation, "
-            "so the response cannot be split off it",
-            field,
-        )
-    return full[len(prompt_text) :]
+    try:
+        return chat.render_reply(tokenizer, prompt, prompt_text, reply)
+    except chat.TemplateError as e:
+        raise BadRecord(str(e), field) from e
 
 
 _PARSERS: dict[str, Callable[[dict[str, Any], FormatOptions], Example]] = {

@@ -1,12 +1,14 @@
 """Text examples -> token ids, with the prompt masked from the loss.
 
-Convention: `ids(prompt) + ids(response) + [eos]`. The prompt and each response are tokenized *separately* and
-concatenated. BPE tokenizers merge across text boundaries ("hel" + "lo" -> "hello"), so tokenizing the joined text
-would move the prompt/response boundary and could give chosen and rejected different prompt tokens. Tokenizing apart
-keeps the prompt's tokens identical for every response of an example (what a shared-prompt forward needs) and makes
-the loss mask exact. One deliberate adjustment: trailing spaces of the prompt are moved to the start of the response,
-so "Assistant: " + "Hi" is tokenized as "Assistant:" + " Hi", the way the model would write it. An empty prompt
-becomes [eos] (a document boundary), so the response's first token is scored too.
+Convention: `ids(prompt) + ids(response) + [eos]`; a chat-rendered response that closes its turn itself gets no
+eos (its template's end-of-turn token is already there: see data/chat.py). The prompt and each response are
+tokenized *separately* and concatenated. BPE tokenizers merge across text boundaries ("hel" + "lo" -> "hello"), so
+tokenizing the joined text would move the prompt/response boundary and could give chosen and rejected different
+prompt tokens. Tokenizing apart keeps the prompt's tokens identical for every response of an example (what a
+shared-prompt forward needs) and makes the loss mask exact. One deliberate adjustment: trailing spaces of the prompt
+are moved to the start of the response, so "Assistant: " + "Hi" is tokenized as "Assistant:" + " Hi", the way the
+model would write it. An empty prompt becomes [eos] (a document boundary), so the response's first token is scored
+too.
 
 Truncation, when prompt + longest response exceeds `max_length`: first the prompt is cut to `max_prompt_length`
 (default max_length // 2; keeping its end, as dialogue data needs, or its start; or never, with `none`); then
@@ -83,7 +85,7 @@ def tokenize_examples(
     result = TokenizeResult(examples=[])
     for i, ex in enumerate(tqdm(examples, desc="tokenize", disable=not progress, leave=False)):
         prompt = prompt_ids[i]
-        resps = [next(response_ids) + [eos] for _ in ex.responses]
+        resps = [next(response_ids) + ([] if ex.ends_turn else [eos]) for _ in ex.responses]
         _add(result, ex, i, prompt, resps, settings)
     return result
 

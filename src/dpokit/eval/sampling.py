@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
+from dpokit.data.chat import TemplateError, render_prompts, stop_ids
 from dpokit.data.tokenize import encode_prompts
 from dpokit.errors import ConfigError
 
@@ -53,52 +54,62 @@ class Samples:
     """Completions of a list of prompts, as text and as the token ids that were sampled.
 
     Attributes:
-        prompts: the prompt texts, one entry per completion (a prompt sampled k times appears k times).
+        prompts: the prompts as given (text, or messages), one entry per completion (a prompt sampled k times
+            appears k times).
         completions: decoded completions, special tokens removed.
-        prompt_ids: each prompt's token ids, unpadded.
-        completion_ids: each completion's sampled ids up to and including the first eos (none if it ran out of
-            budget). These, not a re-tokenization of the text, are what the KL estimate scores.
-        eos_id: the tokenizer's eos id.
+        prompt_ids: each prompt's token ids, unpadded (after the chat template, when one was applied).
+        completion_ids: each completion's sampled ids up to and including the first stop token (none if it ran out
+            of budget). These, not a re-tokenization of the text, are what the KL estimate scores.
+        stop_ids: the ids that end a completion: eos, and with a chat template its end-of-turn token.
     """
 
-    prompts: list[str]
+    prompts: list[str | list[dict]]
     completions: list[str]
     prompt_ids: list[list[int]]
     completion_ids: list[list[int]]
-    eos_id: int | None = None
+    stop_ids: tuple[int, ...] = ()
 
     @property
     def finished(self) -> list[bool]:
-        """True where the completion ended with eos within the budget."""
-        return [self.eos_id is not None and ids[-1:] == [self.eos_id] for ids in self.completion_ids]
+        """True where the completion ended with a stop token within the budget."""
+        return [bool(ids) and ids[-1] in self.stop_ids for ids in self.completion_ids]
 
 
 def sample(
     model: torch.nn.Module,
     tokenizer,
-    prompts: Sequence[str],
+    prompts: Sequence[str | list[dict]],
     settings: SamplingSettings,
     seed: int = 0,
     num_samples: int = 1,
     progress: bool = False,
+    chat: bool = False,
 ) -> Samples:
     """Samples `num_samples` completions of each prompt, in prompt order (all of prompt 0's first).
 
     The same model, prompts, settings and seed give the same completions: evaluations at different training steps
     share their random numbers, so differences between them come from the model, not the draw. The global torch RNG
     is left as it was.
+
+    Args:
+        chat: render each prompt with the tokenizer's chat template (a string is one user message; a list of
+            messages is rendered as it is) and stop at the template's end-of-turn token too (data/chat.py).
     """
     settings.check()
-    encoded = encode_prompts(tokenizer, prompts)
+    try:
+        texts = render_prompts(tokenizer, prompts, chat)
+    except TemplateError as err:
+        raise ConfigError(str(err)) from None
+    encoded = encode_prompts(tokenizer, texts)
     repeated = [i for i in range(len(prompts)) for _ in range(num_samples)]
     prompt_ids = [encoded[i] for i in repeated]
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    completion_ids = sample_ids(model, prompt_ids, settings, eos, pad, seed, progress)
-    texts = tokenizer.batch_decode(
-        [[t for t in ids if t != eos] for ids in completion_ids],
+    stops = stop_ids(tokenizer, chat)
+    completion_ids = sample_ids(model, prompt_ids, settings, stops, tokenizer.pad_token_id, seed, progress)
+    completions = tokenizer.batch_decode(
+        [[t for t in ids if t not in stops] for ids in completion_ids],
         skip_special_tokens=True, clean_up_tokenization_spaces=False,
     )
-    return Samples([prompts[i] for i in repeated], texts, prompt_ids, completion_ids, eos_id=eos)
+    return Samples([prompts[i] for i in repeated], completions, prompt_ids, completion_ids, tuple(stops))
 
 
 @torch.no_grad()
@@ -106,25 +117,26 @@ def sample_ids(
     model: torch.nn.Module,
     prompt_ids: Sequence[Sequence[int]],
     settings: SamplingSettings,
-    eos_id: int,
+    stop: int | Sequence[int],
     pad_id: int | None,
     seed: int = 0,
     progress: bool = False,
 ) -> list[list[int]]:
-    """Token-level sampling: completion ids of each prompt, cut after the first eos.
+    """Token-level sampling: completion ids of each prompt, cut after the first stop token.
 
     Args:
         model: a causal LM with `generate` (eval mode is set here and restored after).
         prompt_ids: N unpadded prompts; they are left-padded per batch so every row's last token is a real one.
         settings: budget and sampling distribution.
-        eos_id: ends a completion.
-        pad_id: fills padding (the eos id if None).
+        stop: the id, or ids (eos and a chat template's end of turn), that end a completion.
+        pad_id: fills padding (the first stop id if None).
         seed: seeds the draw; the global RNG state is restored afterwards.
 
     Returns:
         N lists of sampled ids, each of length <= `settings.max_new_tokens`.
     """
-    pad_id = eos_id if pad_id is None else pad_id
+    stops = [stop] if isinstance(stop, int) else list(stop)
+    pad_id = stops[0] if pad_id is None else pad_id
     device = next(model.parameters()).device
     out: list[list[int]] = []
     was_training = model.training
@@ -138,9 +150,9 @@ def sample_ids(
                 input_ids, attention_mask = left_pad(batch, pad_id)
                 generated = model.generate(
                     input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                    generation_config=_generation_config(settings, eos_id, pad_id),
+                    generation_config=_generation_config(settings, stops, pad_id),
                 )
-                out.extend(_cut_at_eos(row, eos_id) for row in generated[:, input_ids.shape[1]:].tolist())
+                out.extend(_cut_at_stop(row, stops) for row in generated[:, input_ids.shape[1]:].tolist())
     finally:
         model.train(was_training)
     return out
@@ -163,13 +175,13 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
     return ids, mask
 
 
-def _generation_config(settings: SamplingSettings, eos_id: int, pad_id: int) -> GenerationConfig:
+def _generation_config(settings: SamplingSettings, stops: list[int], pad_id: int) -> GenerationConfig:
     """Every knob that changes the sampling distribution set explicitly (top_k=0: transformers' default is 50)."""
     greedy = settings.temperature == 0
     return GenerationConfig(
         do_sample=not greedy, temperature=None if greedy else settings.temperature,
         top_p=None if greedy else settings.top_p, top_k=None if greedy else 0, max_new_tokens=settings.max_new_tokens,
-        min_new_tokens=0, repetition_penalty=1.0, no_repeat_ngram_size=0, eos_token_id=eos_id, pad_token_id=pad_id,
+        min_new_tokens=0, repetition_penalty=1.0, no_repeat_ngram_size=0, eos_token_id=stops, pad_token_id=pad_id,
         use_cache=True,
     )
 
@@ -187,8 +199,9 @@ def _clean_generation_config(model: torch.nn.Module) -> Iterator[None]:
         base.generation_config = saved
 
 
-def _cut_at_eos(row: list[int], eos_id: int) -> list[int]:
-    return row[: row.index(eos_id) + 1] if eos_id in row else row
+def _cut_at_stop(row: list[int], stops: list[int]) -> list[int]:
+    end = next((i for i, t in enumerate(row) if t in stops), None)
+    return row if end is None else row[:end + 1]
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
