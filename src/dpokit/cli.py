@@ -4,31 +4,37 @@ from __future__ import annotations
 
 import argparse
 import sys
+import types
+import typing
 
-from dpokit.config import describe_keys
+from dpokit.config import Config, describe_keys, field_of
 from dpokit.errors import DpokitError
 
-# flag -> dotted config key, for `train` and `sft`
+# flag -> dotted config key, for `train` and `sft`; each flag's type and help come from the key's field
 TRAIN_FLAGS = {
-    "model": ("model.name_or_path", str, "policy to start from: hub name or local directory"),
-    "data": ("data.path", str, "preference data: JSONL/JSON/Parquet/CSV file or `datasets` name"),
-    "output_dir": ("train.output_dir", str, "run directory (model, metrics.jsonl, config.yaml, summary.json)"),
-    "loss": ("loss.name", str, "loss or weighted sum: sigmoid | ipo | cdpo | robust | hinge | plackett_luce | sft | "
-                               "unlikelihood | simpo | orpo | kto, e.g. 'sigmoid + 0.5*sft'"),
-    "beta": ("loss.beta", float, "β, the KL-constraint strength (default 0.1)"),
-    "batch_size": ("train.batch_size", int, "pairs per micro-batch (default 8)"),
-    "max_length": ("data.max_length", int, "max tokens of prompt + response (default 512)"),
-    "max_steps": ("train.max_steps", int, "optimizer steps (overrides --epochs)"),
-    "epochs": ("train.epochs", float, "passes over the training data (default 1)"),
-    "lr": ("train.lr", float, "peak learning rate (default 1e-6)"),
-    "seed": ("train.seed", int, "random seed (default 0)"),
+    "model": "model.name_or_path",
+    "data": "data.path",
+    "output_dir": "train.output_dir",
+    "loss": "loss.name",
+    "beta": "loss.beta",
+    "batch_size": "train.batch_size",
+    "max_length": "data.max_length",
+    "max_steps": "train.max_steps",
+    "epochs": "train.epochs",
+    "lr": "train.lr",
+    "seed": "train.seed",
 }
 
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML file with any of the keys below, by section")
-    for name, (key, kind, text) in TRAIN_FLAGS.items():
-        parser.add_argument("--" + name.replace("_", "-"), type=kind, help=f"{text} [{key}]")
+    for name, key in TRAIN_FLAGS.items():
+        spec, hint = field_of(Config, key)
+        kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        kind = next(k for k in kinds if k is not type(None))  # `int | None` -> int
+        default = "" if spec.default in ("", None) else f" (default {spec.default!r})"
+        text = spec.metadata["help"].replace("%", "%%")
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, help=f"{text}{default} [{key}]")
     parser.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
                         help="continue from the newest checkpoint in --output-dir, or from CHECKPOINT [train.resume]")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="any config key, e.g. loss.beta=0.5")
@@ -37,7 +43,8 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpokit", description="Direct Preference Optimization for causal LMs.")
     sub = parser.add_subparsers(dest="command", required=True)
-    epilog = "config keys (YAML sections or key.sub=value overrides), default, meaning:\n" + describe_keys()
+    epilog = ("config keys (YAML sections or key.sub=value overrides), default, meaning:\n" + describe_keys()
+              + "\n\n" + losses_help())
     fmt = argparse.RawDescriptionHelpFormatter
     train = sub.add_parser("train", help="train a policy with DPO (or another preference loss)",
                            epilog=epilog, formatter_class=fmt)
@@ -93,10 +100,19 @@ def _add_experiment_commands(sub: argparse._SubParsersAction, fmt: type[argparse
     frontier.add_argument("--output-dir", help="where runs, figures and report go (overrides output_dir)")
 
 
-def frontier_yaml_help() -> str:
-    from dpokit.eval import frontier_config
+def losses_help() -> str:
+    """The registry's losses with their descriptions, for `train --help`: the list grows with the registry."""
+    from dpokit.losses import LOSSES
 
-    return frontier_config.__doc__.split("\n", 1)[1].rstrip() + "\n"
+    lines = [f"  {name:<16} {spec.description}" for name, spec in LOSSES.items()]
+    return "losses (loss.name / --loss; a weighted sum such as 'sigmoid + 0.5*sft' combines them):\n" + "\n".join(lines)
+
+
+def frontier_yaml_help() -> str:
+    from dpokit.eval.frontier_config import FrontierFile
+
+    return "frontier YAML keys, default, meaning (methods[i] are the keys of each methods entry):\n" + describe_keys(
+        FrontierFile) + "\n"
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -135,8 +151,7 @@ def _run(args: argparse.Namespace) -> int:
     from dpokit import commands
 
     if args.command in ("train", "sft"):
-        flags = {key: getattr(args, name) for name, (key, _, _) in TRAIN_FLAGS.items()
-                 if getattr(args, name) is not None}
+        flags = {key: getattr(args, name) for name, key in TRAIN_FLAGS.items() if getattr(args, name) is not None}
         if args.resume:
             flags["train.resume"] = args.resume
         return commands.train(args.command, args.config, flags, args.overrides)

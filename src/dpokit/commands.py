@@ -12,6 +12,7 @@ from pathlib import Path
 from dpokit import config as config_io
 from dpokit.config import Config
 from dpokit.errors import ConfigError
+from dpokit.losses import objective_from_config, parse_objective
 
 
 def train(command: str, yaml_path: str | None, flags: dict, overrides: list[str]) -> int:
@@ -21,8 +22,8 @@ def train(command: str, yaml_path: str | None, flags: dict, overrides: list[str]
     if command == "sft":  # Preferred-FT: NLL on the chosen responses, no reference model
         base.loss.name, base.reference.mode = "sft", "none"
     cfg = config_io.build_config(yaml_path, flags, config_io.parse_overrides(overrides), base=base)
-    if command == "sft" and cfg.loss.name.replace(" ", "") != "sft":
-        raise ConfigError(f"dpokit sft always trains the 'sft' loss; for '{cfg.loss.name}' use dpokit train")
+    if command == "sft" and not parse_objective(cfg.loss.name).chosen_only:
+        raise ConfigError(f"dpokit sft trains a chosen-only loss ('sft'); for '{cfg.loss.name}' use dpokit train")
     summary = run_training(cfg, chosen_only=command == "sft")
     if summary.replica_digests is not None and os.environ.get("RANK", "0") != "0":
         return 0  # one report per job, from the main process
@@ -38,7 +39,6 @@ def evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from dpokit.pipeline import batches, load_all
-    from dpokit.train.setup import objective_from
     from dpokit.train.step import Trainee
     from dpokit.train.step import evaluate as run_eval
 
@@ -51,7 +51,7 @@ def evaluate(args: argparse.Namespace) -> int:
     })
     config_io.apply(cfg, config_io.parse_overrides(args.overrides))
     config_io.validate(cfg, require=("model.name_or_path", "data.path"))
-    objective, params = objective_from(cfg)
+    objective, params = objective_from_config(cfg)
     if objective.needs_reference and not args.reference:
         raise ConfigError(f"loss '{objective}' compares against a reference: pass --reference (or "
                           "loss.reference_free=true)")
@@ -112,8 +112,10 @@ def frontier(config_path: str, output_dir: str | None) -> int:
     from dpokit.eval.report import console_summary, write_outputs
     from dpokit.eval.rewards import load_reward
 
-    cfg, source = load_frontier_config(config_path, output_dir)
-    reward = load_reward(source.source, source.label, source.text)
+    file = load_frontier_config(config_path, output_dir)
+    cfg = file.experiment()  # reads the prompts: a missing file fails before the reward loads
+    label = None if file.reward_label is None else str(file.reward_label)
+    reward = load_reward(file.reward, label, file.reward_text)
     result = run_frontier(cfg, reward)
     task = (f"Your experiment (`{config_path}`): {len(cfg.train_prompts)} training prompts, {len(cfg.eval_prompts)} "
             f"held-out prompts, reward `{reward.name}`, reference model `{cfg.model}`.")

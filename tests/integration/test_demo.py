@@ -113,7 +113,7 @@ def test_frontier_and_generate_commands(demo, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(("yaml_text", "message"), [
-    ("model: x\nprompts: p.txt\ncolour: red\n", "unknown key(s) colour"),
+    ("model: x\nprompts: p.txt\ncolour: red\n", "f.yaml: unknown config key 'colour'"),
     ("prompts: p.txt\n", "'model' is required"),
     ("model: x\nprompts: missing.txt\n", "prompts file not found"),
 ])

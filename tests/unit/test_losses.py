@@ -297,20 +297,33 @@ def test_losses_compute_in_float32_for_bf16_inputs():
 
 
 @pytest.mark.parametrize(
-    ("expr", "reference", "ranked", "unpaired", "tokens"),
+    ("expr", "reference", "ranked", "unpaired", "chosen_only"),
     [
         ("sigmoid", True, False, False, False),
         ("simpo", False, False, False, False),
         ("plackett_luce + 0.1*sft", True, True, False, False),
         ("plackett_luce + sigmoid", True, False, False, False),
-        ("sft + unlikelihood", False, False, False, True),
+        ("sft + unlikelihood", False, False, False, False),
         ("kto", True, False, True, False),
+        ("sft", False, True, False, True),
+        ("2*sft", False, True, False, True),
     ],
 )
-def test_objective_flags(expr: str, reference: bool, ranked: bool, unpaired: bool, tokens: bool):
+def test_objective_flags(expr: str, reference: bool, ranked: bool, unpaired: bool, chosen_only: bool):
+    """What the trainer asks instead of comparing names; chosen_only holds when every term reads only column 0."""
     objective = parse_objective(expr)
     assert (objective.needs_reference, objective.ranked) == (reference, ranked)
-    assert (objective.unpaired, objective.needs_token_logps) == (unpaired, tokens)
+    assert (objective.unpaired, objective.chosen_only) == (unpaired, chosen_only)
+
+
+def test_chosen_only_is_declared_by_the_registry_and_honest():
+    """Only sft declares chosen_only, and its loss indeed ignores every response after the first (column 0)."""
+    assert [name for name, spec in LOSSES.items() if spec.chosen_only] == ["sft"]
+    inputs = LossInputs(policy_logps=t(-3.0, -1.0, -7.0).view(1, 3), num_tokens=torch.tensor([[3, 2, 4]]))
+    changed = LossInputs(policy_logps=t(-3.0, -9.0, -0.5).view(1, 3), num_tokens=torch.tensor([[3, 5, 1]]))
+    out, out_changed = LOSSES["sft"].fn(inputs, LossParams(), False), LOSSES["sft"].fn(changed, LossParams(), False)
+    torch.testing.assert_close(out.losses, out_changed.losses)
+    torch.testing.assert_close(out.losses, t(1.0))  # −(−3) / 3 tokens
 
 
 # --- parsing and validation -----------------------------------------------------------------------------------------
@@ -361,17 +374,19 @@ def test_validate_params_accepts_defaults():
 @pytest.mark.parametrize(
     ("expr", "params", "message"),
     [
-        ("sigmoid", LossParams(beta=-1), "loss.beta must be > 0, got -1"),
-        ("sigmoid", LossParams(beta=0), "loss.beta must be > 0, got 0"),
-        ("robust", LossParams(label_smoothing=0.5), r"loss.label_smoothing must be in \[0, 0.5\), got 0.5"),
-        ("sigmoid", LossParams(label_smoothing=-0.1), r"loss.label_smoothing must be in \[0, 0.5\), got -0.1"),
-        ("cdpo", LossParams(), r"loss.label_smoothing must be in \(0, 0.5\) for cdpo, got 0"),
-        ("unlikelihood", LossParams(unlikelihood_alpha=-1), "loss.unlikelihood_alpha must be >= 0, got -1"),
-        ("orpo", LossParams(orpo_lambda=-0.1), "loss.orpo_lambda must be >= 0, got -0.1"),
-        ("kto", LossParams(kto_undesirable_weight=0), "loss.kto_undesirable_weight must be > 0, got 0"),
-        ("simpo", LossParams(simpo_gamma=math.nan), "loss.simpo_gamma must be finite, got nan"),
+        ("sigmoid", LossParams(beta=-1.0), "loss.beta' must be > 0, got -1.0"),
+        ("sigmoid", LossParams(beta=0.0), "loss.beta' must be > 0, got 0.0"),
+        ("sigmoid", LossParams(beta=math.inf), "loss.beta' must be > 0, got inf"),
+        ("robust", LossParams(label_smoothing=0.5), r"loss.label_smoothing' must be in \[0, 0.5\), got 0.5"),
+        ("sigmoid", LossParams(label_smoothing=-0.1), r"loss.label_smoothing' must be in \[0, 0.5\), got -0.1"),
+        ("cdpo", LossParams(), r"loss.label_smoothing' must be in \(0, 0.5\) for cdpo, got 0.0"),
+        ("unlikelihood", LossParams(unlikelihood_alpha=-1.0), "loss.unlikelihood_alpha' must be >= 0, got -1.0"),
+        ("orpo", LossParams(orpo_lambda=-0.1), "loss.orpo_lambda' must be >= 0, got -0.1"),
+        ("kto", LossParams(kto_undesirable_weight=0.0), "loss.kto_undesirable_weight' must be > 0, got 0.0"),
+        ("simpo", LossParams(simpo_gamma=math.nan), "loss.simpo_gamma' must be finite, got nan"),
     ],
 )
 def test_validate_params_errors(expr: str, params: LossParams, message: str):
-    with pytest.raises(ConfigError, match=f"^{message}$"):
+    """The one place the loss hyper-parameters' ranges are checked; the message names the config key."""
+    with pytest.raises(ConfigError, match=f"^config key '{message}$"):
         validate_params(parse_objective(expr), params)

@@ -163,8 +163,7 @@ def method_config(cfg: FrontierConfig, method: MethodSpec, files: PreferenceFile
     2 × train.batch_size sequences per step (B pairs, 2B/K ranked lists of K, or 2B best completions).
     """
     objective = parse_objective(method.loss)
-    chosen_only = method.loss.replace(" ", "") == "sft"
-    ranked = objective.ranked
+    chosen_only, ranked = objective.chosen_only, objective.ranked
     layers = {
         "model.name_or_path": cfg.model, "train.output_dir": str(Path(cfg.output_dir) / "runs" / method.slug),
         "data.path": str(files.ranked_path if ranked else files.pairs_path),
@@ -185,15 +184,12 @@ def method_config(cfg: FrontierConfig, method: MethodSpec, files: PreferenceFile
 def check_methods(cfg: FrontierConfig) -> None:
     """Builds and validates every run's config before anything is sampled, so a typo fails in a second, not after
     minutes of sampling and training."""
-    from dpokit.train.loop import objective_from
-
     placeholder = PreferenceFiles(Path("pairs.jsonl"), Path("ranked.jsonl"), cfg.samples_per_prompt,
                                   PreferenceStats(0, 0, 0, 0, 0, math.nan, math.nan, math.nan))
     for method in cfg.methods:
         run_cfg, _ = method_config(cfg, method, placeholder)
         run_cfg.data.path = ""  # not written yet
-        config_io.validate(run_cfg)
-        objective_from(run_cfg)
+        config_io.validate(run_cfg)  # the loss and its hyper-parameters too
 
 
 def run_method(cfg: FrontierConfig, method: MethodSpec, files: PreferenceFiles, evaluator: Evaluator) -> RunResult:

@@ -11,7 +11,7 @@ Call tree of one training step::
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -51,27 +51,25 @@ class LossInputs:
     labels: Tensor | None = None
 
 
-@dataclass(frozen=True)
+@dataclass
 class LossParams:
     """Hyper-parameters of every loss; each loss reads the ones it needs.
 
-    Attributes:
-        beta: inverse temperature β; the strength of the implicit KL penalty (DPO, IPO, KTO) or reward scale (SimPO).
-        label_smoothing: ε, the assumed probability that a preference label is flipped (cDPO, rDPO).
-        simpo_gamma: γ, SimPO's target reward margin.
-        orpo_lambda: λ, weight of ORPO's odds-ratio term relative to its NLL term.
-        unlikelihood_alpha: α, weight of the unlikelihood term on the rejected response.
-        kto_desirable_weight: w_D, KTO's weight on desirable examples.
-        kto_undesirable_weight: w_U, KTO's weight on undesirable examples.
+    The one definition of these names: the config's `loss` section extends this class (`config.LossConfig`), so each
+    field's `help` metadata is what `dpokit train --help` prints, and `objective.validate_params` checks the ranges.
+    Not frozen only because that config section is filled key by key; a trainer's copy is never changed.
     """
 
-    beta: float = 0.1
-    label_smoothing: float = 0.0
-    simpo_gamma: float = 0.5
-    orpo_lambda: float = 0.1
-    unlikelihood_alpha: float = 1.0
-    kto_desirable_weight: float = 1.0
-    kto_undesirable_weight: float = 1.0
+    beta: float = field(default=0.1, metadata={"help": "β: strength of the KL constraint (the implicit reward is "
+                                                         "β·log πθ/πref); SimPO's reward scale"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "ε for cdpo / robust: assumed fraction of flipped "
+                                                                   "preference labels"})
+    simpo_gamma: float = field(default=0.5, metadata={"help": "SimPO target margin γ"})
+    orpo_lambda: float = field(default=0.1, metadata={"help": "ORPO weight λ of the odds-ratio term"})
+    unlikelihood_alpha: float = field(default=1.0, metadata={"help": "weight α of the unlikelihood term on rejected "
+                                                                      "tokens"})
+    kto_desirable_weight: float = field(default=1.0, metadata={"help": "KTO λ_D: weight of desirable examples"})
+    kto_undesirable_weight: float = field(default=1.0, metadata={"help": "KTO λ_U: weight of undesirable examples"})
 
 
 LossFn = Callable[[LossInputs, LossParams, bool], LossOutput]
@@ -87,7 +85,7 @@ class LossSpec:
         needs_reference: uses reference log-probs (unless the objective is reference-free).
         ranked: accepts K > 2 responses per prompt; pairwise losses need K == 2.
         unpaired: KTO layout: K == 2 rows are [the record's completion, a mismatched completion from another record].
-        needs_token_logps: needs `policy_token_logps` and `token_mask`.
+        chosen_only: reads only each example's best response (column 0), so the data layer may drop the others.
         description: one line for `--help` and error messages.
         check: extra validation of params beyond `validate_params`' shared ranges; raises ConfigError.
     """
@@ -97,7 +95,7 @@ class LossSpec:
     needs_reference: bool
     ranked: bool = False
     unpaired: bool = False
-    needs_token_logps: bool = False
+    chosen_only: bool = False
     description: str = ""
     check: Callable[[LossParams], None] | None = None
 

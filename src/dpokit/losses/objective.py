@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 from dpokit.errors import ConfigError
 from dpokit.losses.base import LossInputs, LossOutput, LossParams, LossSpec
 from dpokit.losses.registry import LOSSES
+
+if TYPE_CHECKING:  # dpokit.config imports this package; the config is only read here
+    from dpokit.config import Config
 
 _TERM = re.compile(r"^\s*(?:(?P<weight>[^*]+?)\s*\*\s*)?(?P<name>[A-Za-z_]\w*)\s*$")
 
@@ -17,7 +21,7 @@ _TERM = re.compile(r"^\s*(?:(?P<weight>[^*]+?)\s*\*\s*)?(?P<name>[A-Za-z_]\w*)\s
 class Objective:
     """A weighted sum of losses, e.g. RPO = sigmoid + α·sft (Pang et al. 2024, arXiv 2404.19733).
 
-    The trainer asks the objective what to compute (`needs_reference`, `needs_token_logps`, ...) and calls it;
+    The trainer asks the objective what to compute (`needs_reference`, `ranked`, `chosen_only`, ...) and calls it;
     it never looks at loss names.
 
     Attributes:
@@ -44,9 +48,9 @@ class Objective:
         return any(spec.unpaired for _, spec in self.terms)
 
     @property
-    def needs_token_logps(self) -> bool:
-        """True if `LossInputs` must carry per-token log-probs and the token mask."""
-        return any(spec.needs_token_logps for _, spec in self.terms)
+    def chosen_only(self) -> bool:
+        """True if every term reads only each example's best response (Preferred-FT): the rest need not be loaded."""
+        return all(spec.chosen_only for _, spec in self.terms)
 
     def __call__(self, inputs: LossInputs, params: LossParams) -> LossOutput:
         """Σ_i w_i · L_i per example; rewards from the first term.
@@ -110,14 +114,16 @@ def parse_objective(expr: str, reference_free: bool = False, key: str = "loss.na
 
 def _require(ok: bool, key: str, condition: str, value: float) -> None:
     if not ok:
-        raise ConfigError(f"loss.{key} must be {condition}, got {value:g}")
+        raise ConfigError(f"config key 'loss.{key}' must be {condition}, got {value!r}")
 
 
 def validate_params(objective: Objective, params: LossParams) -> None:
     """Checks the ranges of the hyper-parameters, then each term's own requirements (cdpo: 0 < ε < 0.5).
 
+    The only place these ranges are checked: `dpokit.config.validate` reaches them through `LossConfig.build`.
+
     Raises:
-        ConfigError: naming the key, e.g. "loss.beta must be > 0, got -1".
+        ConfigError: naming the key, e.g. "config key 'loss.beta' must be > 0, got -1.0".
     """
     p = params
     _require(math.isfinite(p.beta) and p.beta > 0, "beta", "> 0", p.beta)
@@ -132,3 +138,19 @@ def validate_params(objective: Objective, params: LossParams) -> None:
     for _, spec in objective.terms:
         if spec.check is not None:
             spec.check(p)
+
+
+def objective_from_config(config: Config) -> tuple[Objective, LossParams]:
+    """The objective of `config.loss` and a copy of its hyper-parameters, validated (no model loads before this).
+
+    `config.loss` (`config.LossConfig`) extends `LossParams`, so the copy goes by LossParams' own fields: a new loss
+    hyper-parameter is one field there, and it is a config key, documented and copied with nothing else to edit.
+
+    Raises:
+        ConfigError: the loss expression or a hyper-parameter is invalid, naming the config key.
+    """
+    loss = config.loss
+    objective = parse_objective(loss.name, reference_free=loss.reference_free)
+    params = LossParams(**{f.name: getattr(loss, f.name) for f in fields(LossParams)})
+    validate_params(objective, params)
+    return objective, params

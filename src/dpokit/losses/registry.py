@@ -92,7 +92,9 @@ def _kto(inputs: LossInputs, params: LossParams, reference_free: bool) -> LossOu
 
 def _check_cdpo(params: LossParams) -> None:
     if not 0 < params.label_smoothing < 0.5:
-        raise ConfigError(f"loss.label_smoothing must be in (0, 0.5) for cdpo, got {params.label_smoothing:g}")
+        raise ConfigError(
+            f"config key 'loss.label_smoothing' must be in (0, 0.5) for cdpo, got {params.label_smoothing!r}"
+        )
 
 
 LOSSES: dict[str, LossSpec] = {
@@ -116,12 +118,18 @@ LOSSES: dict[str, LossSpec] = {
             ranked=True,
             description="DPO over ranked lists of K >= 2 responses",
         ),
-        LossSpec("sft", _sft, needs_reference=False, ranked=True, description="Preferred-FT: chosen NLL per token"),
+        LossSpec(
+            "sft",
+            _sft,
+            needs_reference=False,
+            ranked=True,
+            chosen_only=True,
+            description="Preferred-FT: chosen NLL per token",
+        ),
         LossSpec(
             "unlikelihood",
             _unlikelihood,
             needs_reference=False,
-            needs_token_logps=True,
             description="chosen NLL + α · rejected unlikelihood, per token",
         ),
         LossSpec("simpo", _simpo, needs_reference=False, description="SimPO: −log σ(β Δavg − γ), reference-free"),

@@ -30,10 +30,10 @@ from dpokit.pipeline import batches, build_policy
 from dpokit.train import checkpoint as ckpt
 from dpokit.train.metrics import JsonlWriter, NullWriter
 from dpokit.train.order import batch_indices
-from dpokit.train.setup import Run, build_run, objective_from, say, total_steps
+from dpokit.train.setup import Run, build_run, say, total_steps
 from dpokit.train.step import NonFiniteError, evaluate, train_step
 
-__all__ = ["Interrupted", "RunSummary", "objective_from", "total_steps", "train"]
+__all__ = ["Interrupted", "RunSummary", "total_steps", "train"]
 
 Callback = Callable[[int, torch.nn.Module], "dict[str, Any] | None"]
 

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from dpokit import config as config_io
 from dpokit.config import Config
-from dpokit.losses import LossParams, Objective, parse_objective, validate_params
+from dpokit.losses import objective_from_config
 from dpokit.pipeline import Layout, PreparedData, autocast_for, load_all
 from dpokit.train.dist import Parallel, PolicyLogps
 from dpokit.train.optim import build_optimizer, build_scheduler
@@ -39,18 +39,6 @@ class Run:
         return self.trainee.policy
 
 
-def objective_from(cfg: Config) -> tuple[Objective, LossParams]:
-    """The loss and its hyper-parameters, validated (no model is loaded before this passes)."""
-    objective = parse_objective(cfg.loss.name, reference_free=cfg.loss.reference_free)
-    params = LossParams(
-        beta=cfg.loss.beta, label_smoothing=cfg.loss.label_smoothing, simpo_gamma=cfg.loss.simpo_gamma,
-        orpo_lambda=cfg.loss.orpo_lambda, unlikelihood_alpha=cfg.loss.unlikelihood_alpha,
-        kto_desirable_weight=cfg.loss.kto_desirable_weight, kto_undesirable_weight=cfg.loss.kto_undesirable_weight,
-    )
-    validate_params(objective, params)
-    return objective, params
-
-
 def total_steps(cfg: Config, num_train: int, world: int = 1) -> int:
     if cfg.train.max_steps is not None:
         return cfg.train.max_steps
@@ -61,7 +49,7 @@ def total_steps(cfg: Config, num_train: int, world: int = 1) -> int:
 def build_run(cfg: Config, chosen_only: bool = False) -> Run:
     """Validates the config (before anything loads), then loads data and models and builds the optimizer."""
     config_io.validate(cfg, require=("model.name_or_path", "data.path", "train.output_dir"))
-    objective, params = objective_from(cfg)
+    objective, params = objective_from_config(cfg)
     torch.manual_seed(cfg.train.seed)
     parallel = Parallel(fsdp=cfg.train.fsdp)
     out_dir = Path(cfg.train.output_dir)
