@@ -27,6 +27,7 @@ from dpokit.config_check import check_tree, coerce, field_named, type_hints
 from dpokit.data.sources import looks_local
 from dpokit.errors import ConfigError
 from dpokit.losses import LossParams, objective_from_config
+from dpokit.model_source import resolve_model
 
 T = TypeVar("T")
 
@@ -53,7 +54,10 @@ class LoraConfig:
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = setting("", "hub name or local directory of the policy's starting weights")
+    name_or_path: str = setting("", "hub name or local directory of the policy's starting weights; or a .gguf file, "
+                                    "or a packaged model's short name (smollm2-135m-instruct)")
+    gguf_file: str | None = setting(None, "a .gguf file in the name_or_path directory or hub repo to load weights "
+                                          "(and, with no tokenizer set, the tokenizer) from")
     tokenizer: str | None = setting(None, "defaults to name_or_path")
     dtype: str = setting("float32", "weights dtype: float32 | bfloat16", choices=("float32", "bfloat16"))
     trust_remote_code: bool = setting(False, "run code shipped with the model; off unless you trust its source")
@@ -178,7 +182,7 @@ class Config:
         for key in ("data.path", "data.eval_path"):
             _check_local_path(key, flat[key])
         for key in ("model.name_or_path", "model.tokenizer", "reference.name_or_path"):
-            _check_model_dir(key, flat[key])
+            _check_model_dir(key, flat[key], self.model.gguf_file if key == "model.name_or_path" else None)
 
 
 # --- the loader: any settings dataclass ------------------------------------------------------------------------------
@@ -336,10 +340,16 @@ def _check_local_path(key: str, value: str | None) -> None:
         raise ConfigError(f"config key '{key}': file not found: {value}")
 
 
-def _check_model_dir(key: str, value: str | None) -> None:
-    """A local model path must be a directory (what save_pretrained writes); a hub name is left to transformers."""
+def _check_model_dir(key: str, value: str | None, gguf_file: str | None = None) -> None:
+    """A local model path must be a directory (what save_pretrained writes); a hub name is left to transformers.
+    GGUF sources (a .gguf file, a directory + gguf_file, a packaged short name) are checked by `resolve_model`."""
     if not value:
         return
+    try:
+        if resolve_model(value, gguf_file).gguf_file:
+            return
+    except ConfigError as err:
+        raise ConfigError(f"config key '{key}': {err}") from None
     path = Path(value).expanduser()
     if (looks_local(value) or path.exists()) and not path.is_dir():
         problem = "is a file, not a model directory" if path.exists() else "no such directory"

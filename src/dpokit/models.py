@@ -1,63 +1,116 @@
 """Loading policies and tokenizers through the real `from_pretrained` paths, safely by default.
 
 Weights load from safetensors only (pickle checkpoints can run code when loaded) unless `allow_pickle` is set, and
-`trust_remote_code` stays off unless the user asks for it.
+`trust_remote_code` stays off unless the user asks for it. A GGUF file is no pickle: it loads, its weights unpacked into
+the configured dtype, as a plain model that trains and saves as safetensors. Every way of naming a model (directory,
+hub name, `.gguf` path, directory + gguf_file, packaged short name) is resolved by `model_source.resolve_model`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from dpokit.config import LoraConfig, ModelConfig
 from dpokit.errors import ConfigError
+from dpokit.model_source import ModelSource, resolve_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # Weight files that are pickles (torch.save): loading one can run arbitrary code.
 PICKLE_WEIGHTS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
 
 
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False,
+                   gguf_file: str | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer of a model named any way `resolve_model` takes, with a pad token (eos if it has none).
+
+    `gguf_file` (a `.gguf` file in the directory or hub repo `name_or_path`) reads the tokenizer from that file.
+
+    Raises:
+        ConfigError: the name does not resolve, or the tokenizer cannot be loaded.
+    """
+    source = resolve_model(name_or_path, gguf_file)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file,
+                                                  trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
-        raise ConfigError(f"cannot load tokenizer '{name_or_path}': {err}") from None
+        raise ConfigError(f"cannot load tokenizer '{source}': {err}") from None
     if tokenizer.pad_token is None:  # padding positions are masked everywhere; any id will do
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_model(name_or_path: str, cfg: ModelConfig) -> torch.nn.Module:
+def load_model(name_or_path: str, cfg: ModelConfig, gguf_file: str | None = None) -> torch.nn.Module:
     """A causal LM with dropout switched off (if asked), in the configured dtype.
 
     Safetensors only, unless `cfg.allow_pickle`: then safetensors are still preferred and pickle weights accepted.
+    GGUF weights (a `.gguf` path, a packaged short name, or `name_or_path` + `gguf_file`) are unpacked into
+    `cfg.dtype`, and the model carries no quantization state: it trains, and saves as safetensors, like any other.
+
+    Args:
+        name_or_path: a directory, hub name, `.gguf` path or packaged short name (`model_source.resolve_model`).
+        cfg: dtype, safety and dropout settings. Its `gguf_file` is not read here: it belongs to `cfg.name_or_path`,
+            and a reference named apart must not inherit it, so callers pass it for the policy's weights.
+        gguf_file: a `.gguf` file inside the directory or hub repo `name_or_path`.
 
     Raises:
-        ConfigError: the model cannot be loaded, or a local checkpoint has only pickle weights (and no allow_pickle).
+        ConfigError: the name does not resolve, the model cannot be loaded, or a local checkpoint has only pickle
+            weights (and no allow_pickle).
     """
-    if not cfg.allow_pickle:
-        _refuse_pickle_only(name_or_path)
+    source = resolve_model(name_or_path, gguf_file)
+    if not cfg.allow_pickle and not source.gguf_file:
+        _refuse_pickle_only(source.path)
     try:
-        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=cfg.trust_remote_code)
+        config = AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file,
+                                            trust_remote_code=cfg.trust_remote_code)
         if cfg.disable_dropout:
             _zero_dropout(config)
         model = AutoModelForCausalLM.from_pretrained(
-            name_or_path,
+            source.path,
             config=config,
             dtype=DTYPES[cfg.dtype],
             trust_remote_code=cfg.trust_remote_code,
-            use_safetensors=None if cfg.allow_pickle else True,  # None: safetensors if present, else pickle
+            use_safetensors=None if cfg.allow_pickle or source.gguf_file else True,  # None: safetensors if present
+            **_gguf_kwargs(source),
         )
     except (OSError, ValueError) as err:
         hint = " (only safetensors weights load unless model.allow_pickle=true)" if "safetensors" in str(err) else ""
-        raise ConfigError(f"cannot load model '{name_or_path}': {err}{hint}") from None
+        raise ConfigError(f"cannot load model '{source}': {err}{hint}") from None
+    if source.gguf_file:
+        _drop_quantization_state(model)
     if cfg.disable_dropout:
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
     return model
+
+
+def _gguf_kwargs(source: ModelSource) -> dict[str, Any]:
+    """`from_pretrained` arguments for GGUF weights: the file, unpacked to dense tensors. Without `dequantize`,
+    transformers >= 5 keeps quantized blocks whenever a GGUF matmul kernel is installed, and such a model cannot
+    train or be saved; transformers 4.x (no `GgufConfig`) always unpacks."""
+    if not source.gguf_file:
+        return {}
+    try:
+        from transformers.utils.quantization_config import GgufConfig
+    except ImportError:
+        return {"gguf_file": source.gguf_file}
+    return {"gguf_file": source.gguf_file, "quantization_config": GgufConfig(dequantize=True)}
+
+
+def _drop_quantization_state(model: torch.nn.Module) -> None:
+    """Makes a model loaded from GGUF (its weights already dense) a plain one: `save_pretrained` refuses a model
+    that still has a quantizer, and a `quantization_config` in config.json would make every later load ask for
+    `gguf`. transformers does this itself when asked to dequantize; this covers versions that do not."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    model.is_quantized = False
 
 
 def _refuse_pickle_only(name_or_path: str) -> None:
