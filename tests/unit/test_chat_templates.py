@@ -102,8 +102,10 @@ def test_response_ids_are_the_templates_own(tokenizer, record, tmp_path: Path):
 def test_end_of_turn_token_of_each_template(smollm2):
     expected = {"llama3": "<|eot_id|>", "gemma": "<end_of_turn>", "open": None}
     for name, make in TEMPLATES.items():
-        assert chat.end_of_turn_text(make()) == expected[name], name
-    assert chat.end_of_turn_text(smollm2) == "<|im_end|>" == smollm2.eos_token
+        tok = make()
+        eot = chat.end_of_turn_id(tok)
+        assert (eot if eot is None else tok.convert_ids_to_tokens(eot)) == expected[name], name
+    assert chat.end_of_turn_id(smollm2) == smollm2.eos_token_id == smollm2.convert_tokens_to_ids("<|im_end|>")
     gemma = TEMPLATES["gemma"]()
     assert chat.stop_ids(gemma, chat=True) == [gemma.eos_token_id, gemma.convert_tokens_to_ids("<end_of_turn>")]
     assert chat.stop_ids(gemma, chat=False) == [gemma.eos_token_id]

@@ -81,3 +81,12 @@ def test_empty_prompt_gets_a_start_token_so_every_response_token_is_scored(bpe):
     ex = tokenize_examples([Example("", ("hello", "world"))], bpe, TokenizeSettings()).examples[0]
     assert list(ex.prompt_ids) == [bpe.eos_token_id]
     assert list(ex.response_ids[0]) == ids(bpe, "hello") + [bpe.eos_token_id]
+
+
+def test_a_response_that_already_ends_its_turn_gets_no_second_eos(bpe):
+    """Pre-rendered chat text (e.g. a sampled reply rendered by its template) keeps exactly one end of turn."""
+    eos = bpe.eos_token
+    ex = tokenize_examples([Example("hello", (f" world{eos}\n", " there"))], bpe, TokenizeSettings()).examples[0]
+    assert list(ex.response_ids[0]) == ids(bpe, f" world{eos}\n")
+    assert list(ex.response_ids[0]).count(bpe.eos_token_id) == 1
+    assert list(ex.response_ids[1]) == ids(bpe, " there") + [bpe.eos_token_id]

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Any, NamedTuple
 
-from dpokit.data import chat
 from dpokit.data.formats import (
     DEFAULT_PROMPT_MARKER,
     FORMATS,
@@ -122,8 +121,7 @@ def load_examples(
     _check_options(format, on_bad_record, prompt_marker, limit)
     if format == "conversational":
         require_chat_tokenizer(tokenizer)
-    end_of_turn = chat.end_of_turn_text(tokenizer) if tokenizer is not None else None
-    options = FormatOptions(prompt_marker=prompt_marker, tokenizer=tokenizer, end_of_turn=end_of_turn)
+    options = FormatOptions(prompt_marker=prompt_marker, tokenizer=tokenizer)
     result = LoadResult(examples=[], format=format, source=str(path))
     records = read_records(str(path), split=split)
     with closing(records):

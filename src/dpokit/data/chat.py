@@ -79,12 +79,6 @@ def end_of_turn_id(tokenizer: Any) -> int | None:
     return next((t for t in tail if t in special), None)
 
 
-def end_of_turn_text(tokenizer: Any) -> str | None:
-    """`end_of_turn_id` as text: a rendered response that holds it closes its turn itself (no eos is appended)."""
-    eot = end_of_turn_id(tokenizer)
-    return None if eot is None else tokenizer.convert_ids_to_tokens(eot)
-
-
 def stop_ids(tokenizer: Any, chat: bool) -> list[int]:
     """Token ids that end a sampled completion: eos, and with a chat template the end-of-turn token."""
     ids = [tokenizer.eos_token_id]

@@ -49,12 +49,10 @@ class FormatOptions:
     Attributes:
         prompt_marker: implicit format: the prompt ends at the last occurrence of this text in `chosen`.
         tokenizer: conversational format: renders messages with `apply_chat_template`.
-        end_of_turn: conversational format: the text of the template's end-of-turn token (`chat.end_of_turn_text`).
     """
 
     prompt_marker: str = DEFAULT_PROMPT_MARKER
     tokenizer: Any = None
-    end_of_turn: str | None = None
 
 
 def detect_format(record: dict[str, Any]) -> str:
@@ -258,9 +256,7 @@ def _conversational(record: dict[str, Any], options: FormatOptions) -> Example:
         raise BadRecord(str(e), "prompt") from e
     chosen_text = _render_reply(tokenizer, prompt, prompt_text, chosen, "chosen")
     rejected_text = _render_reply(tokenizer, prompt, prompt_text, rejected, "rejected")
-    eot = options.end_of_turn
-    return Example(prompt=prompt_text, responses=_distinct_pair(chosen_text, rejected_text),
-                   ends_turn=eot is not None and eot in chosen_text and eot in rejected_text)
+    return Example(prompt=prompt_text, responses=_distinct_pair(chosen_text, rejected_text))
 
 
 def messages(record: dict[str, Any], field: str) -> list[dict[str, Any]]:

@@ -16,8 +16,6 @@ class Example:
         label: unpaired records only: True if the single response is desirable.
         source: file (or dataset name) the record came from.
         line: 1-based line of a JSONL file, or 1-based row/item index for other sources.
-        ends_turn: the responses are chat-template renderings that close the assistant's turn themselves, so
-            tokenization appends no eos (see data/chat.py).
     """
 
     prompt: str
@@ -25,7 +23,6 @@ class Example:
     label: bool | None = None
     source: str = ""
     line: int = 0
-    ends_turn: bool = False
 
     @property
     def chosen(self) -> str:

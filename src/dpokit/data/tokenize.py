@@ -1,14 +1,14 @@
 """Text examples -> token ids, with the prompt masked from the loss.
 
-Convention: `ids(prompt) + ids(response) + [eos]`; a chat-rendered response that closes its turn itself gets no
-eos (its template's end-of-turn token is already there: see data/chat.py). The prompt and each response are
-tokenized *separately* and concatenated. BPE tokenizers merge across text boundaries ("hel" + "lo" -> "hello"), so
-tokenizing the joined text would move the prompt/response boundary and could give chosen and rejected different
-prompt tokens. Tokenizing apart keeps the prompt's tokens identical for every response of an example (what a
-shared-prompt forward needs) and makes the loss mask exact. One deliberate adjustment: trailing spaces of the prompt
-are moved to the start of the response, so "Assistant: " + "Hi" is tokenized as "Assistant:" + " Hi", the way the
-model would write it. An empty prompt becomes [eos] (a document boundary), so the response's first token is scored
-too.
+Convention: `ids(prompt) + ids(response) + [eos]`, except that a response already holding an end of turn (a
+chat-rendered one closes with its template's end-of-turn token: see data/chat.py) gets no second one. The prompt and
+each response are tokenized *separately* and concatenated. BPE tokenizers merge across text boundaries ("hel" + "lo"
+-> "hello"), so tokenizing the joined text would move the prompt/response boundary and could give chosen and
+rejected different prompt tokens. Tokenizing apart keeps the prompt's tokens identical for every response of an
+example (what a shared-prompt forward needs) and makes the loss mask exact. One deliberate adjustment: trailing
+spaces of the prompt are moved to the start of the response, so "Assistant: " + "Hi" is tokenized as "Assistant:" +
+" Hi", the way the model would write it. An empty prompt becomes [eos] (a document boundary), so the response's
+first token is scored too.
 
 Truncation, when prompt + longest response exceeds `max_length`: first the prompt is cut to `max_prompt_length`
 (default max_length // 2; keeping its end, as dialogue data needs, or its start; or never, with `none`); then
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
-from dpokit.data import SKIP_HINT, Skip
+from dpokit.data import SKIP_HINT, Skip, chat
 from dpokit.data.records import Example
 from dpokit.errors import DataError
 
@@ -79,15 +79,22 @@ def tokenize_examples(
     if eos is None:
         raise DataError("the tokenizer has no eos token; set one (tokenizer.eos_token) before training")
     prompt_ids = encode_prompts(tokenizer, [ex.prompt for ex in examples])
+    closers = {eos, chat.end_of_turn_id(tokenizer)} - {None}
     # the spaces `encode_prompts` strips off a prompt's end start each of its responses instead
     responses = [ex.prompt[len(ex.prompt.rstrip(" ")):] + r for ex in examples for r in ex.responses]
     response_ids = iter(_encode(tokenizer, responses))
     result = TokenizeResult(examples=[])
     for i, ex in enumerate(tqdm(examples, desc="tokenize", disable=not progress, leave=False)):
         prompt = prompt_ids[i]
-        resps = [next(response_ids) + ([] if ex.ends_turn else [eos]) for _ in ex.responses]
+        resps = [_close(next(response_ids), eos, closers) for _ in ex.responses]
         _add(result, ex, i, prompt, resps, settings)
     return result
+
+
+def _close(response: list[int], eos: int, closers: set[int]) -> list[int]:
+    """The response with eos appended, unless it already ends its turn (a chat template's end-of-turn token or eos
+    is in it): one end of turn, never two."""
+    return response if closers.intersection(response) else [*response, eos]
 
 
 def _add(result: TokenizeResult, ex: Example, index: int, prompt: list[int], resps: list[list[int]], s) -> None:
