@@ -4,11 +4,14 @@ errors for settings it cannot honour (the 2-process runs themselves are in tests
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from dpokit.errors import ConfigError
-from dpokit.train.dist import fsdp_from_accelerate, zero_from_accelerate
+from dpokit.train.launch import fsdp_from_accelerate, zero_from_accelerate
 
 
 @pytest.fixture
@@ -74,3 +77,22 @@ def test_a_deepspeed_json_file_is_read(env, tmp_path):
     env.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     env.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(path))
     assert zero_from_accelerate()["zero_optimization"] == {"stage": 2, "overlap_comm": True}
+
+
+def test_a_plain_training_run_never_loads_deepspeed(model_dir, hh_path, tmp_path):
+    """Nothing asked for DeepSpeed (no ACCELERATE_USE_DEEPSPEED): a whole `dpokit train`, final save included
+    (transformers' save_pretrained would import it to unwrap the model), leaves it unloaded and its log line unprinted.
+    In a subprocess: this test process may have loaded it already."""
+    pytest.importorskip("deepspeed")  # otherwise there is nothing to keep out
+    script = f"""
+import sys
+from dpokit.cli import main
+code = main(["train", "--model", {str(model_dir)!r}, "--data", {str(hh_path)!r}, "--output-dir", {str(tmp_path)!r},
+             "--max-steps", "2", "--max-length", "96", "data.limit=8", "data.on_bad_record=skip"])
+print("exit", code, "deepspeed loaded:", any(m == "deepspeed" or m.startswith("deepspeed.") for m in sys.modules))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "FSDP_"))}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert done.stdout.strip().splitlines()[-1] == "exit 0 deepspeed loaded: False", done.stderr[-3000:]
+    assert (tmp_path / "model.safetensors").is_file()  # the save really ran
+    assert "Setting accelerator" not in done.stderr + done.stdout

@@ -1,1 +1,2 @@
-"""Training: the loop (`loop.py`), one step (`step.py`), optimizer and schedule, metrics."""
+"""Training: the loop (`loop.py`), one step (`step.py`), the process group (`dist.py`, from what `launch.py` reads),
+checkpoints, optimizer and schedule, metrics, progress."""

@@ -21,6 +21,7 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch.distributed.tensor import DTensor
 
 from dpokit.errors import ConfigError
+from dpokit.train.dist import Single
 
 PREFIX = "step-"
 
@@ -40,18 +42,6 @@ class TrainState:
     metrics_lines: int  # lines of metrics.jsonl written up to and including this step
     shards: int = 0  # processes that each wrote their own part (sharded training); 0: one whole copy
     zero_stage: int = 0  # DeepSpeed ZeRO stage of the run that wrote it; 0: not DeepSpeed
-
-
-class Solo:
-    """The process group of a single process (what `Parallel` looks like to this module when there is none)."""
-
-    rank, world, sharded, is_main, deepspeed = 0, 1, False, True, None
-
-    def barrier(self) -> None:
-        pass
-
-
-SOLO = Solo()
 
 
 def checkpoint_dir(output_dir: str | Path) -> Path:
@@ -67,7 +57,7 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(output_dir: str | Path, model: torch.nn.Module, optimizer, scheduler, state: TrainState,
-                    keep: int, group=SOLO) -> Path:
+                    keep: int, group: Single) -> Path:
     """Writes a checkpoint; with several processes every one of them must call this (it has barriers)."""
     root = checkpoint_dir(output_dir)
     final = root / f"{PREFIX}{state.step:08d}"
@@ -76,18 +66,7 @@ def save_checkpoint(output_dir: str | Path, model: torch.nn.Module, optimizer, s
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     group.barrier()
-    suffix, zero = _suffix(group), group.deepspeed
-    if zero is not None:  # whole weights from the main process, the optimizer's partition from every process
-        weights = group.full_state(model, trainable_only=True)  # a collective under ZeRO-3
-        if group.is_main:
-            save_file(weights, str(tmp / "model.safetensors"))
-        optimizer_state = _partition_state(zero)  # the torch optimizer over this partition
-    elif group.sharded or group.is_main:
-        save_file(trainable_state(model), str(tmp / f"model{suffix}.safetensors"))
-        optimizer_state = _local_tensors(optimizer.state_dict())
-    if zero is not None or group.sharded or group.is_main:
-        torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict()}, tmp / f"optimizer{suffix}.pt")
-        torch.save(_rng_state(), tmp / f"rng{suffix}.pt")
+    _writer(group)(tmp, model, optimizer, scheduler, group)
     group.barrier()
     if group.is_main:
         state.shards = group.world if _per_process(group) else 0
@@ -100,6 +79,42 @@ def save_checkpoint(output_dir: str | Path, model: torch.nn.Module, optimizer, s
             shutil.rmtree(old, ignore_errors=True)
     group.barrier()
     return final
+
+
+def _writer(group: Single) -> Callable[..., None]:
+    """What this process writes, by how the run holds its state: DeepSpeed's partitions, FSDP's shards, or replicas."""
+    if group.deepspeed is not None:
+        return _write_zero
+    return _write_shard if group.sharded else _write_replica
+
+
+def _write_replica(tmp: Path, model: torch.nn.Module, optimizer, scheduler, group: Single) -> None:
+    """One process or DDP: the main process writes one whole copy, the others nothing (`shards` = 0)."""
+    if group.is_main:
+        save_file(trainable_state(model), str(tmp / "model.safetensors"))
+        _write_rest(tmp, "", optimizer.state_dict(), scheduler)
+
+
+def _write_shard(tmp: Path, model: torch.nn.Module, optimizer, scheduler, group: Single) -> None:
+    """FSDP: every process writes its own part of the weights and of the optimizer state."""
+    suffix = _suffix(group)
+    save_file(trainable_state(model), str(tmp / f"model{suffix}.safetensors"))
+    _write_rest(tmp, suffix, _local_tensors(optimizer.state_dict()), scheduler)
+
+
+def _write_zero(tmp: Path, model: torch.nn.Module, optimizer, scheduler, group: Single) -> None:
+    """DeepSpeed: the main process writes the whole trainable weights (gathered under ZeRO-3, a collective), every
+    process the torch optimizer state of its own partition."""
+    weights = group.full_state(model, trainable_only=True)
+    if group.is_main:
+        save_file(weights, str(tmp / "model.safetensors"))
+    _write_rest(tmp, _suffix(group), _partition_state(group.deepspeed), scheduler)
+
+
+def _write_rest(tmp: Path, suffix: str, optimizer_state: dict, scheduler) -> None:
+    """Optimizer + scheduler, and the RNG states, of this process."""
+    torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict()}, tmp / f"optimizer{suffix}.pt")
+    torch.save(_rng_state(), tmp / f"rng{suffix}.pt")
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -122,7 +137,13 @@ def resolve(output_dir: str | Path, resume: str) -> Path:
     return path
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, group=SOLO) -> TrainState:
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, group: Single) -> TrainState:
+    """Restores what `save_checkpoint` wrote into model, optimizer, scheduler and the RNGs; returns its state.
+
+    Raises:
+        ConfigError: the checkpoint was written by another layout (replicated, sharded, ZeRO stage, process count)
+            or for another model.
+    """
     state = TrainState(**json.loads((path / "state.json").read_text()))
     wanted = (group.world if _per_process(group) else 0, _zero_stage(group))
     if (state.shards, state.zero_stage) != wanted:
@@ -134,19 +155,28 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, gr
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
     if missing or set(weights) - set(params):
         raise ConfigError(f"checkpoint {path} does not match this model (e.g. {(missing or sorted(weights))[0]})")
-    opt = torch.load(path / f"optimizer{suffix}.pt", weights_only=True)
-    if zero is not None:
-        group.load_weights(model, weights)
-        zero.optimizer.refresh_fp32_params()  # the optimizer's fp32 partition from the weights just loaded (exact)
-        _load_partition_state(zero, opt["optimizer"])
-    else:
-        with torch.no_grad():
-            for name, value in weights.items():
-                _local(params[name]).copy_(value)
-        optimizer.load_state_dict(_shard_like_params(opt["optimizer"], optimizer))
-    scheduler.load_state_dict(opt["scheduler"])
+    saved = torch.load(path / f"optimizer{suffix}.pt", weights_only=True)
+    load = _load_zero if zero is not None else _load_local
+    load(model, optimizer, weights, saved["optimizer"], group)
+    scheduler.load_state_dict(saved["scheduler"])
     _set_rng_state(torch.load(path / f"rng{suffix}.pt", weights_only=True))
     return state
+
+
+def _load_zero(model: torch.nn.Module, optimizer, weights: dict, optimizer_state: dict, group: Single) -> None:
+    """Whole weights into the DeepSpeed model, then this process's optimizer partition."""
+    group.load_weights(model, weights)
+    group.deepspeed.optimizer.refresh_fp32_params()  # the fp32 partition from the weights just loaded (exact)
+    _load_partition_state(group.deepspeed, optimizer_state)
+
+
+def _load_local(model: torch.nn.Module, optimizer, weights: dict, optimizer_state: dict, group: Single) -> None:
+    """This process's weights (whole, or its FSDP shard) and optimizer state."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            _local(params[name]).copy_(value)
+    optimizer.load_state_dict(_shard_like_params(optimizer_state, optimizer))
 
 
 def _partition_state(zero) -> dict:
@@ -177,16 +207,16 @@ def _fp32_partitions(zero) -> list[torch.Tensor]:
     return list(zero.optimizer.single_partition_of_fp32_groups)
 
 
-def _per_process(group) -> bool:
+def _per_process(group: Single) -> bool:
     """Whether every process writes (and reads back) its own part: sharded weights or partitioned optimizer state."""
     return group.sharded or group.deepspeed is not None
 
 
-def _zero_stage(group) -> int:
+def _zero_stage(group: Single) -> int:
     return group.deepspeed.zero_optimization_stage() if group.deepspeed is not None else 0
 
 
-def _suffix(group) -> str:
+def _suffix(group: Single) -> str:
     return f"-rank{group.rank:05d}" if _per_process(group) else ""
 
 

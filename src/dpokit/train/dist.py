@@ -9,6 +9,10 @@ Every process walks the same seeded batch stream; of each optimizer step's `worl
 process r takes its own `grad_accum`. Gradients are all-reduced by the engine accelerate wraps (DDP), losses are
 scaled so the all-reduced gradient is that of the mean loss over the whole global batch, and metrics are summed
 across processes, so N processes compute what one process with `grad_accum × N` computes (a test checks this).
+
+Two classes, one interface: `Single` is one process on its own (every collective a no-op, nothing from accelerate or
+DeepSpeed imported or built), the default wherever a process group is asked for; `Parallel` is the group accelerate
+sets up, for 1..N processes. Callers never ask whether there is a group.
 """
 
 from __future__ import annotations
@@ -16,48 +20,34 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
-import json
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 
 from dpokit.errors import ConfigError
 from dpokit.logprobs import PolicyLogps
 from dpokit.reference import AdapterOff, FrozenModel, Reference
-from dpokit.train.optim import clip_and_step
+from dpokit.train.launch import env_flag, fsdp_from_accelerate, zero_from_accelerate
+from dpokit.train.optim import NonFiniteError, clip_and_step
 
-__all__ = ["Parallel", "PolicyLogps"]
+__all__ = ["Parallel", "Single"]
 
 
-class Parallel:
-    """The process group as the loop sees it: who am I, how the policy is wrapped (DDP, FSDP2, DeepSpeed ZeRO),
-    backward and step for that wrapper, reduce sums, sync the stop flag, gather sharded weights."""
+class Single:
+    """The process group as the loop and the checkpoints see it, here for one process alone: who am I, how the
+    policy is wrapped, backward and step, reduce sums, sync the stop flag, gather weights.
 
-    def __init__(self, fsdp: bool = False) -> None:
-        zero = zero_from_accelerate()
-        if zero is not None:
-            # dpokit loads whole models and partitions them itself: no zero.Init inside from_pretrained
-            os.environ["ACCELERATE_DEEPSPEED_ZERO3_INIT"] = "false"
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())  # MULTI_CPU (gloo) needs cpu=True
-        self.world = self.accelerator.num_processes
-        self.rank = self.accelerator.process_index
-        self.device = self.accelerator.device
-        fsdp = fsdp or fsdp_from_accelerate()
-        if fsdp and zero is not None:
-            raise ConfigError("train.fsdp=true and a DeepSpeed accelerate config: choose one")
-        self.zero = zero if self.world > 1 else None  # the DeepSpeed config dpokit completes, or None
-        self.deepspeed = None  # the policy's DeepSpeed engine, once wrapped
-        zero_stage = self.zero["zero_optimization"].get("stage", 0) if self.zero else 0
-        self.sharded = (fsdp or zero_stage == 3) and self.world > 1
-        # of accelerate's FSDP settings dpokit reads the version (above) and this one; see README
-        self.reshard_after_forward = _env_flag("FSDP_RESHARD_AFTER_FORWARD", True) if self.sharded else True
-        if self.sharded and fsdp:
-            # every process loads the whole model, then shards it: transformers must not leave the weights of
-            # processes other than the first on the meta device (accelerate's "cpu_ram_efficient_loading")
-            os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "false"
+    Every collective is a no-op, backward is `loss.backward()`, the step is `optim.clip_and_step`. `Parallel`
+    overrides what a group of processes does differently; nothing else implements this interface.
+    """
+
+    world, rank = 1, 0
+    sharded = False  # each process holds only its part of the weights (FSDP, ZeRO-3)
+    deepspeed = None  # the policy's DeepSpeed engine, once wrapped (Parallel under a DeepSpeed config)
+
+    def __init__(self, device: torch.device | None = None) -> None:
+        self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     @property
     def is_main(self) -> bool:
@@ -67,6 +57,121 @@ class Parallel:
     def zero3(self) -> bool:
         """DeepSpeed with the weights partitioned: whole tensors must be gathered to read or set them."""
         return self.deepspeed is not None and self.sharded
+
+    def main_process_first(self) -> contextlib.AbstractContextManager:
+        """A block the main process runs before the others (e.g. to fill a cache they then read)."""
+        return contextlib.nullcontext()
+
+    def wrap(self, engine: PolicyLogps, reference: Reference | None, make_optimizer: Callable,
+             train_cfg) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        """The policy's engine wrapped for this process group, and its optimizer (built at the point each backend
+        needs it). One process: the engine as it is."""
+        return engine, make_optimizer(engine.model.parameters())
+
+    def no_sync(self, engine: torch.nn.Module, skip: bool) -> contextlib.AbstractContextManager:
+        """Accumulating micro-batches need no all-reduce until the last one; one process has none to skip."""
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor, last: bool) -> None:
+        """`last`: the optimizer step's last micro-batch (DeepSpeed reduces and steps at that boundary)."""
+        loss.backward()
+
+    def clip_and_step(self, optimizer: torch.optim.Optimizer, max_norm: float | None) -> torch.Tensor:
+        """Clips and steps; a non-finite gradient norm raises `NonFiniteError` before the step. Returns the norm."""
+        return clip_and_step(optimizer, max_norm)
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Each value summed over the processes."""
+        return values
+
+    def any(self, flag: bool) -> bool:
+        """Whether any process has `flag` set (every process gets the same answer)."""
+        return bool(self.sum([float(flag)])[0])
+
+    def gather(self, row: list[int]) -> list[list[int]]:
+        """Every process's `row` of integers, in rank order."""
+        return [row]
+
+    def barrier(self) -> None:
+        """Waits until every process gets here."""
+
+    def close(self) -> None:
+        """Tears the process group down (nothing to do for one process)."""
+
+    def full_state(self, model: torch.nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
+        """Every process's part gathered into whole tensors (a collective: all processes must call it).
+
+        `trainable_only`: just the parameters being trained (what a checkpoint holds).
+        """
+        out = {}
+        for name, tensor in model.state_dict().items():
+            full = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+            out[name] = full.detach().cpu().contiguous()
+        return _trainable(model, out) if trainable_only else out
+
+    def load_weights(self, model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+        """Whole tensors into the model's parameters."""
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in weights.items():
+                params[name].copy_(value)
+
+    def holdings(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, list[int]]:
+        """Elements of parameters and of optimizer state each process holds (its own part when sharded or
+        partitioned): what shows that sharding really happened. A collective with several processes."""
+        inner = self.deepspeed.optimizer.optimizer if self.deepspeed is not None else optimizer
+        params = sum(_held(p) for p in model.parameters())
+        state = sum(_held(v) for per_param in inner.state.values() for k, v in per_param.items()
+                    if k != "step" and torch.is_tensor(v))
+        every = self.gather([params, state])
+        return {"parameters": [row[0] for row in every], "optimizer_state": [row[1] for row in every]}
+
+    def replica_digests(self, model: torch.nn.Module) -> list[str]:
+        """A hash of this process's trainable weights, gathered from every process: all equal iff in sync.
+
+        Sharded weights are not replicas (each process holds its own part): no digests then.
+        """
+        if self.sharded:
+            return []
+        h = hashlib.blake2b(digest_size=8)
+        for _, p in sorted(model.named_parameters()):
+            if p.requires_grad:
+                h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+        mine = int.from_bytes(h.digest(), "little") >> 1  # fits int64
+        return [f"{row[0]:016x}" for row in self.gather([mine])]
+
+
+class Parallel(Single):
+    """The process group accelerate sets up for 1..N processes (`torchrun`, `accelerate launch`, or none): the
+    policy wrapped by DDP, FSDP2 or DeepSpeed ZeRO, backward and step for that wrapper, collectives over the group."""
+
+    def __init__(self, fsdp: bool = False) -> None:
+        from accelerate import Accelerator
+
+        zero = zero_from_accelerate()
+        if zero is not None:
+            # dpokit loads whole models and partitions them itself: no zero.Init inside from_pretrained
+            os.environ["ACCELERATE_DEEPSPEED_ZERO3_INIT"] = "false"
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())  # MULTI_CPU (gloo) needs cpu=True
+        super().__init__(self.accelerator.device)
+        self.world = self.accelerator.num_processes
+        self.rank = self.accelerator.process_index
+        fsdp = fsdp or fsdp_from_accelerate()
+        if fsdp and zero is not None:
+            raise ConfigError("train.fsdp=true and a DeepSpeed accelerate config: choose one")
+        self.zero = zero if self.world > 1 else None  # the DeepSpeed config dpokit completes, or None
+        self.deepspeed = None  # the policy's DeepSpeed engine, once wrapped
+        zero_stage = self.zero["zero_optimization"].get("stage", 0) if self.zero else 0
+        self.sharded = (fsdp or zero_stage == 3) and self.world > 1
+        # of accelerate's FSDP settings dpokit reads the version (above) and this one; see README
+        self.reshard_after_forward = env_flag("FSDP_RESHARD_AFTER_FORWARD", True) if self.sharded else True
+        if self.sharded and fsdp:
+            # every process loads the whole model, then shards it: transformers must not leave the weights of
+            # processes other than the first on the meta device (accelerate's "cpu_ram_efficient_loading")
+            os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "false"
+
+    def main_process_first(self) -> contextlib.AbstractContextManager:
+        return self.accelerator.main_process_first()
 
     def wrap(self, engine: PolicyLogps, reference: Reference | None, make_optimizer: Callable,
              train_cfg) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -85,8 +190,9 @@ class Parallel:
             elif isinstance(reference, AdapterOff):
                 reference.engine = engine
             return engine, make_optimizer(engine.model.parameters())
-        wrapped = self.accelerator.prepare_model(engine) if self.world > 1 else engine
-        return wrapped, make_optimizer(engine.model.parameters())
+        if self.world == 1:
+            return super().wrap(engine, reference, make_optimizer, train_cfg)
+        return self.accelerator.prepare_model(engine), make_optimizer(engine.model.parameters())
 
     def _deepspeed(self, engine: PolicyLogps, reference: Reference | None, make_optimizer: Callable, train_cfg):
         """DeepSpeed's engine around dpokit's: it owns backward (gradient partitioning), clipping and the step;
@@ -121,28 +227,17 @@ class Parallel:
         fully_shard(engine, reshard_after_forward=self.reshard_after_forward)
         return engine
 
-    def no_sync(self, engine: torch.nn.Module, skip: bool):
+    def no_sync(self, engine: torch.nn.Module, skip: bool) -> contextlib.AbstractContextManager:
         """Accumulating micro-batches need no all-reduce until the last one (sharded: reduce-scatter every time)."""
         if skip and self.world > 1 and not self.sharded and self.deepspeed is None:
             return self.accelerator.no_sync(engine)
-        return contextlib.nullcontext()
+        return super().no_sync(engine, skip)
 
     def full_state(self, model: torch.nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
-        """Every process's part gathered into whole tensors (a collective: all processes must call it).
-
-        `trainable_only`: just the parameters being trained (what a checkpoint holds).
-        """
-        if self.zero3:
-            out = _gather_zero3(model)
-        else:
-            out = {}
-            for name, tensor in model.state_dict().items():
-                full = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
-                out[name] = full.detach().cpu().contiguous()
-        if trainable_only:
-            keep = {n for n, p in model.named_parameters() if p.requires_grad}
-            out = {n: t for n, t in out.items() if n in keep}
-        return out
+        if not self.zero3:
+            return super().full_state(model, trainable_only)
+        out = _gather_zero3(model)
+        return _trainable(model, out) if trainable_only else out
 
     def load_weights(self, model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
         """Whole tensors into the model's parameters; under ZeRO-3 each is gathered, set, and partitioned again."""
@@ -152,35 +247,29 @@ class Parallel:
                 params[name].copy_(value)
 
     def backward(self, loss: torch.Tensor, last: bool) -> None:
-        """`last`: the optimizer step's last micro-batch (DeepSpeed reduces and steps at that boundary)."""
         if self.deepspeed is None:
-            loss.backward()
+            super().backward(loss, last)
             return
         self.deepspeed.set_gradient_accumulation_boundary(last)
         self.deepspeed.backward(loss, scale_wrt_gas=False)  # dpokit's loss is already the global-batch mean
 
-    def clip_and_step(self, optimizer: torch.optim.Optimizer, max_norm: float | None,
-                      check: Callable[[torch.Tensor], None]) -> torch.Tensor:
-        """Clips, calls `check(grad_norm)` (which raises to stop the run), steps, clears gradients.
-
-        DeepSpeed computes the norm inside its step, so there `check` runs after the step instead of before.
-        """
-        if self.deepspeed is not None:
-            self.deepspeed.step()
-            raw = self.deepspeed.get_global_grad_norm()  # None would mean DeepSpeed did not compute one
-            norm = torch.as_tensor(float("nan") if raw is None else float(raw))
-            check(norm)
-            return norm
-        return clip_and_step(optimizer, max_norm, check)
+    def clip_and_step(self, optimizer: torch.optim.Optimizer, max_norm: float | None) -> torch.Tensor:
+        """DeepSpeed clips and steps inside its engine (see `deepspeed_step`); other wrappers as one process does."""
+        if self.deepspeed is None:
+            return super().clip_and_step(optimizer, max_norm)
+        return deepspeed_step(self.deepspeed)
 
     def sum(self, values: list[float]) -> list[float]:
         if self.world == 1:
-            return values
+            return super().sum(values)
         tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
         return self.accelerator.reduce(tensor, reduction="sum").tolist()
 
-    def any(self, flag: bool) -> bool:
-        return bool(self.sum([float(flag)])[0]) if self.world > 1 else flag
+    def gather(self, row: list[int]) -> list[list[int]]:
+        if self.world == 1:
+            return super().gather(row)
+        mine = torch.tensor([row], dtype=torch.int64, device=self.device)
+        return self.accelerator.gather(mine).tolist()
 
     def barrier(self) -> None:
         self.accelerator.wait_for_everyone()
@@ -198,79 +287,32 @@ class Parallel:
             gc.collect()
             torch.distributed.destroy_process_group()
 
-    def holdings(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, list[int]]:
-        """Elements of parameters and of optimizer state each process holds (its own part when sharded or
-        partitioned): what shows that sharding really happened. A collective with several processes."""
-        inner = self.deepspeed.optimizer.optimizer if self.deepspeed is not None else optimizer
-        params = sum(_held(p) for p in model.parameters())
-        state = sum(_held(v) for per_param in inner.state.values() for k, v in per_param.items()
-                    if k != "step" and torch.is_tensor(v))
-        if self.world == 1:
-            return {"parameters": [params], "optimizer_state": [state]}
-        mine = torch.tensor([[params, state]], dtype=torch.int64, device=self.device)
-        every = self.accelerator.gather(mine).tolist()
-        return {"parameters": [row[0] for row in every], "optimizer_state": [row[1] for row in every]}
 
-    def replica_digests(self, model: torch.nn.Module) -> list[str]:
-        """A hash of this process's trainable weights, gathered from every process: all equal iff in sync.
+def deepspeed_step(engine) -> torch.Tensor:
+    """DeepSpeed's step (it clips with `gradient_clipping` = train.max_grad_norm); returns its gradient norm.
 
-        Sharded weights are not replicas (each process holds its own part): no digests then.
-        """
-        if self.sharded:
-            return []
-        h = hashlib.blake2b(digest_size=8)
-        for _, p in sorted(model.named_parameters()):
-            if p.requires_grad:
-                h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
-        mine = int.from_bytes(h.digest(), "little") >> 1  # fits int64
-        if self.world == 1:
-            return [f"{mine:016x}"]
-        gathered = self.accelerator.gather(torch.tensor([mine], dtype=torch.int64, device=self.device))
-        return [f"{int(v):016x}" for v in gathered.tolist()]
+    DeepSpeed computes the global norm only inside its step, over its own gradient partitions, so the norm cannot be
+    checked before the step as one process does. A non-finite norm raises `NonFiniteError` saying what DeepSpeed
+    did: with fp32 weights (the only kind dpokit runs) ZeRO 1-3 treat it as an overflow and skip the step (DeepSpeed
+    0.19: weights untouched; the norm reads inf), which `was_step_applied()` confirms. Older DeepSpeed reports such a
+    norm as -1 and may apply the step; the error then says the weights in memory are not to be trusted.
+    """
+    engine.step()
+    raw, applied = engine.get_global_grad_norm(), engine.was_step_applied()
+    norm = torch.as_tensor(float("nan") if raw is None else float(raw))
+    if (bool(torch.isfinite(norm)) and norm >= 0) or (raw is None and applied):  # None: compute_grad_norm=false
+        return norm
+    if not applied:
+        raise NonFiniteError(f"non-finite gradient norm ({float(norm)}); DeepSpeed skipped the optimizer step, so "
+                             "the weights are still those of the step before")
+    raise NonFiniteError(f"non-finite gradient norm ({float(norm)}), found by DeepSpeed after it had applied the "
+                         "optimizer step: the weights in memory are not trustworthy; resume from the last checkpoint "
+                         "(--resume)")
 
 
-def fsdp_from_accelerate() -> bool:
-    """`accelerate launch` with an FSDP config sets ACCELERATE_USE_FSDP; dpokit then shards with FSDP2 itself
-    (accelerate would only do so on GPUs, and the engine must be the root module either way)."""
-    if not _env_flag("ACCELERATE_USE_FSDP", False):
-        return False
-    if os.environ.get("FSDP_VERSION", "2") != "2":
-        raise ConfigError("the accelerate config asks for FSDP version 1; dpokit shards with FSDP2 only: set "
-                          "fsdp_version: 2 (see configs/accelerate_fsdp.yaml)")
-    return True
-
-
-def zero_from_accelerate() -> dict | None:
-    """`accelerate launch` with a DeepSpeed config sets ACCELERATE_USE_DEEPSPEED and the ZeRO settings (or a
-    DeepSpeed JSON file); dpokit reads them and fills in batch size, accumulation and clipping from its own config."""
-    if not _env_flag("ACCELERATE_USE_DEEPSPEED", False):
-        return None
-    try:
-        import deepspeed  # noqa: F401
-    except ImportError:
-        raise ConfigError("the accelerate config asks for DeepSpeed, which is not installed: "
-                          "pip install 'dpokit[deepspeed]'") from None
-    path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
-    if path and path != "none":
-        try:
-            config = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            raise ConfigError(f"DeepSpeed config {path}: {err}") from None
-    else:
-        zero: dict = {"stage": int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"))}
-        for key, name in (("offload_optimizer", "OFFLOAD_OPTIMIZER_DEVICE"), ("offload_param", "OFFLOAD_PARAM_DEVICE")):
-            device = os.environ.get(f"ACCELERATE_DEEPSPEED_{name}", "none")
-            if device != "none":
-                zero[key] = {"device": device}
-        config = {"zero_optimization": zero}
-    for half in ("fp16", "bf16"):
-        if config.get(half, {}).get("enabled") in (True, "true"):
-            raise ConfigError(f"the DeepSpeed config enables {half}: dpokit keeps fp32 weights and applies autocast "
-                              "itself; remove it and set train.precision=bf16")
-    stage = config.get("zero_optimization", {}).get("stage", 0)
-    if stage not in (1, 2, 3):
-        raise ConfigError(f"DeepSpeed ZeRO stage {stage}: dpokit supports stages 1, 2 and 3 (stage 0 is plain DDP)")
-    return {**config, "fp16": {"enabled": False}, "bf16": {"enabled": False}}
+def _trainable(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    keep = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {n: t for n, t in state.items() if n in keep}
 
 
 def _held(tensor: torch.Tensor) -> int:
@@ -304,14 +346,3 @@ def _gather_zero3(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         else:
             out[name] = tensor.detach().cpu().clone()
     return out
-
-
-def _env_flag(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
-    if value is None:
-        return default
-    if value.strip().lower() in ("1", "true", "yes"):
-        return True
-    if value.strip().lower() in ("0", "false", "no"):
-        return False
-    raise ConfigError(f"environment variable {name}={value!r}: expected true or false")

@@ -22,16 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from dpokit.config import Config
 from dpokit.errors import ConfigError, DpokitError
 from dpokit.pipeline import batches, build_policy
 from dpokit.train import checkpoint as ckpt
+from dpokit.train.launch import deepspeed_unprobed
 from dpokit.train.metrics import JsonlWriter, NullWriter
+from dpokit.train.optim import NonFiniteError
 from dpokit.train.order import batch_indices
+from dpokit.train.progress import progress
 from dpokit.train.setup import Run, build_run, say, total_steps
-from dpokit.train.step import NonFiniteError, evaluate, train_step
+from dpokit.train.step import evaluate, train_step
 
 __all__ = ["Interrupted", "RunSummary", "total_steps", "train"]
 
@@ -91,8 +93,8 @@ def _train(run: Run, callback: Callback | None, start: float) -> RunSummary:
     order = _order(run, first_step)
     writer = JsonlWriter(run.out_dir / "metrics.jsonl") if main else NullWriter()
     last: dict[str, float] = {}
-    bar = tqdm(range(first_step, run.steps), desc="train", disable=not (cfg.train.progress and main),
-               dynamic_ncols=True, initial=first_step, total=run.steps)
+    bar = progress(range(first_step, run.steps), run.steps, every=cfg.train.log_every,
+                   enabled=cfg.train.progress and main)
     with StopSignals(announce=main) as stop:
         for step in bar:
             last = _step(run, order, step + 1)
@@ -114,9 +116,11 @@ def _train(run: Run, callback: Callback | None, start: float) -> RunSummary:
     held = run.parallel.holdings(run.policy, run.optimizer)
     if cfg.train.save:
         _save(run)
-    summary = RunSummary(str(run.out_dir), run.steps, len(run.data.train), len(run.data.eval), last, final_eval,
-                         time.perf_counter() - start, run.notes, run.parallel.world, digests, run.parallel.sharded,
-                         held)
+    summary = RunSummary(
+        output_dir=str(run.out_dir), steps=run.steps, train_pairs=len(run.data.train), eval_pairs=len(run.data.eval),
+        final_train=last, final_eval=final_eval, seconds=time.perf_counter() - start, notes=run.notes,
+        processes=run.parallel.world, replica_digests=digests, sharded=run.parallel.sharded, held_per_process=held,
+    )
     if main:
         (run.out_dir / "summary.json").write_text(json.dumps(summary.__dict__, indent=2))
     return summary
@@ -254,8 +258,9 @@ def save_model(policy: torch.nn.Module, tokenizer, out_dir: Path, state: dict | 
 
     `state`: the gathered weights of a sharded policy (its own parameters hold only this process's part).
     """
-    if hasattr(policy, "merge_and_unload"):
-        policy.save_pretrained(out_dir / "adapter")
-        policy = policy.merge_and_unload()
-    policy.save_pretrained(out_dir, safe_serialization=True, state_dict=state)
+    with deepspeed_unprobed():  # transformers would import DeepSpeed just to unwrap the model
+        if hasattr(policy, "merge_and_unload"):
+            policy.save_pretrained(out_dir / "adapter")
+            policy = policy.merge_and_unload()
+        policy.save_pretrained(out_dir, safe_serialization=True, state_dict=state)
     tokenizer.save_pretrained(out_dir)

@@ -1,9 +1,9 @@
-"""Optimizer and learning-rate schedule: linear warmup, then constant or cosine decay to 0."""
+"""Optimizer and learning-rate schedule (linear warmup, then constant or cosine decay to 0); the clipped step that
+refuses a non-finite gradient."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 
@@ -17,18 +17,24 @@ def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def clip_and_step(optimizer: torch.optim.Optimizer, max_norm: float | None,
-                  check: Callable[[torch.Tensor], None]) -> torch.Tensor:
-    """Clips the gradients, calls `check(grad_norm)` (which raises to stop: the step is then not taken), steps."""
+class NonFiniteError(RuntimeError):
+    """The loss or the gradient norm of a step is NaN or infinite; the message says whether the optimizer step was
+    taken (it is not, except where DeepSpeed reports the norm only after stepping: see `dist.deepspeed_step`)."""
+
+
+def clip_and_step(optimizer: torch.optim.Optimizer, max_norm: float | None) -> torch.Tensor:
+    """Clips the gradients and steps, then clears them. Returns the gradient norm before clipping.
+
+    Raises:
+        NonFiniteError: the norm is NaN or infinite; gradients are cleared and the step is not taken.
+    """
     params = [p for group in optimizer.param_groups for p in group["params"]]
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm or float("inf"))
     if hasattr(norm, "full_tensor"):  # sharded gradients give a distributed norm
         norm = norm.full_tensor()
-    try:
-        check(norm)
-    except Exception:
+    if not torch.isfinite(norm):
         optimizer.zero_grad(set_to_none=True)
-        raise
+        raise NonFiniteError(f"non-finite gradient norm ({float(norm)}); the optimizer step was not taken")
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return norm

@@ -12,9 +12,10 @@ from tqdm.auto import tqdm
 
 from dpokit import config as config_io
 from dpokit.config import Config
+from dpokit.logprobs import PolicyLogps
 from dpokit.losses import objective_from_config
 from dpokit.pipeline import Layout, PreparedData, autocast_for, load_all
-from dpokit.train.dist import Parallel, PolicyLogps
+from dpokit.train.dist import Parallel
 from dpokit.train.optim import build_optimizer, build_scheduler
 from dpokit.train.step import Trainee
 
@@ -57,32 +58,35 @@ def build_run(cfg: Config, chosen_only: bool = False) -> Run:
         out_dir.mkdir(parents=True, exist_ok=True)
         config_io.save(cfg, out_dir / "config.yaml")
     device = parallel.device
-    say = _say if parallel.is_main else _quiet
+    tell = say if parallel.is_main else _quiet
 
     # a precomputed reference is computed once by the main process, then loaded by the others
-    loaded = load_all(cfg, objective, device, say, chosen_only, parallel.accelerator.main_process_first)
+    loaded = load_all(cfg, objective, device, tell, chosen_only, parallel.main_process_first)
     tokenizer, data, policy, layout = loaded.tokenizer, loaded.data, loaded.policy, loaded.layout
-    train_ref, eval_ref, chunk = loaded.train_ref, loaded.eval_ref, cfg.train.logps_chunk_size
+    chunk = cfg.train.logps_chunk_size
     policy.train()
-    engine, optimizer = parallel.wrap(PolicyLogps(policy, chunk), train_ref,
+    engine, optimizer = parallel.wrap(PolicyLogps(policy, chunk), loaded.train_ref,
                                       lambda params: build_optimizer(params, cfg.train), cfg.train)
     autocast = autocast_for(cfg.train.precision, device)
     steps = total_steps(cfg, len(data.train), parallel.world)
+
+    def trainee(reference) -> Trainee:
+        return Trainee(policy=policy, reference=reference, objective=objective, params=params, autocast=autocast,
+                       chunk_size=chunk, engine=engine, parallel=parallel)
+
     return Run(
         cfg=cfg, out_dir=out_dir, tokenizer=tokenizer, data=data, layout=layout,
-        trainee=Trainee(policy, train_ref, objective, params, autocast, chunk, engine, parallel),
-        eval_trainee=Trainee(policy, eval_ref, objective, params, autocast, chunk, engine, parallel),
+        trainee=trainee(loaded.train_ref), eval_trainee=trainee(loaded.eval_ref),
         optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg.train, steps), steps=steps,
         parallel=parallel, notes=data.notes,
     )
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
+    """A message for the person running the job, on stderr, between progress-bar redraws."""
     tqdm.write(message, file=sys.stderr)
 
 
 def _quiet(message: str) -> None:
     """Processes other than the main one keep quiet: one copy of every message."""
 
-
-say = _say

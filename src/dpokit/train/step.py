@@ -5,22 +5,18 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from dpokit.data.collate import Batch
 from dpokit.data.packing import PackedBatch
-from dpokit.logprobs import SequenceLogps
+from dpokit.logprobs import PolicyLogps, SequenceLogps
 from dpokit.losses import LossInputs, LossOutput, LossParams, Objective
 from dpokit.reference import Reference
-from dpokit.train.dist import Parallel, PolicyLogps
+from dpokit.train.dist import Single
 from dpokit.train.metrics import PreferenceMetrics
-from dpokit.train.optim import clip_and_step
-
-
-class NonFiniteError(RuntimeError):
-    """The loss or the gradient norm of a step is NaN or infinite; the optimizer step was not taken."""
+from dpokit.train.optim import NonFiniteError
 
 
 @dataclass
@@ -40,7 +36,7 @@ class Trainee:
     autocast: contextlib.AbstractContextManager | type = contextlib.nullcontext
     chunk_size: int = 1024  # response tokens per LM-head chunk on packed batches
     engine: torch.nn.Module | None = None  # computes the policy's log-probs; default PolicyLogps(policy), or wrapped
-    parallel: Parallel | None = None  # the process group; None: one process
+    parallel: Single = field(default_factory=Single)  # the process group: one process unless a dist.Parallel
 
     def __post_init__(self) -> None:
         if self.engine is None:
@@ -71,32 +67,30 @@ def train_step(
     scheduler,
     max_grad_norm: float | None,
 ) -> dict[str, float]:
-    """Accumulates gradients of the mean loss over all examples of `micro_batches`, clips, steps."""
+    """Accumulates gradients of the mean loss over all examples of `micro_batches`, clips, steps.
+
+    Raises:
+        NonFiniteError: the loss (checked first, before any step) or the gradient norm is NaN or infinite.
+    """
     start = time.perf_counter()
-    metrics = PreferenceMetrics()
-    world = trainee.parallel.world if trainee.parallel else 1
+    metrics, group = PreferenceMetrics(), trainee.parallel
     # every process holds the same number of examples; DDP averages gradients over processes, hence `* world`
-    total = sum(b.num_examples for b in micro_batches) * world
+    total = sum(b.num_examples for b in micro_batches) * group.world
     tokens = 0
     for i, batch in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
-        with trainee.parallel.no_sync(trainee.engine, not last) if trainee.parallel else contextlib.nullcontext():
+        with group.no_sync(trainee.engine, not last):
             fwd = forward(trainee, batch)
-            loss = fwd.out.losses.sum() * world / total
-            trainee.parallel.backward(loss, last) if trainee.parallel else loss.backward()
+            group.backward(fwd.out.losses.sum() * group.world / total, last)
         metrics.add(fwd.out, fwd.logps, batch.labels)
         tokens += _real_tokens(batch)
-    if trainee.parallel:
-        metrics.reduce(trainee.parallel.sum)
-        tokens = int(trainee.parallel.sum([tokens])[0])
+    metrics.reduce(group.sum)
+    tokens = int(group.sum([tokens])[0])
     means = metrics.means()
+    if not math.isfinite(means["loss"]):  # the same sum on every process: all stop here, before any step
+        raise NonFiniteError(f"non-finite loss ({means['loss']}); the optimizer step was not taken")
     lr = optimizer.param_groups[0]["lr"]
-
-    def check(grad_norm: torch.Tensor) -> None:
-        if not (math.isfinite(means["loss"]) and torch.isfinite(grad_norm)):
-            raise NonFiniteError(f"non-finite loss ({means['loss']}) or gradient norm ({float(grad_norm)})")
-
-    grad_norm = (trainee.parallel.clip_and_step if trainee.parallel else clip_and_step)(optimizer, max_grad_norm, check)
+    grad_norm = group.clip_and_step(optimizer, max_grad_norm)
     scheduler.step()
     elapsed = time.perf_counter() - start
     return {
@@ -120,11 +114,10 @@ def evaluate(trainee: Trainee, batches) -> dict[str, float]:
     """Means over all examples of `batches`, deterministic (eval mode, no shuffling by the caller)."""
     was_training = trainee.policy.training
     trainee.policy.eval()
-    metrics = PreferenceMetrics()
+    metrics, group = PreferenceMetrics(), trainee.parallel
     # processes split the batches between them, except when sharded: every forward is then a collective that all
     # processes must join, so each evaluates every batch (and the sums need no reduction)
-    split = trainee.parallel is not None and not trainee.parallel.sharded
-    rank, world = (trainee.parallel.rank, trainee.parallel.world) if split else (0, 1)
+    rank, world = (0, 1) if group.sharded else (group.rank, group.world)
     try:
         for i, batch in enumerate(batches):
             if i % world == rank:  # each process evaluates its share; the sums are combined below
@@ -132,6 +125,6 @@ def evaluate(trainee: Trainee, batches) -> dict[str, float]:
                 metrics.add(fwd.out, fwd.logps, batch.labels)
     finally:
         trainee.policy.train(was_training)
-    if split:
-        metrics.reduce(trainee.parallel.sum)
+    if not group.sharded:
+        metrics.reduce(group.sum)
     return {**metrics.means(), "num_pairs": metrics.num_examples}
