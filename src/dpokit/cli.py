@@ -84,7 +84,11 @@ def _add_experiment_commands(sub: argparse._SubParsersAction, fmt: type[argparse
     gen = sub.add_parser("generate", help="sample completions from a model; prints JSON lines {prompt, completion}")
     gen.add_argument("--model", required=True, help="causal LM: local directory or hub name (safetensors only)")
     gen.add_argument("--prompt", action="append", help="a prompt to complete; repeat the flag for several")
-    gen.add_argument("--prompts-file", help=".txt with one prompt per line, or JSONL with a 'prompt' field")
+    gen.add_argument("--prompts-file", help=".txt with one prompt per line, or JSONL (JSON, Parquet, CSV) with a "
+                     "'prompt' field: a string or a list of {role, content} messages")
+    gen.add_argument("--no-chat", action="store_true", help="do not apply the model's chat template: complete the "
+                     "prompt text as it is (by default a model with a template gets each prompt as a user message "
+                     "and stops at its end of turn)")
     gen.add_argument("--num-samples", type=int, default=1, help="completions per prompt (default 1)")
     gen.add_argument("--max-new-tokens", type=int, default=64, help="completion budget in tokens (default 64)")
     gen.add_argument("--temperature", type=float, default=1.0, help="1 samples the model's own distribution; 0 is "

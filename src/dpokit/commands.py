@@ -3,28 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
-import sys
 from pathlib import Path
 
+from dpokit import api
 from dpokit import config as config_io
 from dpokit.config import Config
 from dpokit.errors import ConfigError
-from dpokit.losses import objective_from_config, parse_objective
+from dpokit.losses import objective_from_config
 
 
 def train(command: str, yaml_path: str | None, flags: dict, overrides: list[str]) -> int:
-    from dpokit.train.loop import train as run_training
-
     base = Config()
     if command == "sft":  # Preferred-FT: NLL on the chosen responses, no reference model
         base.loss.name, base.reference.mode = "sft", "none"
     cfg = config_io.build_config(yaml_path, flags, config_io.parse_overrides(overrides), base=base)
-    if command == "sft" and not parse_objective(cfg.loss.name).chosen_only:
-        raise ConfigError(f"dpokit sft trains a chosen-only loss ('sft'); for '{cfg.loss.name}' use dpokit train")
-    summary = run_training(cfg, chosen_only=command == "sft")
+    summary = api.sft(cfg) if command == "sft" else api.train(cfg)
     if summary.replica_digests is not None and os.environ.get("RANK", "0") != "0":
         return 0  # one report per job, from the main process
     print(f"\n{command} finished: {summary.steps} steps on {summary.train_pairs:,} examples "
@@ -36,12 +31,6 @@ def train(command: str, yaml_path: str | None, flags: dict, overrides: list[str]
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    import torch
-
-    from dpokit.pipeline import batches, load_all
-    from dpokit.train.step import Trainee
-    from dpokit.train.step import evaluate as run_eval
-
     cfg = Config()
     config_io.apply(cfg, {
         "model.name_or_path": args.policy, "reference.name_or_path": args.reference,
@@ -50,22 +39,11 @@ def evaluate(args: argparse.Namespace) -> int:
         "train.shuffle": False, "train.progress": False,
     })
     config_io.apply(cfg, config_io.parse_overrides(args.overrides))
-    config_io.validate(cfg, require=("model.name_or_path", "data.path"))
-    objective, params = objective_from_config(cfg)
+    objective, _ = objective_from_config(cfg)
     if objective.needs_reference and not args.reference:
         raise ConfigError(f"loss '{objective}' compares against a reference: pass --reference (or "
                           "loss.reference_free=true)")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    loaded = load_all(cfg, objective, device, functools.partial(print, file=sys.stderr))
-    trainee = Trainee(loaded.policy.eval(), loaded.train_ref, objective, params, chunk_size=cfg.train.logps_chunk_size)
-    rows = batches(loaded.data.train, cfg.train.batch_size, loaded.tokenizer.pad_token_id, objective.unpaired,
-                   layout=loaded.layout)
-    result = run_eval(trainee, rows)
-    text = json.dumps(result, indent=2)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text + "\n")
-    print(text)
+    _emit(json.dumps(api.evaluate(cfg), indent=2), args.output)
     return 0
 
 
@@ -79,31 +57,24 @@ def demo(output_dir: str, quick: bool = False, seed: int = 0, threads: int = 1) 
 
 
 def generate(args: argparse.Namespace) -> int:
-    import torch
-
-    from dpokit.config import ModelConfig
-    from dpokit.eval.frontier_config import read_prompts
-    from dpokit.eval.sampling import SamplingSettings, sample
-    from dpokit.models import load_model, load_tokenizer
+    from dpokit.data.prompts import read_prompts
 
     prompts = [*(args.prompt or []), *(read_prompts(args.prompts_file) if args.prompts_file else [])]
     if not prompts:
         raise ConfigError("nothing to complete: give --prompt TEXT (repeatable) or --prompts-file FILE")
-    if args.num_samples < 1:
-        raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
-    settings = SamplingSettings(args.max_new_tokens, args.temperature, args.top_p, args.batch_size)
-    settings.check()
-    tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model, ModelConfig())
-    model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    samples = sample(model, tokenizer, prompts, settings, args.seed, args.num_samples, progress=True)
-    lines = [json.dumps({"prompt": p, "completion": c}, ensure_ascii=False)
-             for p, c in zip(samples.prompts, samples.completions, strict=True)]
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    rows = api.generate(args.model, prompts, num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
+                        temperature=args.temperature, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
+                        chat=False if args.no_chat else None, progress=True)
+    _emit("\n".join(json.dumps(row, ensure_ascii=False) for row in rows), args.output)
     return 0
+
+
+def _emit(text: str, output: str | None) -> None:
+    """Prints `text`, and writes it to `output` too when given."""
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(text + "\n")
+    print(text)
 
 
 def frontier(config_path: str, output_dir: str | None) -> int:

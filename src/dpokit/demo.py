@@ -148,14 +148,17 @@ def details(settings: DemoSize, sft: SftModel, train_prompts: list[str], eval_pr
 def build_sft_model(out: Path, settings: DemoSize, seed: int) -> SftModel:
     """Corpus -> tokenizer + random Llama (out/base) -> dpokit SFT on (prefix, continuation) -> out/sft."""
     from dpokit.tiny import tiny_llama, train_bpe_tokenizer
+    from dpokit.train.launch import deepspeed_unprobed
     from dpokit.train.loop import train
 
     reviews = corpus(settings.reviews, seed)
     tokenizer = train_bpe_tokenizer([r.text for r in reviews], vocab_size=settings.vocab_size)
+    tokenizer.chat_template = None  # a plain LM of review text: prompts are completed as text, not chat turns
     base = out / "base"
     model = tiny_llama(tokenizer, hidden_size=settings.hidden, num_layers=settings.layers, num_heads=settings.heads,
                        max_position_embeddings=128, seed=seed)
-    model.save_pretrained(base)
+    with deepspeed_unprobed():  # a plain save must not load DeepSpeed (see train/launch.py)
+        model.save_pretrained(base)
     tokenizer.save_pretrained(base)
     data = out / "data" / "sft.jsonl"
     write_sft_data([r.text for r in reviews], data, seed)
@@ -169,7 +172,7 @@ def build_sft_model(out: Path, settings: DemoSize, seed: int) -> SftModel:
     train_cfg.warmup_steps, train_cfg.schedule, train_cfg.log_every = 20, "cosine", 10
     (out / "sft" / "metrics.jsonl").unlink(missing_ok=True)
     tqdm.write(f"SFT: {settings.sft_steps} steps on {len(reviews):,} review continuations")
-    summary = train(cfg, chosen_only=True)
+    summary = train(cfg)
     loss = summary.final_train["loss"]
     tqdm.write(f"SFT done in {summary.seconds:.0f} s, loss {loss:.3f} per token")
     return SftModel(out / "sft", len(tokenizer), loss, summary.seconds)

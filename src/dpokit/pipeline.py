@@ -34,7 +34,7 @@ class PreparedData:
     notes: list[str] = field(default_factory=list)  # what was loaded, skipped, converted, truncated
 
 
-def prepare_data(cfg: Config, tokenizer, objective: Objective, chosen_only: bool = False) -> PreparedData:
+def prepare_data(cfg: Config, tokenizer, objective: Objective) -> PreparedData:
     """Loads, validates, splits, fits to the objective (pairs / ranked / unpaired) and tokenizes."""
     notes: list[str] = []
     loaded = _load(cfg, cfg.data.path, tokenizer, notes)
@@ -49,7 +49,7 @@ def prepare_data(cfg: Config, tokenizer, objective: Objective, chosen_only: bool
     for name, examples in (("train", train), ("eval", held_out)):
         if not examples:
             continue
-        examples = fit_to_objective(examples, objective, notes, chosen_only)
+        examples = fit_to_objective(examples, objective, notes)
         result = tokenize_examples(examples, tokenizer, settings, progress=cfg.train.progress)
         notes.append(f"{name}: {result.report()}")
         setattr(out, name, result.examples)
@@ -67,14 +67,14 @@ def _load(cfg: Config, path: str, tokenizer, notes: list[str]) -> LoadResult:
 
 
 def fit_to_objective(
-    examples: list[Example], objective: Objective, notes: list[str], chosen_only: bool
+    examples: list[Example], objective: Objective, notes: list[str]
 ) -> list[Example]:
     """Reshapes examples to what the objective consumes, saying what it did."""
     unpaired = [ex for ex in examples if ex.label is not None]
     if unpaired and not objective.unpaired:
         raise ConfigError(f"loss '{objective}' needs preference pairs, but the data is unpaired (prompt/completion/"
                           f"label, e.g. {unpaired[0].where}); use loss.name=kto")
-    if chosen_only:
+    if objective.chosen_only:  # Preferred-FT reads only the best response: the others are not computed
         return [replace(ex, responses=ex.responses[:1]) for ex in examples]
     if objective.unpaired and not unpaired:
         notes.append(f"{objective}: each pair becomes a desirable (chosen) and an undesirable (rejected) example")
@@ -161,7 +161,7 @@ def autocast_for(precision: str, device: torch.device):
 
 
 def build_policy(cfg: Config, device: torch.device) -> torch.nn.Module:
-    model = load_model(cfg.model.name_or_path, cfg.model)
+    model = load_model(cfg.model.name_or_path, cfg.model, cfg.model.gguf_file)
     if cfg.model.gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
             model.activation_checkpointing_enable({"use_reentrant": False})
@@ -232,7 +232,8 @@ def build_reference(cfg: Config, policy: torch.nn.Module, objective: Objective, 
     if plan.live == "adapter":
         live: Reference = AdapterOff(policy, autocast, chunk)
     elif plan.weights is not None or cfg.model.lora.enabled:  # a LoRA policy is no copy of its starting weights
-        model = load_model(plan.weights or cfg.model.name_or_path, cfg.model)
+        model = (load_model(plan.weights, cfg.model) if plan.weights
+                 else load_model(cfg.model.name_or_path, cfg.model, cfg.model.gguf_file))
         live = FrozenModel(model.to(device), autocast, chunk)
     else:
         live = FrozenModel(copy.deepcopy(policy), autocast, chunk)
@@ -266,7 +267,7 @@ class Loaded:
     eval_ref: Reference | None
 
 
-def load_all(cfg: Config, objective: Objective, device: torch.device, say, chosen_only: bool = False,
+def load_all(cfg: Config, objective: Objective, device: torch.device, say,
              reference_first=contextlib.nullcontext) -> Loaded:
     """Tokenizer, data, policy, the batch layout this model supports, and the reference, telling `say` the notes.
 
@@ -274,8 +275,9 @@ def load_all(cfg: Config, objective: Objective, device: torch.device, say, chose
     precomputed reference is computed once and then loaded by the others).
     """
     plan_reference(cfg, objective)  # contradictory reference settings fail now, before anything loads
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, cfg.model.trust_remote_code)
-    data = prepare_data(cfg, tokenizer, objective, chosen_only)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, cfg.model.trust_remote_code,
+                               None if cfg.model.tokenizer else cfg.model.gguf_file)
+    data = prepare_data(cfg, tokenizer, objective)
     for note in data.notes:
         say(note)
     policy = build_policy(cfg, device)

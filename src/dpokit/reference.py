@@ -21,11 +21,11 @@ from typing import Protocol
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from dpokit.data.collate import Batch
 from dpokit.data.tokenize import TokenizedExample
 from dpokit.logprobs import PolicyLogps
+from dpokit.progress import transient
 
 CACHE_FORMAT = "dpokit-reference-logps-v1"
 
@@ -111,7 +111,7 @@ def precompute(
 ) -> Cached:
     """Runs `reference` over every batch once and writes the (N, K) table atomically (temp file + rename)."""
     table = torch.full((num_examples, num_responses), float("nan"))
-    for batch in tqdm(batches, desc="reference log-probs", disable=not progress, leave=False):
+    for batch in transient(batches, "reference log-probs", progress):
         table[batch.indices] = reference.logps(batch).float().cpu()
     path = Path(cache_path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -115,7 +115,7 @@ def test_frontier_and_generate_commands(demo, tmp_path, capsys):
 @pytest.mark.parametrize(("yaml_text", "message"), [
     ("model: x\nprompts: p.txt\ncolour: red\n", "f.yaml: unknown config key 'colour'"),
     ("prompts: p.txt\n", "'model' is required"),
-    ("model: x\nprompts: missing.txt\n", "prompts file not found"),
+    ("model: x\nprompts: missing.txt\n", "missing.txt: no such file"),
 ])
 def test_bad_frontier_config_is_one_line(tmp_path, capsys, monkeypatch, yaml_text, message):
     monkeypatch.chdir(tmp_path)

@@ -150,3 +150,29 @@ def test_classifier_reward_is_the_chosen_label_logit(tmp_path, review_tokenizer)
 def test_unknown_reward_source_fails_in_one_line(tmp_path):
     with pytest.raises(ConfigError, match="neither 'vader'"):
         load_reward(str(tmp_path / "nothing-here"))
+
+
+def test_chat_preferences_hold_the_templates_text_and_train_on_the_sampled_ids(review_model, review_tokenizer,
+                                                                               tmp_path):
+    """Frontier data with chat on: prompts rendered with the generation prompt, replies as the template renders
+    them; tokenized for training they give the sampled prompt ids, and one end of turn per response."""
+    from dpokit.data import load_examples
+    from dpokit.data.chat import render_prompt
+    from dpokit.data.tokenize import TokenizeSettings, tokenize_examples
+    from dpokit.eval.preferences import build_preferences
+    from dpokit.eval.rewards import Reward
+
+    prompts = ["the plot", "what a"]
+    length = Reward("length", lambda p, c: [float(len(x)) for x in c])
+    settings = SamplingSettings(max_new_tokens=6)
+    files = build_preferences(review_model, review_tokenizer, prompts, length, 3, settings, tmp_path, seed=0,
+                              progress=False, chat=True)
+    examples = load_examples(str(files.pairs_path), format="explicit").examples
+    assert examples and {ex.prompt for ex in examples} <= {render_prompt(review_tokenizer, p) for p in prompts}
+    sampled = sample(review_model, review_tokenizer, prompts, settings, seed=0, chat=True)
+    tokenized = tokenize_examples(examples, review_tokenizer, TokenizeSettings()).examples
+    ids_of = {render_prompt(review_tokenizer, p): ids for p, ids in zip(prompts, sampled.prompt_ids, strict=True)}
+    eos = review_tokenizer.eos_token_id
+    for ex, tok in zip(examples, tokenized, strict=True):
+        assert list(tok.prompt_ids) == ids_of[ex.prompt]
+        assert all(list(r).count(eos) == 1 for r in tok.response_ids)

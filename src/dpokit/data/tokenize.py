@@ -21,11 +21,10 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from tqdm.auto import tqdm
-
 from dpokit.data import SKIP_HINT, Skip, chat
 from dpokit.data.records import Example
 from dpokit.errors import DataError
+from dpokit.progress import transient
 
 
 @dataclass(frozen=True)
@@ -84,7 +83,7 @@ def tokenize_examples(
     responses = [ex.prompt[len(ex.prompt.rstrip(" ")):] + r for ex in examples for r in ex.responses]
     response_ids = iter(_encode(tokenizer, responses))
     result = TokenizeResult(examples=[])
-    for i, ex in enumerate(tqdm(examples, desc="tokenize", disable=not progress, leave=False)):
+    for i, ex in enumerate(transient(examples, "tokenize", progress)):
         prompt = prompt_ids[i]
         resps = [_close(next(response_ids), eos, closers) for _ in ex.responses]
         _add(result, ex, i, prompt, resps, settings)

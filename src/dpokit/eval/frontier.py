@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from dpokit import config as config_io
 from dpokit.config import Config, ModelConfig
+from dpokit.data.chat import has_template
 from dpokit.errors import DataError
 from dpokit.eval.frontier_config import FrontierConfig, MethodSpec
 from dpokit.eval.kl import sequence_kl
@@ -70,12 +71,13 @@ class Evaluator:
     """Scores a policy against the fixed reference on held-out prompts, with the same seed every time."""
 
     def __init__(self, reference: torch.nn.Module, tokenizer, prompts: list[str], reward: Reward,
-                 settings: SamplingSettings, num_samples: int = 1, seed: int = 0):
+                 settings: SamplingSettings, num_samples: int = 1, seed: int = 0, chat: bool = False):
         self.reference, self.tokenizer, self.prompts, self.reward = reference, tokenizer, prompts, reward
-        self.settings, self.num_samples, self.seed = settings, num_samples, seed
+        self.settings, self.num_samples, self.seed, self.chat = settings, num_samples, seed, chat
 
     def __call__(self, policy: torch.nn.Module) -> Evaluation:
-        samples = sample(policy, self.tokenizer, self.prompts, self.settings, self.seed, self.num_samples)
+        samples = sample(policy, self.tokenizer, self.prompts, self.settings, self.seed, self.num_samples,
+                         chat=self.chat)
         rewards = self.reward(samples.prompts, samples.completions)
         kls = sequence_kl(policy, self.reference, samples.prompt_ids, samples.completion_ids).tolist()
         lengths = [len(ids) for ids in samples.completion_ids]
@@ -138,15 +140,16 @@ def run_frontier(cfg: FrontierConfig, reward: Reward) -> FrontierResult:
     tokenizer = load_tokenizer(cfg.model)
     reference = load_model(cfg.model, ModelConfig()).to(device).eval().requires_grad_(False)
     settings = SamplingSettings(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.sample_batch_size)
+    chat = has_template(tokenizer) if cfg.chat is None else cfg.chat
 
     _say(f"preference data: {cfg.samples_per_prompt} samples for each of {len(cfg.train_prompts)} prompts")
     files = build_preferences(reference, tokenizer, cfg.train_prompts, reward, cfg.samples_per_prompt, settings,
-                              out / "data", seed=cfg.seed + PREFERENCE_SEED_OFFSET, progress=cfg.progress)
+                              out / "data", seed=cfg.seed + PREFERENCE_SEED_OFFSET, progress=cfg.progress, chat=chat)
     if files.stats.pairs == 0:
         raise DataError("every sampled pair tied or was dropped; no preferences to learn from (try more prompts or "
                         "a reward that separates completions)", source=str(files.pairs_path))
     evaluator = Evaluator(reference, tokenizer, cfg.eval_prompts, reward, settings, cfg.eval_samples_per_prompt,
-                          seed=cfg.seed + EVAL_SEED_OFFSET)
+                          seed=cfg.seed + EVAL_SEED_OFFSET, chat=chat)
     at_start = evaluator(reference)
     _say(f"πref on {len(at_start.rewards)} held-out samples: reward {at_start.reward:.3f}, KL {at_start.kl:.3f}")
     runs = []
@@ -196,7 +199,7 @@ def run_method(cfg: FrontierConfig, method: MethodSpec, files: PreferenceFiles, 
     """One `train()` run from πref; the callback evaluates it every train.eval_every steps and after the last."""
     from dpokit.train.loop import train
 
-    run_cfg, chosen_only = method_config(cfg, method, files)
+    run_cfg, _ = method_config(cfg, method, files)
     run_dir = Path(run_cfg.train.output_dir)
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # train() appends; a re-run starts a fresh log
     points: list[EvalPoint] = []
@@ -211,7 +214,7 @@ def run_method(cfg: FrontierConfig, method: MethodSpec, files: PreferenceFiles, 
              f"{result.kl_se:.2f}")
         return result.summary()
 
-    summary = train(run_cfg, chosen_only=chosen_only, callback=callback)
+    summary = train(run_cfg, callback=callback)
     return RunResult(method, str(run_dir), points, last[0], summary.steps, summary.seconds)
 
 

@@ -7,16 +7,15 @@ loader every command uses (`dpokit.config.load`); `FrontierFile.experiment()` re
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
 
 from dpokit import config as config_io
 from dpokit.config import setting
-from dpokit.errors import ConfigError, DataError
+from dpokit.data.prompts import read_prompts
+from dpokit.errors import ConfigError
 
 
 @dataclass
@@ -69,6 +68,8 @@ class FrontierSettings:
     samples_per_prompt: int = setting(4, "K completions per training prompt -> K(K-1)/2 pairs and one ranked list")
     eval_samples_per_prompt: int = setting(1, "completions per held-out prompt at each evaluation")
     max_new_tokens: int = setting(24, "completion budget in tokens, for every sample")
+    chat: bool | None = setting(None, "render prompts with the model's chat template (a prompt is one user message) "
+                                      "and stop at its end of turn; null: when the model has a template")
     seed: int = setting(0, "seeds the prompt split, every draw and every run")
     run: dict[str, Any] = setting(
         help="`dpokit train` settings for every method, by section, e.g. {train: {lr: 3.0e-4, max_steps: 200, "
@@ -143,31 +144,6 @@ def load_frontier_config(path: str, output_dir: str | None = None) -> FrontierFi
     file = config_io.load(FrontierFile(), path, {"output_dir": output_dir} if output_dir else {})
     config_io.validate(file, require=("model", "prompts"))
     return file
-
-
-def read_prompts(path: str) -> list[str]:
-    """Prompts from a .txt file (one per line, blank lines skipped) or JSONL/JSON records with a "prompt" field."""
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"prompts file not found: {path}")
-    text = file.read_text(encoding="utf-8")
-    if file.suffix == ".txt":
-        return [line for line in text.splitlines() if line.strip()]
-    prompts = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"not valid JSON: {err.msg}", source=path, line=line_no) from None
-        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
-            raise DataError("expected an object with a non-empty string 'prompt'", source=path, line=line_no,
-                            field="prompt")
-        prompts.append(record["prompt"])
-    if not prompts:
-        raise DataError("no prompts", source=path)
-    return prompts
 
 
 def split_prompts(prompts: list[str], eval_fraction: float, seed: int) -> tuple[list[str], list[str]]:

@@ -12,6 +12,7 @@ completions stay in the ranked list in the order they were sampled (a ranking ca
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass
 from itertools import combinations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from dpokit.data.chat import render_prompt, render_reply
 from dpokit.eval.rewards import Reward
 from dpokit.eval.sampling import SamplingSettings, sample
 
@@ -69,11 +71,18 @@ def build_preferences(
     out_dir: Path,
     seed: int,
     progress: bool = True,
+    chat: bool = False,
 ) -> PreferenceFiles:
-    """Samples, scores and writes `pairs.jsonl` (explicit format) and `ranked.jsonl` (ranked, with scores)."""
+    """Samples, scores and writes `pairs.jsonl` (explicit format) and `ranked.jsonl` (ranked, with scores).
+
+    With `chat`, prompts are sampled through the chat template, and the files hold the template's text: each prompt
+    rendered with its generation prompt, each completion as the template renders the assistant's reply (closing
+    tokens included), so training sees exactly the ids sampling saw.
+    """
     samples = sample(model, tokenizer, prompts, settings, seed=seed, num_samples=samples_per_prompt,
-                     progress=progress)
+                     progress=progress, chat=chat)
     scores = reward(samples.prompts, samples.completions)
+    texts_of = functools.partial(_training_texts, tokenizer, chat)
     out_dir.mkdir(parents=True, exist_ok=True)
     pairs_path, ranked_path = out_dir / "pairs.jsonl", out_dir / "ranked.jsonl"
     counts = {"kept": 0, "pairs": 0, "ties": 0, "tied_lists": 0}
@@ -84,6 +93,7 @@ def build_preferences(
             texts, values = samples.completions[i * k:(i + 1) * k], scores[i * k:(i + 1) * k]
             if len(set(texts)) < k or any(not t.strip() for t in texts):
                 continue
+            prompt, texts = texts_of(prompt, texts)
             ranked_file.write(json.dumps({"prompt": prompt, "responses": texts, "scores": values}) + "\n")
             order = sorted(range(k), key=lambda j: -values[j])  # stable: ties keep their sampled order
             pairs = [(a, b) for a, b in combinations(order, 2) if values[a] > values[b]]
@@ -101,6 +111,17 @@ def build_preferences(
         mean_worst=_mean(worst),
     )
     return PreferenceFiles(pairs_path, ranked_path, k, stats)
+
+
+def _training_texts(tokenizer, chat: bool, prompt: str | list[dict], completions: list[str],
+                    ) -> tuple[str, list[str]]:
+    """The prompt and completions as training data holds them: as they are, or rendered by the chat template."""
+    if not chat:
+        return prompt, completions
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    prompt_text = render_prompt(tokenizer, prompt)
+    return prompt_text, [render_reply(tokenizer, messages, prompt_text, [{"role": "assistant", "content": c}])
+                         for c in completions]
 
 
 def _mean(values: list[float]) -> float:

@@ -14,12 +14,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from dpokit.data.chat import TemplateError, render_prompts, stop_ids
 from dpokit.data.tokenize import encode_prompts
 from dpokit.errors import ConfigError
+from dpokit.progress import transient
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ def sample_ids(
         with torch.random.fork_rng(devices=devices), _clean_generation_config(model):
             torch.manual_seed(seed)
             batches = list(_chunks(list(prompt_ids), settings.batch_size))
-            for batch in tqdm(batches, desc="sample", disable=not progress, leave=False):
+            for batch in transient(batches, "sample", progress):
                 input_ids, attention_mask = left_pad(batch, pad_id)
                 generated = model.generate(
                     input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),

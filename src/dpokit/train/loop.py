@@ -26,12 +26,12 @@ import torch
 from dpokit.config import Config
 from dpokit.errors import ConfigError, DpokitError
 from dpokit.pipeline import batches, build_policy
+from dpokit.progress import progress
 from dpokit.train import checkpoint as ckpt
 from dpokit.train.launch import deepspeed_unprobed
 from dpokit.train.metrics import JsonlWriter, NullWriter
 from dpokit.train.optim import NonFiniteError
 from dpokit.train.order import batch_indices
-from dpokit.train.progress import progress
 from dpokit.train.setup import Run, build_run, say, total_steps
 from dpokit.train.step import evaluate, train_step
 
@@ -64,18 +64,17 @@ class RunSummary:
     held_per_process: dict[str, list[int]] | None = None  # elements of parameters / optimizer state per process
 
 
-def train(cfg: Config, chosen_only: bool = False, callback: Callback | None = None) -> RunSummary:
+def train(cfg: Config, callback: Callback | None = None) -> RunSummary:
     """Runs a whole training job as configured; see README for the files it writes.
 
     Args:
         cfg: the run's configuration (validated before anything loads).
-        chosen_only: keep only each example's best response (Preferred-FT does not need the others).
         callback: called as `callback(step, policy)` with the policy in eval mode and gradients off, at every
             `train.eval_every` steps and after the last one, e.g. to sample and score completions. A dict it returns
             is written to metrics.jsonl with `"split": "callback"`.
     """
     start = time.perf_counter()
-    run = build_run(cfg, chosen_only)
+    run = build_run(cfg)
     try:
         return _train(run, callback, start)
     finally:

@@ -47,7 +47,7 @@ def total_steps(cfg: Config, num_train: int, world: int = 1) -> int:
     return max(1, math.ceil(cfg.train.epochs * num_train / per_step))
 
 
-def build_run(cfg: Config, chosen_only: bool = False) -> Run:
+def build_run(cfg: Config) -> Run:
     """Validates the config (before anything loads), then loads data and models and builds the optimizer."""
     config_io.validate(cfg, require=("model.name_or_path", "data.path", "train.output_dir"))
     objective, params = objective_from_config(cfg)
@@ -61,7 +61,7 @@ def build_run(cfg: Config, chosen_only: bool = False) -> Run:
     tell = say if parallel.is_main else _quiet
 
     # a precomputed reference is computed once by the main process, then loaded by the others
-    loaded = load_all(cfg, objective, device, tell, chosen_only, parallel.main_process_first)
+    loaded = load_all(cfg, objective, device, tell, parallel.main_process_first)
     tokenizer, data, policy, layout = loaded.tokenizer, loaded.data, loaded.policy, loaded.layout
     chunk = cfg.train.logps_chunk_size
     policy.train()

@@ -1,4 +1,4 @@
-"""Training progress for a person: a live bar on a terminal, a few plain lines in a log file.
+"""Progress for a person: a live bar on a terminal, a few plain lines (or nothing) in a log file.
 
 `make demo > log` would otherwise fill the file with a tqdm redraw (a `\\r` frame) for every step. Both kinds take
 the same calls, so the loop does not ask where stderr goes:
@@ -14,11 +14,12 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Iterator
-from typing import TextIO
+from collections.abc import Iterable, Iterator
+from typing import TextIO, TypeVar
 
 from tqdm.auto import tqdm
 
+T = TypeVar("T")
 MAX_LINES = 20  # plain lines per run, about: one every 5% of the steps at least
 
 
@@ -66,6 +67,12 @@ class Lines:
         values = "".join(f" {k}={v}" for k, v in self.postfix.items())
         print(f"{self.desc} {done}/{self.total} ({100 * done // self.total}%){values} [{seconds:.0f} s]",
               file=self.stream, flush=True)
+
+
+def transient(items: Iterable[T], desc: str, enabled: bool = True, total: int | None = None) -> Iterable[T]:
+    """A short-lived bar (tokenizing, sampling, reference log-probs) that disappears when done: on a terminal only,
+    so a log file gets none of its redraws."""
+    return tqdm(items, desc=desc, total=total, leave=False, disable=not (enabled and _is_terminal(sys.stderr)))
 
 
 def _is_terminal(stream: TextIO) -> bool:

@@ -1,0 +1,110 @@
+"""The Python API: what the CLI commands do, with the same validation and errors, returning results.
+
+    import dpokit
+
+    cfg = dpokit.Config()
+    cfg.model.name_or_path, cfg.data.path, cfg.train.output_dir = "runs/sft", "pairs.jsonl", "runs/dpo"
+    summary = dpokit.train(cfg)                        # RunSummary: steps, final metrics, output_dir
+    metrics = dpokit.evaluate(cfg)                     # preference metrics of cfg.model against its reference
+    rows = dpokit.generate("runs/dpo", ["Hello"])      # [{"prompt": ..., "completion": ...}]
+
+Every function checks its inputs before any model loads and raises `dpokit.ConfigError` / `dpokit.DataError` with
+the message the CLI prints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from dpokit import config as config_io
+from dpokit.config import Config
+from dpokit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dpokit.train.loop import Callback, RunSummary
+
+
+def train(config: Config, callback: Callback | None = None) -> RunSummary:
+    """Trains a policy with the configured preference loss; writes the run directory (README, `dpokit train`).
+
+    Args:
+        config: the run; `model.name_or_path`, `data.path` and `train.output_dir` are required.
+        callback: `callback(step, policy)` at every `train.eval_every` steps and after the last (see train.loop).
+    """
+    from dpokit.train.loop import train as run_training
+
+    return run_training(config, callback=callback)
+
+
+def sft(config: Config) -> RunSummary:
+    """Preferred-FT: the `sft` loss on each example's preferred response, no reference (`dpokit sft`)."""
+    from dpokit.losses import objective_from_config
+
+    objective, _ = objective_from_config(config)
+    if not objective.chosen_only:
+        raise ConfigError(f"dpokit sft trains a chosen-only loss ('sft'); for '{config.loss.name}' use dpokit train "
+                          "(dpokit.train in Python)")
+    return train(config)
+
+
+def evaluate(config: Config) -> dict[str, float]:
+    """Preference metrics (loss, reward accuracy and margins, log-probs) of `model.name_or_path` on `data.path`,
+    against `reference.name_or_path` (or a copy of the policy's own weights), in dataset order, without training."""
+    import torch
+
+    from dpokit.losses import objective_from_config
+    from dpokit.pipeline import batches, load_all
+    from dpokit.train.step import Trainee
+    from dpokit.train.step import evaluate as run_eval
+
+    config_io.validate(config, require=("model.name_or_path", "data.path"))
+    objective, params = objective_from_config(config)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    loaded = load_all(config, objective, device, _stderr)
+    trainee = Trainee(loaded.policy.eval(), loaded.train_ref, objective, params,
+                      chunk_size=config.train.logps_chunk_size)
+    rows = batches(loaded.data.train, config.train.batch_size, loaded.tokenizer.pad_token_id, objective.unpaired,
+                   layout=loaded.layout)
+    return run_eval(trainee, rows)
+
+
+def generate(model: str, prompts: Sequence[str | list[dict]], *, num_samples: int = 1, max_new_tokens: int = 64,
+             temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 32,
+             chat: bool | None = None, progress: bool = False) -> list[dict[str, Any]]:
+    """Samples completions of `prompts` from `model` (`dpokit generate`).
+
+    Args:
+        model: a saved causal LM (directory or hub name).
+        prompts: texts, or lists of {role, content} messages (these need a chat template).
+        chat: render prompts with the model's chat template and stop at its end of turn; None: when it has one.
+
+    Returns:
+        One {"prompt", "completion"} per completion, all of a prompt's samples together, in prompt order.
+    """
+    import torch
+
+    from dpokit.data.chat import has_template
+    from dpokit.eval.sampling import SamplingSettings, sample
+    from dpokit.models import load_model, load_tokenizer
+
+    if not prompts:
+        raise ConfigError("nothing to complete: no prompts were given")
+    if num_samples < 1:
+        raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
+    settings = SamplingSettings(max_new_tokens, temperature, top_p, batch_size)
+    settings.check()
+    tokenizer = load_tokenizer(model)
+    if chat and not has_template(tokenizer):
+        raise ConfigError(f"chat=True, but the tokenizer of {model} has no chat template")
+    policy = load_model(model, config_io.ModelConfig())
+    policy.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    use_chat = has_template(tokenizer) if chat is None else chat
+    samples = sample(policy, tokenizer, list(prompts), settings, seed, num_samples, progress=progress, chat=use_chat)
+    return [{"prompt": p, "completion": c} for p, c in zip(samples.prompts, samples.completions, strict=True)]
+
+
+def _stderr(message: str) -> None:
+    import sys
+
+    print(message, file=sys.stderr)
