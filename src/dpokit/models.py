@@ -8,6 +8,8 @@ hub name, `.gguf` path, directory + gguf_file, packaged short name) is resolved 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from dpokit.config import LoraConfig, ModelConfig
 from dpokit.errors import ConfigError
 from dpokit.model_source import ModelSource, resolve_model
+from dpokit.progress import transient
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # Weight files that are pickles (torch.save): loading one can run arbitrary code.
@@ -63,12 +66,24 @@ def load_model(name_or_path: str, cfg: ModelConfig, gguf_file: str | None = None
     source = resolve_model(name_or_path, gguf_file)
     if not cfg.allow_pickle and not source.gguf_file:
         _refuse_pickle_only(source.path)
+    with _gguf_bar_on_terminal_only():
+        model = _from_pretrained(source, cfg)
+    if source.gguf_file:
+        _drop_quantization_state(model)
+    if cfg.disable_dropout:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+    return model
+
+
+def _from_pretrained(source: ModelSource, cfg: ModelConfig) -> torch.nn.Module:
     try:
         config = AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file,
                                             trust_remote_code=cfg.trust_remote_code)
         if cfg.disable_dropout:
             _zero_dropout(config)
-        model = AutoModelForCausalLM.from_pretrained(
+        return AutoModelForCausalLM.from_pretrained(
             source.path,
             config=config,
             dtype=DTYPES[cfg.dtype],
@@ -79,13 +94,23 @@ def load_model(name_or_path: str, cfg: ModelConfig, gguf_file: str | None = None
     except (OSError, ValueError) as err:
         hint = " (only safetensors weights load unless model.allow_pickle=true)" if "safetensors" in str(err) else ""
         raise ConfigError(f"cannot load model '{source}': {err}{hint}") from None
-    if source.gguf_file:
-        _drop_quantization_state(model)
-    if cfg.disable_dropout:
-        for module in model.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.0
-    return model
+
+
+@contextlib.contextmanager
+def _gguf_bar_on_terminal_only() -> Iterator[None]:
+    """transformers draws its GGUF conversion bar with a plain tqdm, one redraw per tensor even into a log file;
+    for the load it gets dpokit's transient bar instead (shown on a terminal only)."""
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        yield
+        return
+    saved = getattr(gguf_utils, "tqdm", None)
+    gguf_utils.tqdm = lambda items, desc="", **_: transient(items, desc)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = saved
 
 
 def _gguf_kwargs(source: ModelSource) -> dict[str, Any]:
