@@ -99,7 +99,7 @@ def _train(run: Run, callback: Callback | None, start: float) -> RunSummary:
             last = _step(run, order, step + 1)
             if (step + 1) % cfg.train.log_every == 0 or step + 1 == run.steps:
                 writer.write({"step": step + 1, "split": "train", **last})
-            bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last.get('rewards/accuracies', float('nan')):.2f}")
+            bar.set_postfix(**_postfix(last))
             if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < run.steps:
                 _evaluate(run, step + 1, writer, callback)
             stopping = run.parallel.any(stop.signum is not None)  # every process stops after the same step
@@ -123,6 +123,14 @@ def _train(run: Run, callback: Callback | None, start: float) -> RunSummary:
     if main:
         (run.out_dir / "summary.json").write_text(json.dumps(summary.__dict__, indent=2))
     return summary
+
+
+def _postfix(metrics: dict[str, float]) -> dict[str, str]:
+    """What the bar or progress line shows: the loss, and the reward accuracy where the loss has one (not sft)."""
+    shown = {"loss": f"{metrics['loss']:.4f}"}
+    if "rewards/accuracies" in metrics:
+        shown["acc"] = f"{metrics['rewards/accuracies']:.2f}"
+    return shown
 
 
 def _save(run: Run) -> None:
