@@ -81,12 +81,11 @@ def frontier(config_path: str, output_dir: str | None) -> int:
     from dpokit.eval.frontier import run_frontier
     from dpokit.eval.frontier_config import load_frontier_config
     from dpokit.eval.report import console_summary, write_outputs
-    from dpokit.eval.rewards import load_reward
+    from dpokit.eval.rewards import RewardConfig
 
     file = load_frontier_config(config_path, output_dir)
     cfg = file.experiment()  # reads the prompts: a missing file fails before the reward loads
-    label = None if file.reward_label is None else str(file.reward_label)
-    reward = load_reward(file.reward, label, file.reward_text)
+    reward = RewardConfig(file.reward, file.reward_label, file.reward_text).load()
     result = run_frontier(cfg, reward)
     task = (f"Your experiment (`{config_path}`): {len(cfg.train_prompts)} training prompts, {len(cfg.eval_prompts)} "
             f"held-out prompts, reward `{reward.name}`, reference model `{cfg.model}`.")

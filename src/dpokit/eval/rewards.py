@@ -8,7 +8,9 @@ Three sources, chosen by one string (`load_reward`):
   positive class of a sentiment classifier, as the DPO paper scores IMDb completions. Loaded from safetensors only,
   with remote code off.
 
-Every reward is called as `reward(prompts, completions)` and returns one finite float per completion.
+Every reward is called as `reward(prompts, completions)` and returns one finite float per completion. Commands name a
+reward with a `RewardConfig` section (`reward.source`, `reward.label`, `reward.text`), the one notion of a reward
+every command shares (the frontier YAML spells the same three keys `reward`, `reward_label`, `reward_text`).
 """
 
 from __future__ import annotations
@@ -20,10 +22,27 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dpokit.config import setting
 from dpokit.errors import ConfigError, DataError
 
 ScoreFn = Callable[[list[str], list[str]], Sequence[float]]
 TEXT_MODES = ("completion", "full")
+
+
+@dataclass
+class RewardConfig:
+    """Which reward scores completions: a config section of every command that needs one."""
+
+    source: str = setting("vader", "vader | module:function | file.py:function | sequence-classification model "
+                                   "directory (any Hugging Face reward model, dpokit rm's included)")
+    label: str | int | None = setting(None, "classifier only: the label (name or index) whose logit is the reward; "
+                                            "may be left out for a one-output model")
+    text: str = setting("completion", "what is scored: completion | full (prompt + completion)",
+                        choices=TEXT_MODES)
+
+    def load(self) -> Reward:
+        """The reward, loaded (a model or module is imported now: errors surface before any sampling)."""
+        return load_reward(self.source, None if self.label is None else str(self.label), self.text)
 
 
 @dataclass
