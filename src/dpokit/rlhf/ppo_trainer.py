@@ -1,0 +1,273 @@
+"""`dpokit ppo`: PPO-RLHF, the DPO paper's RL baseline (Ziegler et al. 2019; Stiennon et al. 2020).
+
+    train_ppo(cfg)
+      build(cfg)                        config checked, reward loaded, prompts read, policy + value head, πref, Adam
+      resume (cfg.resume)               train/checkpoint.py: weights + value head, Adam, β, RNG, metrics.jsonl
+      for each iteration:
+        collect(...)                    rollout: sample (temperature 1) -> reward -> π_old, πref, V -> GAE
+        optimise(...)                   ppo_epochs x minibatches: clipped surrogate + vf_coef * clipped value loss
+        β update (adaptive KL), metrics.jsonl, progress, checkpoint every save_every
+        SIGTERM/SIGINT -> checkpoint, exit with how to resume
+      save policy + tokenizer (safetensors), value_head.safetensors, summary.json
+
+One or several processes (`accelerate launch`, `torchrun`): each samples its share of every rollout batch and of every
+minibatch; gradients are all-reduced by DDP (train/dist.py), losses divided by the global token count so the step is
+that of the whole minibatch, advantages whitened with global moments, metrics summed over processes.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from dpokit import config as config_io
+from dpokit.config import ModelConfig, TrainConfig
+from dpokit.data.chat import has_template
+from dpokit.data.prompts import Prompt, read_prompts
+from dpokit.errors import ConfigError, DpokitError
+from dpokit.eval.rewards import Reward
+from dpokit.eval.sampling import SamplingSettings, sample
+from dpokit.models import load_model, load_tokenizer
+from dpokit.progress import progress
+from dpokit.rlhf import ppo
+from dpokit.rlhf.ppo_config import PPOConfig
+from dpokit.rlhf.rollout import ActorCritic, Reference, Rollout, Rows, advantages_of, response_outputs, score_tokens
+from dpokit.train import checkpoint as ckpt
+from dpokit.train.dist import Parallel
+from dpokit.train.loop import Interrupted, StopSignals, save_model
+from dpokit.train.metrics import JsonlWriter, NullWriter
+from dpokit.train.optim import NonFiniteError, build_optimizer
+from dpokit.train.setup import say
+
+
+@dataclass
+class PPORun:
+    """Everything an iteration needs, built once by `build`."""
+
+    cfg: PPOConfig
+    out_dir: Path
+    tokenizer: object
+    prompts: list[Prompt]
+    reward: Reward
+    chat: bool
+    actor_critic: ActorCritic  # the policy and its value head, unwrapped (sampling, saving, checkpoints)
+    engine: torch.nn.Module  # the same, as the process group runs it (DDP-wrapped with several processes)
+    reference: Reference
+    optimizer: torch.optim.Optimizer
+    kl: ppo.FixedKL  # or ppo.AdaptiveKL; checkpointed in the scheduler's slot (it has state_dict / load_state_dict)
+    parallel: Parallel
+
+
+@dataclass
+class PPOSummary:
+    output_dir: str
+    iterations: int
+    seconds: float
+    final: dict[str, float]
+    processes: int = 1
+
+
+def build(cfg: PPOConfig) -> PPORun:
+    """Checks the config and loads (reward and prompts first: their errors come before any model loads)."""
+    config_io.validate(cfg, require=("model", "prompts", "output_dir"))
+    reward, prompts = cfg.reward.load(), read_prompts(cfg.prompts)
+    parallel = Parallel()
+    if parallel.sharded or parallel.zero is not None:
+        raise ConfigError("dpokit ppo runs replicated (one process or DDP); FSDP and DeepSpeed are not supported")
+    if cfg.minibatch_size % parallel.world:
+        raise ConfigError(f"minibatch_size ({cfg.minibatch_size}) must be divisible by the number of processes "
+                          f"({parallel.world})")
+    tokenizer = load_tokenizer(cfg.model)
+    if cfg.chat and not has_template(tokenizer):
+        raise ConfigError(f"chat=true, but the tokenizer of {cfg.model} has no chat template")
+    out_dir = Path(cfg.output_dir)
+    if parallel.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        config_io.save(cfg, out_dir / "config.yaml")
+    model_cfg = ModelConfig(dtype=cfg.dtype)
+    actor_critic = ActorCritic(load_model(cfg.model, model_cfg)).to(parallel.device).train()
+    reference = Reference(load_model(cfg.model, model_cfg)).to(parallel.device)
+    adam = TrainConfig(lr=cfg.lr, optimizer="adamw", weight_decay=0.0)
+    # the optimizer takes the value head's parameters too, not only those of the LM (`engine.model`) wrap offers
+    engine, optimizer = parallel.wrap(actor_critic, None, lambda _: build_optimizer(actor_critic.parameters(), adam),
+                                      adam)
+    kl = ppo.AdaptiveKL(cfg.beta, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target else ppo.FixedKL(cfg.beta)
+    chat = has_template(tokenizer) if cfg.chat is None else cfg.chat
+    return PPORun(cfg, out_dir, tokenizer, prompts, reward, chat, actor_critic, engine, reference, optimizer, kl,
+                  parallel)
+
+
+def train_ppo(cfg: PPOConfig) -> PPOSummary:
+    """Runs PPO as configured; see the module docstring and README (`dpokit ppo`)."""
+    start = time.perf_counter()
+    run = build(cfg)
+    try:
+        return _train(run, start)
+    finally:
+        run.engine = None  # the DDP wrapper goes before its process group
+        run.parallel.close()
+
+
+def _train(run: PPORun, start: float) -> PPOSummary:
+    cfg, main = run.cfg, run.parallel.is_main
+    first = _resume(run)
+    writer = JsonlWriter(run.out_dir / "metrics.jsonl") if main else NullWriter()
+    bar = progress(range(first, cfg.iterations), cfg.iterations, every=cfg.log_every, enabled=cfg.progress and main,
+                   desc="ppo")
+    last: dict[str, float] = {}
+    with StopSignals(announce=main) as stop:
+        for it in bar:
+            try:
+                last = iteration(run, it)
+            except NonFiniteError as err:
+                raise DpokitError(f"ppo iteration {it + 1}: {err}") from None
+            writer.write({"iteration": it + 1, **last})
+            bar.set_postfix(reward=f"{last['reward']:.4f}", kl=f"{last['kl']:.3f}", beta=f"{last['beta']:.4g}")
+            stopping = run.parallel.any(stop.signum is not None)  # every process stops after the same iteration
+            if stopping or (cfg.save_every and (it + 1) % cfg.save_every == 0):
+                path = _checkpoint(run, it + 1, writer)
+                if stopping:
+                    signum = stop.signum or signal.SIGTERM
+                    raise Interrupted(f"stopped by signal {signum} after iteration {it + 1}/{cfg.iterations}; "
+                                      f"checkpoint: {path}; continue with the same command plus --resume", signum)
+    writer.close()
+    if cfg.save and main:
+        save_model(run.actor_critic.model, run.tokenizer, run.out_dir)
+        save_file({k: v.detach().cpu().contiguous() for k, v in run.actor_critic.value_head.state_dict().items()},
+                  str(run.out_dir / "value_head.safetensors"))
+    summary = PPOSummary(str(run.out_dir), cfg.iterations, time.perf_counter() - start, last, run.parallel.world)
+    if main:
+        (run.out_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
+    return summary
+
+
+def iteration(run: PPORun, it: int) -> dict[str, float]:
+    """One rollout batch, then its optimisation epochs, then the β update. Returns the iteration's metrics."""
+    start = time.perf_counter()
+    beta = run.kl.beta
+    rollout = collect(run, it)
+    losses = optimise(run, rollout, it)
+    stats = rollout_stats(rollout, run.parallel)
+    run.kl.update(stats["kl"], run.cfg.rollout_batch_size)
+    return {**stats, **losses, "beta": beta, "time_s": time.perf_counter() - start}
+
+
+def collect(run: PPORun, it: int) -> Rollout:
+    """This process's share of iteration `it`'s rollout batch: prompts in a seeded order, responses sampled from the
+    current policy at temperature 1, scored; π_old's and πref's log-probs and the values; rewards and GAE."""
+    cfg, group = run.cfg, run.parallel
+    share = cfg.rollout_batch_size // group.world
+    order = prompt_order(len(run.prompts), it, cfg.rollout_batch_size, cfg.seed)[group.rank * share:][:share]
+    settings = SamplingSettings(cfg.max_new_tokens, 1.0, 1.0, cfg.sample_batch_size)
+    samples = sample(run.actor_critic.model, run.tokenizer, [run.prompts[i] for i in order], settings,
+                     seed=draw_seed(cfg.seed, it, group.rank), chat=run.chat)
+    device = group.device
+    scores = torch.tensor(run.reward(samples.prompts, samples.completions), device=device)
+    rows = Rows.build(samples.prompt_ids, samples.completion_ids, run.tokenizer.pad_token_id).to(device)
+    old = score_tokens(run.actor_critic, rows, cfg.forward_batch_size)
+    ref = score_tokens(run.reference, rows, cfg.forward_batch_size)
+    advantages, returns = advantages_of(scores, old, ref, rows.mask, run.kl.beta, cfg.gamma, cfg.lam)
+    if cfg.whiten_advantages:
+        advantages = ppo.whiten(advantages, rows.mask, tuple(group.sum(list(ppo.moments(advantages, rows.mask)))))
+    return Rollout(rows, scores, old.logprobs, ref.logprobs, old.values, old.entropy, advantages, returns)
+
+
+def optimise(run: PPORun, rollout: Rollout, it: int) -> dict[str, float]:
+    """`ppo_epochs` passes over the rollout, each reshuffled (seeded) into minibatches, one Adam step each."""
+    cfg, group = run.cfg, run.parallel
+    per_step = cfg.minibatch_size // group.world
+    shuffle = torch.Generator().manual_seed(draw_seed(cfg.seed, it, group.rank))
+    totals = torch.zeros(5, dtype=torch.float64)
+    for _ in range(cfg.ppo_epochs):
+        order = torch.randperm(len(rollout), generator=shuffle)
+        for start in range(0, len(rollout), per_step):
+            totals += minibatch_step(run, rollout, order[start:start + per_step].to(group.device))
+    steps = cfg.ppo_epochs * (len(rollout) // per_step)
+    means = [v / (steps * group.world) for v in group.sum(totals.tolist())]
+    return dict(zip(("policy_loss", "value_loss", "clip_fraction", "approx_kl", "grad_norm"), means, strict=True))
+
+
+def minibatch_step(run: PPORun, rollout: Rollout, index: torch.Tensor) -> torch.Tensor:
+    """One optimizer step on rows `index` of the rollout. Returns (policy loss, value loss, clip fraction, approx
+    KL, gradient norm) of this process, each to be averaged over steps and processes.
+
+    Raises:
+        NonFiniteError: the loss (on any process: all stop together, before the step) or the gradient norm.
+    """
+    cfg, group = run.cfg, run.parallel
+    rows = rollout.rows.select(index)
+    # DDP averages gradients over processes: dividing by the global token count / world gives the global mean
+    num_tokens = group.sum([float(rows.mask.sum())])[0] / group.world
+    new = response_outputs(run.engine, rows)
+    policy = ppo.ppo_policy_loss(new.logprobs, rollout.logprobs[index], rollout.advantages[index], rows.mask,
+                                 cfg.clip_range, num_tokens)
+    values = ppo.value_loss(new.values, rollout.values[index], rollout.returns[index], rows.mask,
+                            cfg.value_clip_range, num_tokens)
+    loss = policy.loss + cfg.vf_coef * values
+    if group.any(not bool(torch.isfinite(loss))):
+        raise NonFiniteError(f"non-finite loss ({float(loss)}); the optimizer step was not taken")
+    group.backward(loss, True)
+    norm = group.clip_and_step(run.optimizer, cfg.max_grad_norm)
+    return torch.tensor([policy.loss.item(), values.item(), policy.clip_fraction.item(), policy.approx_kl.item(),
+                         float(norm)], dtype=torch.float64)
+
+
+def rollout_stats(rollout: Rollout, group: Parallel) -> dict[str, float]:
+    """Means over the whole rollout batch (all processes): reward, sequence KL Σ_t (log π_old − log πref) over the
+    sampled tokens (its expectation is KL(π_old ‖ πref)), per-token entropy (of the whole next-token distribution),
+    response length in tokens."""
+    mask = rollout.rows.mask
+    kl = ((rollout.logprobs - rollout.ref_logprobs) * mask).sum(1)
+    sums = group.sum([float(rollout.scores.sum()), float(kl.sum()), float(rollout.entropy.sum()),
+                      float(mask.sum()), float(len(rollout))])
+    score, kl_sum, entropy, tokens, n = sums
+    return {"reward": score / n, "kl": kl_sum / n, "entropy": entropy / tokens, "response_length": tokens / n}
+
+
+def prompt_order(num_prompts: int, it: int, batch: int, seed: int) -> list[int]:
+    """Prompt indices of iteration `it`'s rollout batch: a stream of seeded permutations of all prompts (one per
+    pass), cut into batches of `batch`. A function of (it, seed) only, so a resumed run draws the same prompts.
+
+    >>> prompt_order(3, 0, 4, seed=0) + prompt_order(3, 1, 4, seed=0) == prompt_order(3, 0, 8, seed=0)
+    True
+    """
+    out = []
+    for k in range(it * batch, (it + 1) * batch):
+        epoch, pos = divmod(k, num_prompts)
+        out.append(int(torch.randperm(num_prompts, generator=torch.Generator().manual_seed(seed + 7919 * epoch))[pos]))
+    return out
+
+
+def draw_seed(seed: int, it: int, rank: int) -> int:
+    """The seed of iteration `it`'s draws on process `rank`: distinct per iteration and process, fixed by them."""
+    return (seed * 1_000_003 + it * 65_537 + rank * 257) % 2**62
+
+
+def _resume(run: PPORun) -> int:
+    """Loads `resume` (weights + value head, Adam, β, RNG) and trims metrics.jsonl. Returns the iteration."""
+    metrics = run.out_dir / "metrics.jsonl"
+    if not run.cfg.resume:
+        if run.parallel.is_main:
+            metrics.unlink(missing_ok=True)
+        return 0
+    path = ckpt.resolve(run.out_dir, run.cfg.resume)
+    state = ckpt.load_checkpoint(path, run.actor_critic, run.optimizer, run.kl, run.parallel)
+    if run.parallel.is_main:
+        lines = metrics.read_text().splitlines(keepends=True) if metrics.is_file() else []
+        metrics.write_text("".join(lines[:state.metrics_lines]))
+        say(f"resumed from {path} at iteration {state.step}/{run.cfg.iterations}")
+    run.parallel.barrier()
+    return state.step
+
+
+def _checkpoint(run: PPORun, it: int, writer: JsonlWriter | NullWriter) -> Path:
+    state = ckpt.TrainState(step=it, metrics_lines=writer.lines)
+    return ckpt.save_checkpoint(run.out_dir, run.actor_critic, run.optimizer, run.kl, state,
+                                run.cfg.keep_checkpoints, run.parallel)
+
