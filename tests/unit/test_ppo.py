@@ -12,8 +12,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import dpokit.rlhf.ppo
 import dpokit.rlhf.ppo_trainer
-from dpokit.rlhf.ppo import (AdaptiveKL, FixedKL, gae, kl_penalised_rewards, moments, ppo_policy_loss, value_loss,
-                             whiten)
+from dpokit.rlhf.ppo import AdaptiveKL, FixedKL, gae, kl_penalised_rewards, moments, ppo_policy_loss, value_loss, whiten
 from dpokit.rlhf.rollout import ActorCritic, Reference, Rows, response_outputs
 
 
@@ -152,3 +151,21 @@ def test_value_head_starts_at_zero():
 def test_docstring_examples(module):
     result = doctest.testmod(module, verbose=False)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_config_refuses_bad_settings_naming_the_key(tmp_path):
+    from dpokit import config as config_io
+    from dpokit.errors import ConfigError
+    from dpokit.rlhf.ppo_config import PPOConfig
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("hi\n")
+    good = {"model": str(tmp_path), "prompts": str(prompts), "output_dir": str(tmp_path / "out")}
+    config_io.validate(config_io.load(PPOConfig(), None, good), require=("model", "prompts", "output_dir"))
+    for bad, message in (({"minibatch_size": 24}, "must divide rollout_batch_size"), ({"lam": 1.5}, "gamma and lam"),
+                         ({"kl_target": 0}, "'kl_target' must be > 0 or null"), ({"ppo_epochs": 0}, "'ppo_epochs'"),
+                         ({"prompts": str(tmp_path / "none.txt")}, "file not found")):
+        with pytest.raises(ConfigError, match=message):
+            config_io.validate(config_io.load(PPOConfig(), None, good, bad))
+    with pytest.raises(ConfigError, match="unknown config key"):
+        config_io.load(PPOConfig(), None, good, {"ppo_epoch": 2})

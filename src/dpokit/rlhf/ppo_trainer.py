@@ -71,6 +71,7 @@ class PPOSummary:
     seconds: float
     final: dict[str, float]
     processes: int = 1
+    replica_digests: list[str] | None = None  # hash of each process's weights at the end: all equal when in sync
 
 
 def build(cfg: PPOConfig) -> PPORun:
@@ -137,11 +138,16 @@ def _train(run: PPORun, start: float) -> PPOSummary:
                     raise Interrupted(f"stopped by signal {signum} after iteration {it + 1}/{cfg.iterations}; "
                                       f"checkpoint: {path}; continue with the same command plus --resume", signum)
     writer.close()
+    digests = run.parallel.replica_digests(run.actor_critic)
+    if len(set(digests)) > 1:  # each process sampled other responses: only all-reduced gradients keep them equal
+        raise DpokitError(f"the {len(digests)} processes ended with different weights ({digests}): gradients were not "
+                          "synchronised")
     if cfg.save and main:
         save_model(run.actor_critic.model, run.tokenizer, run.out_dir)
         save_file({k: v.detach().cpu().contiguous() for k, v in run.actor_critic.value_head.state_dict().items()},
                   str(run.out_dir / "value_head.safetensors"))
-    summary = PPOSummary(str(run.out_dir), cfg.iterations, time.perf_counter() - start, last, run.parallel.world)
+    summary = PPOSummary(str(run.out_dir), cfg.iterations, time.perf_counter() - start, last, run.parallel.world,
+                         digests)
     if main:
         (run.out_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
     return summary

@@ -1,0 +1,120 @@
+"""`dpokit ppo` end to end on CPU: on a one-step task PPO reaches the KL-regularised optimum π* ∝ πref·exp(r/β);
+SIGTERM then --resume reproduces the uninterrupted run bit for bit; two processes stay in sync.
+
+The task: a tiny random Llama over a 24-word vocabulary, one-token responses (max_new_tokens=1), and a reward known
+for every token. With one action per episode PPO is a bandit, and the maximiser of E_π[r] − β KL(π‖πref) is known
+exactly at each prompt: π*(y) = πref(y) exp(r(y)/β) / Z.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from interrupt import sigterm_after
+from safetensors.torch import load_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+from dpokit.cli import main
+from dpokit.data.tokenize import encode_prompts
+from dpokit.tiny import EOS, tiny_llama
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+WORDS = [f"w{i}" for i in range(23)]
+REWARD = {"": 0.0, **{w: ((7 * i) % 11) / 10 for i, w in enumerate(WORDS)}}  # "" is eos; r in [0, 1]
+PROMPTS = ["w1 w2", "w3", "w4 w5 w6"]
+BETA = 0.5
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory) -> Path:
+    """πref (a tiny random Llama + word-level tokenizer: eos and 23 words), the prompts, and the reward file."""
+    root = tmp_path_factory.mktemp("ppo-task")
+    words = Tokenizer(models.WordLevel({EOS: 0, **{w: i + 1 for i, w in enumerate(WORDS)}}, unk_token=EOS))
+    words.pre_tokenizer, words.decoder = pre_tokenizers.WhitespaceSplit(), decoders.WordPiece()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, eos_token=EOS)
+    tiny_llama(tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=0).save_pretrained(root / "ref")
+    tokenizer.save_pretrained(root / "ref")
+    (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    (root / "reward.py").write_text(f"TABLE = {REWARD!r}\n\n\ndef score(prompts, completions):\n"  # Σ over words
+                                    "    return [sum(TABLE[w] for w in c.split()) for c in completions]\n")
+    return root
+
+
+def ppo_args(task: Path, out: Path, *extra: str) -> list[str]:
+    return ["ppo", "--model", str(task / "ref"), "--prompts", str(task / "prompts.txt"), "--reward",
+            f"{task / 'reward.py'}:score", "--output-dir", str(out), "progress=false", *extra]
+
+
+def next_token_probs(model_dir: Path, tokenizer, prompt: str) -> torch.Tensor:
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    with torch.no_grad():
+        return model(torch.tensor(encode_prompts(tokenizer, [prompt]))).logits[0, -1].double().softmax(-1)
+
+
+def test_ppo_reaches_the_kl_regularised_optimum_on_a_one_step_task(task, tmp_path):
+    out = tmp_path / "run"
+    assert main(ppo_args(task, out, "--max-new-tokens", "1", "--beta", str(BETA), "--iterations", "60",
+                         "--rollout-batch-size", "256", "--minibatch-size", "64", "--lr", "1e-3")) == 0
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(task / "ref")
+    # the reward of each token id, through the same decoding the run used (eos decodes to "")
+    r = torch.tensor([REWARD[tokenizer.decode([i], skip_special_tokens=True)] for i in range(len(tokenizer))],
+                     dtype=torch.float64)
+    for prompt in PROMPTS:
+        ref = next_token_probs(task / "ref", tokenizer, prompt)
+        optimum = (ref.log() + r / BETA).softmax(-1)  # π* ∝ πref exp(r/β), exactly
+        policy = next_token_probs(out, tokenizer, prompt)
+        assert 0.5 * (ref - optimum).abs().sum() > 0.2  # the task asks for a real move away from πref
+        assert 0.5 * (policy - optimum).abs().sum() < 0.05, prompt
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["iteration"] for row in rows] == list(range(1, 61))
+    assert all(row["response_length"] == 1.0 and row["beta"] == BETA for row in rows)
+    assert rows[-1]["reward"] > rows[0]["reward"] + 0.1 and rows[-1]["kl"] > rows[0]["kl"]
+    assert set(load_file(out / "value_head.safetensors")) == {"weight", "bias"}
+
+
+def metrics(out: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k != "time_s"}
+            for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_sigterm_then_resume_gives_the_uninterrupted_run_bit_for_bit(task, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the same threads in the subprocess as here: the same float sums
+    extra = ("--iterations", "12", "--rollout-batch-size", "16", "--minibatch-size", "8", "--max-new-tokens", "5",
+             "--lr", "1e-3", "--kl-target", "0.5", "kl_horizon=100", "save=false")
+    whole = tmp_path / "whole"
+    assert main(ppo_args(task, whole, *extra)) == 0
+
+    cut = tmp_path / "cut"
+    code, err = sigterm_after([sys.executable, "-m", "dpokit", *ppo_args(task, cut, *extra)], cut)
+    assert code == 128 + signal.SIGTERM, err
+    assert "--resume" in err.strip().splitlines()[-1]
+    assert 3 <= len(metrics(cut)) < 12  # really stopped mid-run
+    assert main(ppo_args(task, cut, *extra, "--resume")) == 0
+    assert metrics(cut) == metrics(whole)  # weights, value head, Adam, adaptive β, prompt order, draws restored
+    assert len({row["beta"] for row in metrics(whole)}) > 1  # β really adapted, so its state had to be restored
+
+
+def test_two_processes_stay_in_sync(task, tmp_path):
+    out = tmp_path / "ddp"
+    from test_distributed import free_port
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(free_port()), "-m", "dpokit",
+               *ppo_args(task, out, "--iterations", "3", "--rollout-batch-size", "8", "--minibatch-size", "4",
+                         "--max-new-tokens", "4", "--lr", "1e-2", "save=false")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    digests = summary["replica_digests"]
+    assert summary["processes"] == 2 and len(digests) == 2 and digests[0] == digests[1]
+    assert len(metrics(out)) == 3
+
