@@ -86,14 +86,8 @@ def padded_sequence_logps(model: torch.nn.Module, batch: Batch) -> SequenceLogps
 
 def packed_sequence_logps(model: torch.nn.Module, batch: PackedBatch, chunk_size: int = 1024) -> SequenceLogps:
     """Backbone over the packed rows; LM head only where a response token is predicted."""
-    backbone, head = model.get_decoder(), model.get_output_embeddings()
-    mask = batch.attention_mask
-    if model.config._attn_implementation != "sdpa":  # eager attention adds the mask: 0 keeps, dtype-min drops
-        mask = torch.zeros(mask.shape, dtype=head.weight.dtype, device=mask.device).masked_fill(
-            ~mask, torch.finfo(head.weight.dtype).min)
-    hidden = backbone(
-        input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids, use_cache=False
-    ).last_hidden_state
+    head = model.get_output_embeddings()
+    hidden = packed_hidden_states(model, model.get_decoder(), batch)
     picked = hidden[batch.pred_rows, batch.pred_cols]  # (M, H)
     softcap = getattr(model.config, "final_logit_softcapping", None)
     token_logps = chunked_token_logps(picked, head, batch.targets, chunk_size, softcap)
@@ -111,6 +105,26 @@ def packed_sequence_logps(model: torch.nn.Module, batch: PackedBatch, chunk_size
         token_logps=per_token.view(b, k, width),
         token_mask=token_mask.view(b, k, width),
     )
+
+
+def packed_hidden_states(model: torch.nn.Module, backbone: torch.nn.Module, batch: PackedBatch) -> Tensor:
+    """The backbone's last hidden states over the packed rows, attention confined by the batch's 4D mask.
+
+    Args:
+        model: the whole model, whose config names the attention implementation.
+        backbone: its transformer without a head (`get_decoder()`, or `base_model` of a classifier).
+        batch: packed rows (R, L).
+
+    Returns:
+        (R, L, H) hidden states.
+    """
+    mask = batch.attention_mask
+    if model.config._attn_implementation != "sdpa":  # eager attention adds the mask: 0 keeps, dtype-min drops
+        dtype = next(backbone.parameters()).dtype
+        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    return backbone(
+        input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids, use_cache=False
+    ).last_hidden_state
 
 
 def chunked_token_logps(

@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+)
 
 from dpokit.config import LoraConfig, ModelConfig
 from dpokit.errors import ConfigError
@@ -24,6 +30,9 @@ from dpokit.progress import transient
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # Weight files that are pickles (torch.save): loading one can run arbitrary code.
 PICKLE_WEIGHTS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
+# What sits on the transformer: the LM head, or a scalar reward head (the architecture's sequence-classification
+# class with one output, as `AutoModelForSequenceClassification.from_pretrained` loads it back): class, config keys.
+HEADS = {"causal-lm": (AutoModelForCausalLM, {}), "reward": (AutoModelForSequenceClassification, {"num_labels": 1})}
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False,
@@ -46,8 +55,9 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False,
     return tokenizer
 
 
-def load_model(name_or_path: str, cfg: ModelConfig, gguf_file: str | None = None) -> torch.nn.Module:
-    """A causal LM with dropout switched off (if asked), in the configured dtype.
+def load_model(name_or_path: str, cfg: ModelConfig, gguf_file: str | None = None,
+               head: str = "causal-lm") -> torch.nn.Module:
+    """A causal LM (or another `HEADS` entry) with dropout switched off (if asked), in the configured dtype.
 
     Safetensors only, unless `cfg.allow_pickle`: then safetensors are still preferred and pickle weights accepted.
     GGUF weights (a `.gguf` path, a packaged short name, or `name_or_path` + `gguf_file`) are unpacked into
@@ -58,6 +68,8 @@ def load_model(name_or_path: str, cfg: ModelConfig, gguf_file: str | None = None
         cfg: dtype, safety and dropout settings. Its `gguf_file` is not read here: it belongs to `cfg.name_or_path`,
             and a reference named apart must not inherit it, so callers pass it for the policy's weights.
         gguf_file: a `.gguf` file inside the directory or hub repo `name_or_path`.
+        head: "causal-lm", or "reward": one scalar output on the last token (a new, randomly initialised head when
+            the checkpoint is a causal LM).
 
     Raises:
         ConfigError: the name does not resolve, the model cannot be loaded, or a local checkpoint has only pickle
@@ -67,7 +79,7 @@ def load_model(name_or_path: str, cfg: ModelConfig, gguf_file: str | None = None
     if not cfg.allow_pickle and not source.gguf_file:
         _refuse_pickle_only(source.path)
     with _gguf_bar_on_terminal_only():
-        model = _from_pretrained(source, cfg)
+        model = _from_pretrained(source, cfg, head)
     if source.gguf_file:
         _drop_quantization_state(model)
     if cfg.disable_dropout:
@@ -77,13 +89,14 @@ def load_model(name_or_path: str, cfg: ModelConfig, gguf_file: str | None = None
     return model
 
 
-def _from_pretrained(source: ModelSource, cfg: ModelConfig) -> torch.nn.Module:
+def _from_pretrained(source: ModelSource, cfg: ModelConfig, head: str) -> torch.nn.Module:
+    auto_class, settings = HEADS[head]
     try:
         config = AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file,
-                                            trust_remote_code=cfg.trust_remote_code)
+                                            trust_remote_code=cfg.trust_remote_code, **settings)
         if cfg.disable_dropout:
             _zero_dropout(config)
-        return AutoModelForCausalLM.from_pretrained(
+        return auto_class.from_pretrained(
             source.path,
             config=config,
             dtype=DTYPES[cfg.dtype],

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -125,21 +125,26 @@ def batches(examples: list[TokenizedExample], batch_size: int, pad_id: int, unpa
 
 @torch.no_grad()
 def check_layout(model: torch.nn.Module, examples: list[TokenizedExample], layout: Layout, pad_id: int,
-                 unpaired: bool, chunk_size: int) -> tuple[Layout, str | None]:
+                 unpaired: bool, chunk_size: int,
+                 outputs: Callable[[torch.nn.Module, Batch | PackedBatch], torch.Tensor] | None = None,
+                 ) -> tuple[Layout, str | None]:
     """Runs a few examples through the fast and the plain path; falls back to plain if they disagree.
 
     Packing relies on the architecture honouring `position_ids` and a 4D attention mask, and on the LM head being
     the whole map from hidden states to logits. Llama-family models do; this check catches one that does not.
+    `outputs(model, batch)` is what is compared, (B, K): by default the response log-probs (a reward model's
+    rewards in `dpokit rm`).
     """
     if layout.plain:
         return layout, None
+    outputs = outputs or (lambda m, batch: sequence_logps(m, batch, chunk_size).logps)
     sample = examples[:2] if not unpaired else examples[:3]
     was_training = model.training
     model.eval()
     try:
-        plain = sequence_logps(model, Layout()(sample, pad_id, unpaired)).logps
+        plain = outputs(model, Layout()(sample, pad_id, unpaired))
         try:
-            fast = sequence_logps(model, layout(sample, pad_id, unpaired), chunk_size).logps
+            fast = outputs(model, layout(sample, pad_id, unpaired))
         except Exception as err:  # any architecture-specific refusal of position_ids / 4D masks means: use plain
             return Layout(), (f"packed/shared-prompt forward failed for this model ({type(err).__name__}: {err}); "
                               "using plain padded batches")
@@ -149,7 +154,7 @@ def check_layout(model: torch.nn.Module, examples: list[TokenizedExample], layou
     error = ((fast - plain).abs() / (1 + plain.abs())).max().item()
     if error <= tolerance:
         return layout, None
-    return Layout(), (f"packed/shared-prompt log-probs differ from the plain forward by {error:.2g} (relative) for "
+    return Layout(), (f"packed/shared-prompt outputs differ from the plain forward by {error:.2g} (relative) for "
                       f"this model; using plain padded batches (set train.packing=false train.shared_prompt=false "
                       "to silence this)")
 
@@ -160,8 +165,9 @@ def autocast_for(precision: str, device: torch.device):
     return contextlib.nullcontext
 
 
-def build_policy(cfg: Config, device: torch.device) -> torch.nn.Module:
-    model = load_model(cfg.model.name_or_path, cfg.model, cfg.model.gguf_file)
+def build_policy(cfg: Config, device: torch.device, head: str = "causal-lm") -> torch.nn.Module:
+    """The model being trained, on `device`: loaded with `head` (models.HEADS), checkpointing and LoRA as set."""
+    model = load_model(cfg.model.name_or_path, cfg.model, cfg.model.gguf_file, head)
     if cfg.model.gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
             model.activation_checkpointing_enable({"use_reentrant": False})

@@ -13,6 +13,8 @@ gets exactly the context, position and therefore log-prob it has in the plain la
 ([[5, 6, 7, 0, 8, 9, 0]], [[0, 1, 2, 3, 2, 3, 4]])
 >>> b.pred_cols.tolist(), b.targets.tolist()  # the last prompt token predicts both responses' first token
 ([1, 2, 1, 4, 5], [7, 0, 8, 9, 0])
+>>> b.token_cols.tolist()  # each response token's own column (a reward model reads the last one's hidden state)
+[2, 3, 4, 5, 6]
 >>> b.attention_mask[0, 0, 4].int().tolist()  # response 2's first token: the prompt and itself
 [1, 1, 0, 0, 1, 0, 0]
 """
@@ -42,6 +44,7 @@ class PackedBatch:
     targets: Tensor  # (M,) the response token ids
     seq_ids: Tensor  # (M,) b*K + k: the response each token belongs to
     token_pos: Tensor  # (M,) index of the token within its response
+    token_cols: Tensor  # (M,) column of the token itself (its hidden state, read by a reward model's head)
     num_responses: int  # K
     indices: Tensor  # (B,) dataset indices (the reference cache key)
     labels: Tensor | None = None  # (B,) bool, unpaired (KTO) batches only
@@ -100,7 +103,7 @@ def pack(
         col = 0
         for u_index, unit in enumerate(row):
             col = grid.place(unit, r, col, u_index)
-    pred = torch.tensor(grid.preds, dtype=torch.long).view(-1, 5)
+    pred = torch.tensor(grid.preds, dtype=torch.long).view(-1, 6)
     labels = torch.tensor([bool(ex.label) for ex in examples]) if unpaired else None
     return PackedBatch(
         input_ids=grid.ids,
@@ -111,6 +114,7 @@ def pack(
         targets=pred[:, 2],
         seq_ids=pred[:, 3],
         token_pos=pred[:, 4],
+        token_cols=pred[:, 5],
         num_responses=k,
         indices=torch.tensor([ex.index for ex in examples], dtype=torch.long),
         labels=labels,
@@ -160,14 +164,14 @@ def _bin(units: list[_Unit], capacity: int) -> list[list[_Unit]]:
 
 class _Grid:
     """The rows being filled: token ids, positions, unit and segment of every column, and each response token's
-    predictor as (row, col, target, seq id, token position)."""
+    predictor as (row, col, target, seq id, token position, the token's own col)."""
 
     def __init__(self, rows: int, width: int, pad_id: int, k: int):
         self.ids = torch.full((rows, width), pad_id, dtype=torch.long)
         self.pos = torch.zeros((rows, width), dtype=torch.long)
         self.unit_id = torch.full((rows, width), -1, dtype=torch.long)  # -1: padding
         self.seg = torch.zeros((rows, width), dtype=torch.long)  # 0: prompt, j + 1: response j
-        self.preds: list[tuple[int, int, int, int, int]] = []
+        self.preds: list[tuple[int, int, int, int, int, int]] = []
         self.k = k
 
     def place(self, unit: _Unit, r: int, col: int, u_index: int) -> int:
@@ -180,7 +184,7 @@ class _Grid:
             self._write(r, col, resp, torch.arange(p, p + len(resp)), u_index, j + 1)
             seq = unit.example * self.k + unit.first_response + j
             for t, token in enumerate(resp):
-                self.preds.append((r, last_prompt_col if t == 0 else col + t - 1, token, seq, t))
+                self.preds.append((r, last_prompt_col if t == 0 else col + t - 1, token, seq, t, col + t))
             col += len(resp)
         return col
 

@@ -6,7 +6,8 @@ Three sources, chosen by one string (`load_reward`):
 - "module:function" or "path/to/file.py:function": your own Python callable, `f(prompts, completions) -> scores`.
 - a directory (or hub name) of a Hugging Face sequence-classification model: the logit of one label, e.g. the
   positive class of a sentiment classifier, as the DPO paper scores IMDb completions. Loaded from safetensors only,
-  with remote code off.
+  with remote code off. A directory written by `dpokit rm` is scored by dpokit's own tokenization instead (prompt and
+  completion apart, as in training; the centred reward): `rlhf.reward_model.reward_model_scores`.
 
 Every reward is called as `reward(prompts, completions)` and returns one finite float per completion. Commands name a
 reward with a `RewardConfig` section (`reward.source`, `reward.label`, `reward.text`), the one notion of a reward
@@ -75,7 +76,7 @@ def load_reward(source: str, label: str | None = None, text: str = "completion")
         label: classifier only: the label whose logit is the reward (name or index); may be omitted for a
             one-output model.
         text: "completion" scores the completion alone; "full" scores prompt + completion (vader and classifiers;
-            a callable always receives both).
+            a callable and a `dpokit rm` model always receive both).
 
     Raises:
         ConfigError: unknown text mode, a callable that cannot be imported, or a model that cannot be loaded.
@@ -86,6 +87,10 @@ def load_reward(source: str, label: str | None = None, text: str = "completion")
         return Reward(f"vader({text})", _texts(text, vader_scores()))
     if ":" in source and not Path(source).exists():
         return Reward(source, load_callable(source))
+    from dpokit.rlhf.reward_model import is_reward_model, reward_model_scores  # imports torch: only models need it
+
+    if is_reward_model(source):
+        return Reward(f"{source}(dpokit rm)", reward_model_scores(source))
     return Reward(f"{source}[{label}]({text})" if label else f"{source}({text})",
                   _texts(text, classifier_scores(source, label)))
 

@@ -35,7 +35,7 @@ from dpokit.train.order import batch_indices
 from dpokit.train.setup import Run, build_run, say, total_steps
 from dpokit.train.step import evaluate, train_step
 
-__all__ = ["Interrupted", "RunSummary", "total_steps", "train"]
+__all__ = ["Interrupted", "RunSummary", "run_training", "total_steps", "train"]
 
 Callback = Callable[[int, torch.nn.Module], "dict[str, Any] | None"]
 
@@ -74,7 +74,18 @@ def train(cfg: Config, callback: Callback | None = None) -> RunSummary:
             is written to metrics.jsonl with `"split": "callback"`.
     """
     start = time.perf_counter()
-    run = build_run(cfg)
+    return run_training(build_run(cfg), callback, start)
+
+
+def run_training(run: Run, callback: Callback | None = None, start: float | None = None) -> RunSummary:
+    """Trains a built run to its end (see `train`); `dpokit rm` builds its own (a reward model, no reference).
+
+    Args:
+        run: what `setup.build_run` returns, or a run built the same way around another engine and objective.
+        callback: as in `train`.
+        start: when the job started (`time.perf_counter()`), for the summary's seconds; default: now.
+    """
+    start = time.perf_counter() if start is None else start
     try:
         return _train(run, callback, start)
     finally:

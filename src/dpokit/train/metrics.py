@@ -19,7 +19,12 @@ KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rew
 
 
 class PreferenceMetrics:
-    """Sums of per-example quantities; `means()` divides by the number of examples that contributed."""
+    """Sums of per-example quantities; `means()` divides by the number of examples that contributed.
+
+    A subclass reports other quantities by overriding `keys` and `add` (e.g. `rlhf.reward_train.RewardMetrics`).
+    """
+
+    keys: tuple[str, ...] = KEYS
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = defaultdict(float)
@@ -48,12 +53,13 @@ class PreferenceMetrics:
 
     def reduce(self, sum_across: Callable[[list[float]], list[float]]) -> None:
         """Replaces this process's sums and counts with their totals over all processes."""
-        values = sum_across([self.sums.get(k, 0.0) for k in KEYS] + [float(self.counts.get(k, 0)) for k in KEYS])
-        self.sums = defaultdict(float, zip(KEYS, values[: len(KEYS)], strict=True))
-        self.counts = defaultdict(int, ((k, int(c)) for k, c in zip(KEYS, values[len(KEYS):], strict=True)))
+        keys = self.keys
+        values = sum_across([self.sums.get(k, 0.0) for k in keys] + [float(self.counts.get(k, 0)) for k in keys])
+        self.sums = defaultdict(float, zip(keys, values[: len(keys)], strict=True))
+        self.counts = defaultdict(int, ((k, int(c)) for k, c in zip(keys, values[len(keys):], strict=True)))
 
     def means(self) -> dict[str, float]:
-        return {k: self.sums[k] / self.counts[k] for k in KEYS if self.counts.get(k)}
+        return {k: self.sums[k] / self.counts[k] for k in self.keys if self.counts.get(k)}
 
     @property
     def num_examples(self) -> int:

@@ -37,6 +37,7 @@ class Trainee:
     chunk_size: int = 1024  # response tokens per LM-head chunk on packed batches
     engine: torch.nn.Module | None = None  # computes the policy's log-probs; default PolicyLogps(policy), or wrapped
     parallel: Single = field(default_factory=Single)  # the process group: one process unless a dist.Parallel
+    metrics: type[PreferenceMetrics] = PreferenceMetrics  # what a step reports (dpokit rm: its RewardMetrics)
 
     def __post_init__(self) -> None:
         if self.engine is None:
@@ -73,7 +74,7 @@ def train_step(
         NonFiniteError: the loss (checked first, before any step) or the gradient norm is NaN or infinite.
     """
     start = time.perf_counter()
-    metrics, group = PreferenceMetrics(), trainee.parallel
+    metrics, group = trainee.metrics(), trainee.parallel
     # every process holds the same number of examples; DDP averages gradients over processes, hence `* world`
     total = sum(b.num_examples for b in micro_batches) * group.world
     tokens = 0
@@ -114,7 +115,7 @@ def evaluate(trainee: Trainee, batches) -> dict[str, float]:
     """Means over all examples of `batches`, deterministic (eval mode, no shuffling by the caller)."""
     was_training = trainee.policy.training
     trainee.policy.eval()
-    metrics, group = PreferenceMetrics(), trainee.parallel
+    metrics, group = trainee.metrics(), trainee.parallel
     # processes split the batches between them, except when sharded: every forward is then a collective that all
     # processes must join, so each evaluates every batch (and the sums need no reduction)
     rank, world = (0, 1) if group.sharded else (group.rank, group.world)
