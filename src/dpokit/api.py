@@ -22,6 +22,12 @@ from dpokit.config import Config
 from dpokit.errors import ConfigError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from dpokit.rlhf.bon import BestOfN, BonConfig
+    from dpokit.rlhf.ppo_config import PPOConfig
+    from dpokit.rlhf.ppo_trainer import PPOSummary
+    from dpokit.rlhf.reward_config import RewardModelConfig
     from dpokit.train.loop import Callback, RunSummary
 
 
@@ -69,6 +75,23 @@ def evaluate(config: Config) -> dict[str, float]:
     return run_eval(trainee, rows)
 
 
+def rm(config: RewardModelConfig) -> RunSummary:
+    """Trains a Bradley–Terry reward model on preference data (`dpokit rm`): a scalar head on each response's last
+    token, loss −log σ(r(x, yw) − r(x, yl)) (Plackett–Luce over ranked lists), rewards centred on the training data.
+
+    Args:
+        config: a `dpokit.RewardModelConfig` (`dpokit train`'s model, data and train sections); `model.name_or_path`,
+            `data.path` and `train.output_dir` are required.
+
+    Returns:
+        The RunSummary of `train`; `final_eval` holds the held-out loss, accuracy and margin. The saved directory loads
+        with `AutoModelForSequenceClassification` and as a reward: `eval.rewards.load_reward(output_dir)`.
+    """
+    from dpokit.rlhf.reward_train import train_reward_model
+
+    return train_reward_model(config)
+
+
 def generate(model: str, prompts: Sequence[str | list[dict]], *, num_samples: int = 1, max_new_tokens: int = 64,
              temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 32,
              chat: bool | None = None, progress: bool = False) -> list[dict[str, Any]]:
@@ -102,6 +125,57 @@ def generate(model: str, prompts: Sequence[str | list[dict]], *, num_samples: in
     use_chat = has_template(tokenizer) if chat is None else chat
     samples = sample(policy, tokenizer, list(prompts), settings, seed, num_samples, progress=progress, chat=use_chat)
     return [{"prompt": p, "completion": c} for p, c in zip(samples.prompts, samples.completions, strict=True)]
+
+
+def bon(config: BonConfig, *, prompts: Sequence[str | list[dict]] | None = None, reward: Callable | None = None,
+        progress: bool = False) -> BestOfN:
+    """Best-of-N from `config.model` (`dpokit bon`): `config.n` samples per prompt, each scored, the best chosen;
+    the JSONL (one line per prompt) is written to `config.output` when it is set.
+
+    Args:
+        config: a `dpokit.BonConfig`; `model` is required, and `prompts` (a file) unless prompts are passed.
+        prompts: texts or lists of {role, content} messages, used instead of reading `config.prompts`.
+        reward: any `fn(prompts, completions) -> scores`, used instead of loading `config.reward`.
+
+    Returns:
+        `rlhf.bon.BestOfN`: every sample with its reward, the chosen index per prompt; `.summary()`, `.rows()`.
+    """
+    import torch
+
+    from dpokit.data.chat import has_template
+    from dpokit.data.prompts import read_prompts
+    from dpokit.models import load_model, load_tokenizer
+    from dpokit.rlhf.bon import best_of_n
+
+    config_io.validate(config, require=("model",) if prompts is not None else ("model", "prompts"))
+    prompt_list = list(prompts) if prompts is not None else read_prompts(config.prompts)
+    if not prompt_list:
+        raise ConfigError("nothing to complete: no prompts were given")
+    score = config.reward.load() if reward is None else reward  # loaded before the model: its errors come first
+    tokenizer = load_tokenizer(config.model, gguf_file=config.gguf_file)
+    if config.chat and not has_template(tokenizer):
+        raise ConfigError(f"config key 'chat' is true, but the tokenizer of {config.model} has no chat template")
+    policy = load_model(config.model, config_io.ModelConfig(), gguf_file=config.gguf_file)
+    policy.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    chat = has_template(tokenizer) if config.chat is None else config.chat
+    result = best_of_n(policy, tokenizer, prompt_list, score, config.n, config.sampling(), config.seed, chat, progress)
+    if config.output:
+        result.write_jsonl(config.output)
+    return result
+
+
+def ppo(config: PPOConfig) -> PPOSummary:
+    """PPO-RLHF from `config.model` against `config.reward` (`dpokit ppo`); writes the run directory.
+
+    Args:
+        config: a `dpokit.PPOConfig`; `model`, `prompts` and `output_dir` are required.
+
+    Returns:
+        `rlhf.ppo_trainer.PPOSummary`: output_dir, iterations, seconds, the last iteration's metrics.
+    """
+    from dpokit.rlhf.ppo_trainer import train_ppo
+
+    return train_ppo(config)
 
 
 def _stderr(message: str) -> None:

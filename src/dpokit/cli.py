@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("overrides", nargs="*", metavar="key.sub=value", help="any config key, e.g. data.format=implicit")
 
     _add_experiment_commands(sub, fmt)
+    _add_bon_command(sub, fmt)
+    _add_ppo_command(sub, fmt)
+    _add_rm_command(sub, fmt)
     return parser
 
 
@@ -102,6 +105,81 @@ def _add_experiment_commands(sub: argparse._SubParsersAction, fmt: type[argparse
                               "and reward (the demo's protocol)", epilog=frontier_yaml_help(), formatter_class=fmt)
     frontier.add_argument("--config", required=True, help="frontier YAML file (keys below)")
     frontier.add_argument("--output-dir", help="where runs, figures and report go (overrides output_dir)")
+
+
+# flag -> key of `dpokit bon`'s settings (rlhf.bon.BonConfig); each flag's type and help come from the key's field
+BON_FLAGS = {
+    "model": "model", "prompts": "prompts", "n": "n", "reward": "reward.source", "reward_label": "reward.label",
+    "reward_text": "reward.text", "max_new_tokens": "max_new_tokens", "seed": "seed", "output": "output",
+}
+
+
+def _add_bon_command(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatter]) -> None:
+    """`bon`: Best-of-N from any model with any reward; its flags are keys of `BonConfig`, like train's."""
+    from dpokit.rlhf.bon import BonConfig
+
+    bon = sub.add_parser("bon", help="Best-of-N: n samples per prompt from a model, each scored by a reward, the best "
+                         "kept (JSON lines); prints mean rewards and the analytic KL log N - (N-1)/N",
+                         epilog="config keys (YAML or key=value overrides), default, meaning:\n"
+                         + describe_keys(BonConfig), formatter_class=fmt)
+    bon.add_argument("--config", help="YAML file with any of the keys below")
+    _add_key_flags(bon, BonConfig, BON_FLAGS)
+    bon.add_argument("overrides", nargs="*", metavar="key=value", help="any key below, e.g. temperature=0.7")
+
+
+# flag -> key of `dpokit ppo`'s settings (rlhf.ppo_config.PPOConfig)
+PPO_FLAGS = {
+    "model": "model", "prompts": "prompts", "reward": "reward.source", "reward_label": "reward.label",
+    "output_dir": "output_dir", "iterations": "iterations", "beta": "beta", "kl_target": "kl_target", "lr": "lr",
+    "rollout_batch_size": "rollout_batch_size", "minibatch_size": "minibatch_size", "max_new_tokens": "max_new_tokens",
+    "seed": "seed",
+}
+
+
+def _add_ppo_command(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatter]) -> None:
+    """`ppo`: PPO-RLHF against a reward model or any reward function; its flags are keys of `PPOConfig`."""
+    from dpokit.rlhf.ppo_config import PPOConfig
+
+    ppo = sub.add_parser("ppo", help="PPO-RLHF (the DPO paper's baseline): rollouts from the policy, a reward model "
+                         "(PPO) or any reward (PPO-GT), per-token KL penalty, value head, GAE, clipped updates",
+                         epilog="config keys (YAML or key=value overrides), default, meaning:\n"
+                         + describe_keys(PPOConfig), formatter_class=fmt)
+    ppo.add_argument("--config", help="YAML file with any of the keys below")
+    _add_key_flags(ppo, PPOConfig, PPO_FLAGS)
+    ppo.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
+                     help="continue from the newest checkpoint in --output-dir, or from CHECKPOINT [resume]")
+    ppo.add_argument("overrides", nargs="*", metavar="key=value", help="any key below, e.g. ppo_epochs=2")
+
+
+# flag -> key of `dpokit rm`'s settings (rlhf.reward_config.RewardModelConfig): train's flags less the loss's
+RM_FLAGS = {name: key for name, key in TRAIN_FLAGS.items() if not key.startswith("loss.")}
+
+
+def _add_rm_command(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatter]) -> None:
+    """`rm`: a reward model on `train`'s data, formats and keys (`RewardModelConfig`: no loss, no reference)."""
+    from dpokit.rlhf.reward_config import RewardModelConfig
+
+    rm = sub.add_parser("rm", help="train a Bradley-Terry reward model on preference data: a scalar head on each "
+                        "response's last token, rewards centred on the training data",
+                        epilog="config keys (YAML sections or key.sub=value overrides), default, meaning:\n"
+                        + describe_keys(RewardModelConfig), formatter_class=fmt)
+    rm.add_argument("--config", help="YAML file with any of the keys below, by section")
+    _add_key_flags(rm, RewardModelConfig, RM_FLAGS)
+    rm.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
+                    help="continue from the newest checkpoint in --output-dir, or from CHECKPOINT [train.resume]")
+    rm.add_argument("overrides", nargs="*", metavar="key.sub=value", help="any config key, e.g. train.lr=1e-5")
+
+
+def _add_key_flags(parser: argparse.ArgumentParser, settings: type, flags: dict[str, str]) -> None:
+    """One `--flag` per entry of `flags` (flag -> key of the settings dataclass), typed and helped by its field."""
+    for name, key in flags.items():
+        spec, hint = field_of(settings, key)
+        kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        kind = next(k for k in kinds if k is not type(None))  # `int | None` -> int
+        kind = str if kind not in (int, float, str) else kind  # `str | int | None` (reward.label): taken as text
+        default = "" if spec.default in ("", None) else f" (default {spec.default!r})"
+        text = spec.metadata["help"].replace("%", "%%")
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, help=f"{text}{default} [{key}]")
 
 
 def losses_help() -> str:
@@ -163,6 +241,19 @@ def _run(args: argparse.Namespace) -> int:
         return commands.evaluate(args)
     if args.command == "generate":
         return commands.generate(args)
+    if args.command == "ppo":
+        flags = {key: getattr(args, name) for name, key in PPO_FLAGS.items() if getattr(args, name) is not None}
+        if args.resume:
+            flags["resume"] = args.resume
+        return commands.ppo(args.config, flags, args.overrides)
+    if args.command == "bon":
+        flags = {key: getattr(args, name) for name, key in BON_FLAGS.items() if getattr(args, name) is not None}
+        return commands.bon(args.config, flags, args.overrides)
+    if args.command == "rm":
+        flags = {key: getattr(args, name) for name, key in RM_FLAGS.items() if getattr(args, name) is not None}
+        if args.resume:
+            flags["train.resume"] = args.resume
+        return commands.rm(args.config, flags, args.overrides)
     if args.command == "frontier":
         return commands.frontier(args.config, args.output_dir)
     return commands.demo(args.output_dir, quick=args.quick, seed=args.seed, threads=args.threads)

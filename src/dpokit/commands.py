@@ -93,5 +93,50 @@ def frontier(config_path: str, output_dir: str | None) -> int:
     return 0
 
 
+def bon(yaml_path: str | None, flags: dict, overrides: list[str]) -> int:
+    """Best-of-N: the JSONL goes to `output` (or stdout, with the summary on stderr); the summary is printed."""
+    import sys
+
+    from dpokit.rlhf.bon import BonConfig, summary_text
+
+    cfg = config_io.load(BonConfig(), yaml_path, flags, config_io.parse_overrides(overrides))
+    result = api.bon(cfg, progress=True)
+    if not cfg.output:
+        for row in result.rows():
+            print(json.dumps(row, ensure_ascii=False))
+    print(summary_text(result), file=sys.stdout if cfg.output else sys.stderr)
+    return 0
+
+
+def ppo(yaml_path: str | None, flags: dict, overrides: list[str]) -> int:
+    """PPO-RLHF: trains, then prints where the run went and its last iteration's metrics (main process only)."""
+    from dpokit.rlhf.ppo_config import PPOConfig
+
+    cfg = config_io.load(PPOConfig(), yaml_path, flags, config_io.parse_overrides(overrides))
+    summary = api.ppo(cfg)
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # one report per job
+    print(f"\nppo finished: {summary.iterations} iterations in {summary.seconds:.0f} s; outputs in "
+          f"{summary.output_dir}")
+    _print_metrics("last iteration", summary.final)
+    return 0
+
+
+def rm(yaml_path: str | None, flags: dict, overrides: list[str]) -> int:
+    """Reward model: trains, then prints where it went, its last step's and held-out metrics (main process only)."""
+    from dpokit.rlhf.reward_config import RewardModelConfig
+
+    cfg = config_io.load(RewardModelConfig(), yaml_path, flags, config_io.parse_overrides(overrides))
+    summary = api.rm(cfg)
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # one report per job
+    print(f"\nrm finished: {summary.steps} steps on {summary.train_pairs:,} examples in {summary.seconds:.0f} s; "
+          f"reward model in {summary.output_dir} (a reward wherever dpokit takes one: reward.source=DIR)")
+    _print_metrics("final train step", summary.final_train)
+    if summary.final_eval:
+        _print_metrics("held-out eval", summary.final_eval)
+    return 0
+
+
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:
     print(f"  {title}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float | int)))
