@@ -2,7 +2,9 @@
 
     corpus of reviews (demo_task) -> BPE tokenizer + random tiny Llama -> SFT with dpokit (`sft` loss) = πref
     -> run_frontier: πref's samples scored by VADER -> pairs / ranked lists -> DPO (β sweep), Unlikelihood (α),
-       Preferred-FT, Plackett–Luce, each evaluated on held-out prompts every few steps -> plots + report
+       Preferred-FT, Plackett–Luce, each evaluated on held-out prompts every few steps; a reward model learned from
+       the pairs -> PPO (learned RM) and PPO-GT (VADER), evaluated every few iterations, and Best-of-N by the
+       learned RM -> plots + report
 
 Everything is built here: the text, the tokenizer, the model. Only the `vaderSentiment` package (its lexicon ships
 inside it) is needed besides dpokit's own dependencies.
@@ -23,7 +25,7 @@ from tqdm.auto import tqdm
 from dpokit.config import Config
 from dpokit.demo_task import corpus, split_prefix
 from dpokit.eval.frontier import FrontierResult, run_frontier
-from dpokit.eval.frontier_config import FrontierConfig, MethodSpec, paper_methods
+from dpokit.eval.frontier_config import FrontierConfig, MethodSpec, paper_methods, rlhf_methods
 from dpokit.eval.report import console_summary, write_outputs
 from dpokit.eval.rewards import load_reward
 
@@ -47,18 +49,26 @@ class DemoSize:
     batch_size: int = 16  # pairs per step (2 * 16 sequences for every method, see frontier.method_config)
     lr: float = 2e-4  # AdamW, constant after 10 warmup steps, the same for every method
     eval_every: int = 25
-    methods: tuple[MethodSpec, ...] = tuple(paper_methods())
+    rm_steps: int = 300  # the learned reward model (Bradley–Terry on the pairs), AdamW, batch of `batch_size` pairs
+    rm_lr: float = 2e-4
+    ppo_iterations: int = 60  # PPO and PPO-GT: rollout of `ppo_rollout` responses, 4 epochs of minibatches of 16
+    ppo_rollout: int = 64
+    ppo_lr: float = 1e-4
+    ppo_eval_every: int = 10
+    methods: tuple[MethodSpec, ...] = tuple(paper_methods() + rlhf_methods(ppo_betas=(0.05,), ns=(4, 16, 64)))
 
 
 FULL = DemoSize()
 QUICK = replace(FULL, reviews=6000, sft_steps=120, train_prompts=192, eval_prompts=128, method_steps=80,
-                eval_every=20, methods=(MethodSpec("DPO", "sigmoid", beta=0.1), MethodSpec("DPO", "sigmoid", beta=1.0),
-                                        MethodSpec("Unlikelihood", "unlikelihood", alpha=1.0),
-                                        MethodSpec("Preferred-FT", "sft"),
-                                        MethodSpec("Plackett-Luce", "plackett_luce", beta=0.1)))
+                eval_every=20, rm_steps=120, ppo_iterations=24, ppo_eval_every=6,
+                methods=(MethodSpec("DPO", "sigmoid", beta=0.1), MethodSpec("DPO", "sigmoid", beta=1.0),
+                         MethodSpec("Unlikelihood", "unlikelihood", alpha=1.0), MethodSpec("Preferred-FT", "sft"),
+                         MethodSpec("Plackett-Luce", "plackett_luce", beta=0.1),
+                         *rlhf_methods(ppo_betas=(0.05,), ns=(4, 16, 64))))
 TINY = replace(FULL, reviews=600, vocab_size=400, hidden=32, layers=1, heads=2, sft_steps=40, sft_batch=16,
                train_prompts=16, eval_prompts=6, max_new_tokens=8, method_steps=4, batch_size=4, lr=5e-3, eval_every=2,
-               methods=QUICK.methods[1:])  # for tests: seconds, not minutes
+               rm_steps=6, ppo_iterations=4, ppo_rollout=8, ppo_lr=5e-3, ppo_eval_every=2,
+               methods=(*QUICK.methods[1:5], *rlhf_methods(ppo_betas=(0.1,), ns=(2, 4))))  # tests: seconds
 SIZES = {"full": FULL, "quick": QUICK, "tiny": TINY}
 
 TASK = """\
@@ -111,9 +121,12 @@ def _run_demo(output_dir: str, settings: DemoSize, size: str, seed: int) -> Fron
         "train.optimizer": "adamw", "train.warmup_steps": 10, "train.eval_every": settings.eval_every,
         "train.log_every": 5, "data.max_length": 64,
     }
+    rm = {"train.max_steps": settings.rm_steps, "train.lr": settings.rm_lr, "train.batch_size": settings.batch_size}
+    ppo = {"iterations": settings.ppo_iterations, "rollout_batch_size": settings.ppo_rollout, "lr": settings.ppo_lr,
+           "minibatch_size": min(16, settings.ppo_rollout), "log_every": 5}
     cfg = FrontierConfig(model=str(sft.path), train_prompts=train_prompts, eval_prompts=eval_prompts,
-                         output_dir=str(out), methods=list(settings.methods), run=run,
-                         max_new_tokens=settings.max_new_tokens, seed=seed)
+                         output_dir=str(out), methods=list(settings.methods), run=run, rm=rm, ppo=ppo,
+                         ppo_eval_every=settings.ppo_eval_every, max_new_tokens=settings.max_new_tokens, seed=seed)
     result = run_frontier(cfg, reward)
     result.seconds = time.perf_counter() - start
     paths = write_outputs(result, out, TASK + "\n\n" + details(settings, sft, train_prompts, eval_prompts))

@@ -1,4 +1,5 @@
-"""The demo pipeline end to end at a tiny size (corpus -> SFT -> preferences -> 4 methods -> report), then the
+"""The demo pipeline end to end at a tiny size (corpus -> SFT -> preferences -> 4 losses, a learned reward model,
+PPO, PPO-GT and Best-of-N -> report), then the
 `frontier` and `generate` commands on the model it built. Asserts what the outputs must satisfy, not just that
 they exist: πref's KL to itself is exactly 0, its reported reward is reproduced by sampling again and re-scoring,
 every evaluation of every run is in the CSV, the report's table and the preference files agree with the result."""
@@ -15,9 +16,11 @@ from dpokit.cli import main
 from dpokit.config import ModelConfig
 from dpokit.demo import TINY, run_demo
 from dpokit.eval.frontier import EVAL_SEED_OFFSET
+from dpokit.eval.frontier_config import KINDS
 from dpokit.eval.rewards import load_reward
 from dpokit.eval.sampling import SamplingSettings, sample
 from dpokit.models import load_model, load_tokenizer
+from dpokit.rlhf.bon import analytic_kl
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -63,12 +66,61 @@ def test_reference_reward_matches_a_recomputation(demo):
     assert sum(scores) / len(scores) == pytest.approx(result.reference.reward, abs=1e-9)
 
 
+def test_every_kind_of_method_ran_and_is_reported(demo):
+    """Each kind has its points, its final.csv row, its place in the report's table and verdicts."""
+    out, result = demo
+    assert {run.method.kind for run in result.runs} == set(KINDS)
+    with (out / "final.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["method"], r["setting"], r["kind"]) for r in rows[1:]] == [
+        (run.method.label, run.method.setting, run.method.kind) for run in result.runs]
+    report = (out / "report.md").read_text()
+    results = json.loads((out / "results.json").read_text())
+    for label in ("PPO", "PPO-GT", "Best-of-N"):
+        assert any(v.startswith("DPO's frontier ") and v.split(": ")[0].endswith(f" {label}")
+                   for v in results["verdict"]), label
+        assert f"DPO's frontier dominates {label}:" in report or f"does NOT dominate {label}:" in report
+    assert "no curve" in report and "held out of its training" in report
+
+
+def test_ppo_arms_are_evaluated_like_the_losses(demo):
+    """PPO and PPO-GT: an evaluation every ppo_eval_every iterations on the same held-out draw, logged by the PPO
+    run's callback; the learned arm optimised the reward model saved under reward_model/."""
+    out, result = demo
+    ppo_runs = [run for run in result.runs if run.method.kind == "ppo"]
+    assert {run.method.reward for run in ppo_runs} == {"learned", "ground_truth"}
+    for run in ppo_runs:
+        assert [p.step for p in run.points] == list(range(TINY.ppo_eval_every, TINY.ppo_iterations + 1,
+                                                          TINY.ppo_eval_every))
+        assert run.steps == TINY.ppo_iterations and run.points[-1].kl > 0
+        logged = [json.loads(line) for line in (Path(run.run_dir) / "metrics.jsonl").read_text().splitlines()]
+        assert [r["gt_reward"] for r in logged if r.get("split") == "callback"] == [p.reward for p in run.points]
+        assert len([r for r in logged if "split" not in r]) == TINY.ppo_iterations
+    rm = result.reward_model
+    assert rm is not None and (out / "reward_model" / "config.json").is_file() and 0 <= rm.accuracy <= 1
+    assert rm.eval_pairs > 0 and rm.train_pairs + rm.eval_pairs == result.preferences.pairs
+
+
+def test_best_of_n_is_the_ground_truth_of_the_learned_models_pick(demo):
+    """Re-select from the saved draw: the best of the first N by the learned reward, re-scored by VADER."""
+    out, result = demo
+    rows = [json.loads(line) for line in (out / "data" / "bon_learned.jsonl").read_text().splitlines()]
+    vader = load_reward("vader")
+    for run in (r for r in result.runs if r.method.kind == "bon"):
+        n = run.method.n
+        picks = [row["samples"][max(range(n), key=lambda i: (row["samples"][i]["reward"], -i))] for row in rows]
+        truth = vader([row["prompt"] for row in rows], [p["completion"] for p in picks])
+        assert run.final.samples.completions == [p["completion"] for p in picks]
+        assert run.points[-1].reward == pytest.approx(sum(truth) / len(truth), abs=1e-12)
+        assert run.points[-1].kl == analytic_kl(n) and run.steps == 0
+
+
 def test_every_evaluation_is_recorded(demo):
     out, result = demo
     with (out / "points.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 + sum(len(run.points) for run in result.runs)
-    for run in result.runs:
+    for run in (r for r in result.runs if r.method.kind == "loss"):
         assert [p.step for p in run.points] == [TINY.eval_every * (i + 1) for i in range(len(run.points))]
         assert run.points[-1].step == TINY.method_steps
         logged = [json.loads(line) for line in (Path(run.run_dir) / "metrics.jsonl").read_text().splitlines()]

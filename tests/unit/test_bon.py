@@ -20,6 +20,8 @@ from dpokit.rlhf.bon import (
     analytic_kl,
     best_of_n,
     best_of_n_probs,
+    chosen_indices,
+    evaluated_points,
     exact_kl,
     frontier_points,
     select_best,
@@ -100,6 +102,22 @@ def test_frontier_points_take_the_first_n_samples_of_one_draw():
     assert points[0].reward_se == pytest.approx(1.5)  # chosen (0, 3): std sqrt(4.5), over sqrt(2) prompts
     with pytest.raises(ConfigError, match="best-of-5 needs"):
         frontier_points(result, [5])
+
+
+def test_evaluated_points_select_by_one_reward_and_score_by_another():
+    """A proxy that disagrees with the truth: best-of-N by the proxy, valued by the truth of the chosen samples."""
+    proxy = [[0.0, 5.0, 5.0, 9.0], [3.0, 1.0, 4.0, 1.0]]
+    truth = [[1.0, -1.0, 2.0, 0.5], [0.0, 2.0, -3.0, 4.0]]
+    result = BestOfN(["a", "b"], [["x"] * 4] * 2, proxy, [3, 2], None)
+    assert [chosen_indices(proxy, n) for n in (1, 2, 3, 4)] == [[0, 0], [1, 0], [1, 2], [3, 2]]
+    points = evaluated_points(result, [1, 2, 3, 4], truth)
+    # chosen truths: N=1 (1.0, 0.0); N=2 (-1.0, 0.0); N=3 (-1.0, -3.0); N=4 (0.5, -3.0)
+    assert [p.reward for p in points] == [0.5, -0.5, -2.0, -1.25]
+    assert [p.kl for p in points] == [analytic_kl(n) for n in (1, 2, 3, 4)]
+    assert points[2].reward_se == pytest.approx(1.0)  # std of (-1, -3) is sqrt(2), over sqrt(2) prompts
+    assert evaluated_points(result, [2], proxy) == frontier_points(result, [2])  # scored by itself: the old points
+    with pytest.raises(ConfigError, match="best-of-5 needs"):
+        evaluated_points(result, [5], truth)
 
 
 def word_tokenizer() -> PreTrainedTokenizerFast:

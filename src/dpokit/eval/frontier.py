@@ -6,128 +6,51 @@ Call tree of `run_frontier`:
     run_frontier
     ├── build_preferences      πref samples K completions per training prompt, scored -> pairs.jsonl, ranked.jsonl
     ├── Evaluator(πref)        step 0: πref on held-out prompts (its KL to itself is 0)
-    └── run_method, per method dpokit's own `train()` from πref, with a callback every `train.eval_every` steps:
+    ├── train_learned_reward   only if a method has `reward: learned`: one reward model on the pairs (frontier_rlhf)
+    └── RUNNERS[method.kind].run, per method:
+        loss  run_loss_method  dpokit's own `train()` from πref, a callback every `train.eval_every` steps
+        ppo   run_ppo_method   `train_ppo` from πref, a callback every `ppo_eval_every` iterations (frontier_rlhf)
+        bon   run_bon_method   best of N πref samples on the held-out prompts by the reward (frontier_rlhf)
         └── Evaluator(policy)  sample held-out completions -> mean reward, mean sequence KL(π‖πref)
 
 Every evaluation samples the same held-out prompts with the same seed, so points differ by the model, not the draw.
+Best-of-N is scored on its own draw with the same ground-truth reward, at its analytic KL (rlhf/bon.py).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
-from tqdm.auto import tqdm
 
 from dpokit import config as config_io
 from dpokit.config import Config, ModelConfig
 from dpokit.data.chat import has_template
 from dpokit.errors import DataError
+from dpokit.eval import frontier_rlhf as rlhf
+from dpokit.eval.evaluation import (  # noqa: F401  (EvalPoint, Evaluation, FrontierResult, RunResult: re-exported)
+    EVAL_SEED_OFFSET,
+    EvalPoint,
+    Evaluation,
+    Evaluator,
+    FrontierResult,
+    MethodContext,
+    Recorder,
+    RunResult,
+    say,
+)
 from dpokit.eval.frontier_config import FrontierConfig, MethodSpec
-from dpokit.eval.kl import sequence_kl
 from dpokit.eval.preferences import PreferenceFiles, PreferenceStats, build_preferences
 from dpokit.eval.rewards import Reward
-from dpokit.eval.sampling import Samples, SamplingSettings, sample
+from dpokit.eval.sampling import SamplingSettings
 from dpokit.losses import parse_objective
 from dpokit.models import load_model, load_tokenizer
 
-PREFERENCE_SEED_OFFSET = 1  # preference samples are drawn with seed + 1 ...
-EVAL_SEED_OFFSET = 2  # ... and every held-out evaluation with seed + 2, so the two draws differ
-
-
-@dataclass
-class Evaluation:
-    """One model on the held-out prompts.
-
-    Attributes:
-        reward: mean ground-truth reward of the sampled completions.
-        reward_se: its standard error (std / sqrt(n)).
-        kl: mean sequence KL(π‖πref) in nats (see `kl.py`).
-        kl_se: its standard error.
-        mean_tokens: mean completion length in tokens, eos included.
-        samples: the completions themselves.
-        rewards: (n,) per-completion rewards.
-        kls: (n,) per-completion KL estimates.
-    """
-
-    reward: float
-    reward_se: float
-    kl: float
-    kl_se: float
-    mean_tokens: float
-    samples: Samples
-    rewards: list[float]
-    kls: list[float]
-
-    def summary(self) -> dict[str, float]:
-        return {"gt_reward": self.reward, "gt_reward_se": self.reward_se, "kl": self.kl, "kl_se": self.kl_se,
-                "mean_tokens": self.mean_tokens}
-
-
-class Evaluator:
-    """Scores a policy against the fixed reference on held-out prompts, with the same seed every time."""
-
-    def __init__(self, reference: torch.nn.Module, tokenizer, prompts: list[str], reward: Reward,
-                 settings: SamplingSettings, num_samples: int = 1, seed: int = 0, chat: bool = False):
-        self.reference, self.tokenizer, self.prompts, self.reward = reference, tokenizer, prompts, reward
-        self.settings, self.num_samples, self.seed, self.chat = settings, num_samples, seed, chat
-
-    def __call__(self, policy: torch.nn.Module) -> Evaluation:
-        samples = sample(policy, self.tokenizer, self.prompts, self.settings, self.seed, self.num_samples,
-                         chat=self.chat)
-        rewards = self.reward(samples.prompts, samples.completions)
-        kls = sequence_kl(policy, self.reference, samples.prompt_ids, samples.completion_ids).tolist()
-        lengths = [len(ids) for ids in samples.completion_ids]
-        return Evaluation(_mean(rewards), _se(rewards), _mean(kls), _se(kls), _mean(lengths), samples, rewards, kls)
-
-
-@dataclass
-class EvalPoint:
-    """One evaluation of one run: a point of the frontier plot."""
-
-    label: str
-    setting: str
-    slug: str
-    step: int
-    reward: float
-    reward_se: float
-    kl: float
-    kl_se: float
-    mean_tokens: float
-
-
-@dataclass
-class RunResult:
-    method: MethodSpec
-    run_dir: str
-    points: list[EvalPoint]
-    final: Evaluation
-    steps: int
-    seconds: float
-
-
-@dataclass
-class FrontierResult:
-    """Everything the report needs.
-
-    Attributes:
-        reference: πref (the SFT model) evaluated at step 0; every run starts from this point.
-        runs: one per method, in the order run.
-        preferences: what the preference files hold.
-        reward_name: the reward's name.
-        config: the experiment that was run.
-        seconds: wall time of the whole protocol.
-    """
-
-    reference: Evaluation
-    runs: list[RunResult]
-    preferences: PreferenceStats
-    reward_name: str
-    config: FrontierConfig
-    seconds: float
+PREFERENCE_SEED_OFFSET = 1  # preference samples are drawn with seed + 1 (held-out evaluations: EVAL_SEED_OFFSET)
 
 
 def run_frontier(cfg: FrontierConfig, reward: Reward) -> FrontierResult:
@@ -142,7 +65,7 @@ def run_frontier(cfg: FrontierConfig, reward: Reward) -> FrontierResult:
     settings = SamplingSettings(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.sample_batch_size)
     chat = has_template(tokenizer) if cfg.chat is None else cfg.chat
 
-    _say(f"preference data: {cfg.samples_per_prompt} samples for each of {len(cfg.train_prompts)} prompts")
+    say(f"preference data: {cfg.samples_per_prompt} samples for each of {len(cfg.train_prompts)} prompts")
     files = build_preferences(reference, tokenizer, cfg.train_prompts, reward, cfg.samples_per_prompt, settings,
                               out / "data", seed=cfg.seed + PREFERENCE_SEED_OFFSET, progress=cfg.progress, chat=chat)
     if files.stats.pairs == 0:
@@ -151,12 +74,17 @@ def run_frontier(cfg: FrontierConfig, reward: Reward) -> FrontierResult:
     evaluator = Evaluator(reference, tokenizer, cfg.eval_prompts, reward, settings, cfg.eval_samples_per_prompt,
                           seed=cfg.seed + EVAL_SEED_OFFSET, chat=chat)
     at_start = evaluator(reference)
-    _say(f"πref on {len(at_start.rewards)} held-out samples: reward {at_start.reward:.3f}, KL {at_start.kl:.3f}")
+    say(f"πref on {len(at_start.rewards)} held-out samples: reward {at_start.reward:.3f}, KL {at_start.kl:.3f}")
+    context = MethodContext(cfg, files, evaluator, {"ground_truth": reward})
+    learned = None
+    if any(method.reward == "learned" for method in cfg.methods):
+        learned = rlhf.train_learned_reward(cfg, files)
+        context.rewards["learned"] = rlhf.load_learned_reward(learned)
     runs = []
     for i, method in enumerate(cfg.methods, start=1):
-        _say(f"[{i}/{len(cfg.methods)}] {method.label} {method.setting}".rstrip())
-        runs.append(run_method(cfg, method, files, evaluator))
-    return FrontierResult(at_start, runs, files.stats, reward.name, cfg, time.perf_counter() - start)
+        say(f"[{i}/{len(cfg.methods)}] {method.label} {method.setting}".rstrip())
+        runs.append(RUNNERS[method.kind].run(context, method))
+    return FrontierResult(at_start, runs, files.stats, reward.name, cfg, time.perf_counter() - start, learned)
 
 
 def method_config(cfg: FrontierConfig, method: MethodSpec, files: PreferenceFiles) -> tuple[Config, bool]:
@@ -190,45 +118,37 @@ def check_methods(cfg: FrontierConfig) -> None:
     placeholder = PreferenceFiles(Path("pairs.jsonl"), Path("ranked.jsonl"), cfg.samples_per_prompt,
                                   PreferenceStats(0, 0, 0, 0, 0, math.nan, math.nan, math.nan))
     for method in cfg.methods:
-        run_cfg, _ = method_config(cfg, method, placeholder)
-        run_cfg.data.path = ""  # not written yet
-        config_io.validate(run_cfg)  # the loss and its hyper-parameters too
+        RUNNERS[method.kind].check(cfg, method, placeholder)
 
 
-def run_method(cfg: FrontierConfig, method: MethodSpec, files: PreferenceFiles, evaluator: Evaluator) -> RunResult:
+def check_loss_method(cfg: FrontierConfig, method: MethodSpec, placeholder: PreferenceFiles) -> None:
+    """The run's `dpokit train` config, validated (the loss and its hyper-parameters too)."""
+    run_cfg, _ = method_config(cfg, method, placeholder)
+    run_cfg.data.path = ""  # not written yet
+    config_io.validate(run_cfg)
+
+
+def run_loss_method(context: MethodContext, method: MethodSpec) -> RunResult:
     """One `train()` run from πref; the callback evaluates it every train.eval_every steps and after the last."""
     from dpokit.train.loop import train
 
-    run_cfg, _ = method_config(cfg, method, files)
+    run_cfg, _ = method_config(context.cfg, method, context.files)
     run_dir = Path(run_cfg.train.output_dir)
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # train() appends; a re-run starts a fresh log
-    points: list[EvalPoint] = []
-    last: list[Evaluation] = []
-
-    def callback(step: int, policy: torch.nn.Module) -> dict[str, float]:
-        result = evaluator(policy)
-        last[:] = [result]
-        points.append(EvalPoint(method.label, method.setting, method.slug, step, result.reward, result.reward_se,
-                                result.kl, result.kl_se, result.mean_tokens))
-        _say(f"  step {step}: reward {result.reward:+.3f} ± {result.reward_se:.3f}, KL {result.kl:.2f} ± "
-             f"{result.kl_se:.2f}")
-        return result.summary()
-
-    summary = train(run_cfg, callback=callback)
-    return RunResult(method, str(run_dir), points, last[0], summary.steps, summary.seconds)
+    record = Recorder(context.evaluator, method)
+    summary = train(run_cfg, callback=record)
+    return RunResult(method, str(run_dir), record.points, record.last, summary.steps, summary.seconds)
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else math.nan
+class Runner(NamedTuple):
+    """How one kind of method is checked (before anything is sampled) and run."""
+
+    check: Callable[[FrontierConfig, MethodSpec, PreferenceFiles], None]
+    run: Callable[[MethodContext, MethodSpec], RunResult]
 
 
-def _se(values: list[float]) -> float:
-    n = len(values)
-    if n < 2:
-        return math.nan
-    mean = _mean(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
-
-
-def _say(message: str) -> None:
-    tqdm.write(message)
+RUNNERS = {  # one per frontier_config.KINDS entry
+    "loss": Runner(check_loss_method, run_loss_method),
+    "ppo": Runner(rlhf.check_ppo_method, rlhf.run_ppo_method),
+    "bon": Runner(rlhf.check_bon_method, rlhf.run_bon_method),
+}

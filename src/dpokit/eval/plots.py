@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
 from dpokit.eval.frontier import FrontierResult, RunResult  # noqa: E402
+from dpokit.eval.frontier_config import KINDS  # noqa: E402
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">")
 
@@ -34,11 +35,15 @@ def _style(result: FrontierResult, run: RunResult, colors: dict[str, tuple]) -> 
 
 
 def plot_frontier(result: FrontierResult, path: Path) -> None:
-    """Reward vs KL(π‖πref), one series per run, every evaluation a point (the paper's Fig. 2, left)."""
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    """Reward vs KL(π‖πref), one series per run, every evaluation a point (the paper's Fig. 2, left). A method
+    without training (Best-of-N) has one point per setting: its family is one dashed line over N, diamonds."""
+    fig, ax = plt.subplots(figsize=(9, 6))
     colors = family_colors(result)
     ref = result.reference
+    _plot_untrained(result, ax, colors)
     for run in result.runs:
+        if not KINDS[run.method.kind].trains:
+            continue
         style = _style(result, run, colors)
         kls = [ref.kl] + [p.kl for p in run.points]
         rewards = [ref.reward] + [p.reward for p in run.points]
@@ -56,12 +61,30 @@ def plot_frontier(result: FrontierResult, path: Path) -> None:
     plt.close(fig)
 
 
+def _plot_untrained(result: FrontierResult, ax, colors: dict[str, tuple]) -> None:
+    """Each untrained family (Best-of-N) as one dashed line from πref through its points in KL order, labelled."""
+    ref = result.reference
+    families = dict.fromkeys(r.method.label for r in result.runs if not KINDS[r.method.kind].trains)
+    for label in families:
+        points = sorted((p for r in result.runs if r.method.label == label for p in r.points), key=lambda p: p.kl)
+        ax.plot([ref.kl] + [p.kl for p in points], [ref.reward] + [p.reward for p in points], "--",
+                color=colors[label], linewidth=1.2, alpha=0.8)
+        ax.scatter([p.kl for p in points], [p.reward for p in points], s=55, marker="D", color=colors[label],
+                   edgecolors="black", linewidths=0.6, zorder=4, label=f"{label} (analytic KL)")
+        for p in points:
+            ax.annotate(p.setting, (p.kl, p.reward), textcoords="offset points", xytext=(5, -10), fontsize=7)
+
+
 def plot_curves(result: FrontierResult, path: Path) -> None:
-    """Held-out reward, KL, and training loss against the training step, for every run."""
+    """Held-out reward, KL, and training loss against the training step (PPO: iteration), for every run that trains;
+    Best-of-N has no training and no curve (the figure says so)."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     colors = family_colors(result)
     ref = result.reference
+    untrained = sorted({r.method.label for r in result.runs if not KINDS[r.method.kind].trains})
     for run in result.runs:
+        if not KINDS[run.method.kind].trains:
+            continue
         style = _style(result, run, colors)
         steps = [0] + [p.step for p in run.points]
         axes[0].plot(steps, [ref.reward] + [p.reward for p in run.points], marker=style["marker"], markersize=3,
@@ -70,19 +93,22 @@ def plot_curves(result: FrontierResult, path: Path) -> None:
                      color=style["color"])
         loss_steps, losses = train_losses(Path(run.run_dir) / "metrics.jsonl")
         axes[2].plot(loss_steps, losses, color=style["color"], linewidth=1)
-    for ax, title in zip(axes, ("held-out reward", "KL(π ‖ πref)", "training loss (each method's own)"),
+    for ax, title in zip(axes, ("held-out reward", "KL(π ‖ πref)", "training loss (each method's own; PPO: policy)"),
                          strict=True):
         ax.set_title(title)
-        ax.set_xlabel("optimizer step")
+        ax.set_xlabel("optimizer step (PPO: iteration)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
+    if untrained:
+        fig.text(0.01, 0.01, f"{', '.join(untrained)}: no training, so no curve (see the frontier)", fontsize=8)
+    fig.tight_layout(rect=(0, 0.04 if untrained else 0, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def train_losses(metrics_path: Path) -> tuple[list[int], list[float]]:
-    """(steps, losses) of the "train" lines of a run's metrics.jsonl."""
+    """(steps, losses) of the "train" lines of a run's metrics.jsonl, or (iterations, policy losses) of a PPO run's
+    iteration lines."""
     steps, losses = [], []
     if not metrics_path.is_file():
         return steps, losses
@@ -91,4 +117,7 @@ def train_losses(metrics_path: Path) -> tuple[list[int], list[float]]:
         if record.get("split") == "train" and record.get("loss") is not None:
             steps.append(record["step"])
             losses.append(record["loss"])
+        elif "split" not in record and record.get("policy_loss") is not None:
+            steps.append(record["iteration"])
+            losses.append(record["policy_loss"])
     return steps, losses

@@ -113,14 +113,15 @@ def best_within(result: FrontierResult, budgets: list[float]) -> dict[str, list[
 
 
 def headline(result: FrontierResult) -> list[dict[str, object]]:
-    """One row per run: its final evaluation, and its best reward along the way."""
+    """One row per run: its final evaluation (steps: optimizer steps, PPO iterations, 0 for Best-of-N)."""
     rows = []
     ref = result.reference
-    rows.append({"method": "πref (SFT)", "setting": "", "steps": 0, "reward": ref.reward, "reward_se": ref.reward_se,
-                 "kl": ref.kl, "kl_se": ref.kl_se, "mean_tokens": ref.mean_tokens})
+    rows.append({"method": "πref (SFT)", "setting": "", "kind": "", "steps": 0, "reward": ref.reward,
+                 "reward_se": ref.reward_se, "kl": ref.kl, "kl_se": ref.kl_se, "mean_tokens": ref.mean_tokens})
     for run in result.runs:
         final = run.points[-1]
-        rows.append({"method": run.method.label, "setting": run.method.setting, "steps": run.steps,
+        rows.append({"method": run.method.label, "setting": run.method.setting, "kind": run.method.kind,
+                     "steps": run.steps,
                      "reward": final.reward, "reward_se": final.reward_se, "kl": final.kl, "kl_se": final.kl_se,
                      "mean_tokens": final.mean_tokens})
     return rows
@@ -197,8 +198,9 @@ def _results(result: FrontierResult, comparisons: list[Comparison], budgets: lis
         "prompts": {"train": len(cfg.train_prompts), "eval": len(cfg.eval_prompts)},
         "settings": {"samples_per_prompt": cfg.samples_per_prompt, "eval_samples_per_prompt":
                      cfg.eval_samples_per_prompt, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed,
-                     "run": cfg.run},
+                     "run": cfg.run, "rm": cfg.rm, "ppo": cfg.ppo, "ppo_eval_every": cfg.ppo_eval_every},
         "preferences": result.preferences.as_dict(),
+        "reward_model": asdict(result.reward_model) if result.reward_model else None,
         "reference": result.reference.summary(),
         "runs": [_run_record(run) for run in result.runs],
         "best_reward_within_kl": {"budgets": budgets, "families": best_within(result, budgets)},
@@ -208,6 +210,7 @@ def _results(result: FrontierResult, comparisons: list[Comparison], budgets: lis
 
 
 def _run_record(run: RunResult) -> dict[str, object]:
-    return {"label": run.method.label, "setting": run.method.setting, "loss": run.method.loss,
+    return {"label": run.method.label, "setting": run.method.setting, "kind": run.method.kind,
+            "loss": run.method.loss, "reward": run.method.reward, "n": run.method.n,
             "run_dir": run.run_dir, "steps": run.steps, "seconds": run.seconds,
             "points": [asdict(p) for p in run.points]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dpokit.eval.frontier import Evaluation, FrontierResult
+from dpokit.eval.frontier_config import KINDS
 from dpokit.eval.report import Comparison, best_within, headline, verdict
 
 
@@ -22,7 +23,7 @@ def markdown_report(result: FrontierResult, task: str, comparisons: list[Compari
         "training order); the star is πref. Up and to the left is better.\n",
         "## Final evaluation of each run\n", _headline_table(result),
         "## Best reward within a KL budget\n", _budget_table(result, budgets),
-        "## Training curves\n", "![training curves](curves.png)\n",
+        "## Training curves\n", "![training curves](curves.png)\n", _curves_note(result),
         "## Sample completions (held-out prompts, final models)\n", _examples(result, examples),
         "## Files\n", _files(),
     ]
@@ -52,8 +53,39 @@ def _setup(result: FrontierResult) -> str:
         "DPO (the pairwise `sigmoid` loss) and Unlikelihood train on the pairs; Preferred-FT on the best of the K "
         "samples; Plackett–Luce, DPO's own loss generalised to rankings (the paper's App. A.3), on the ranked "
         "K-lists.",
+        *_rlhf_setup(result),
         f"- Wall time of the whole protocol: {result.seconds / 60:.1f} min.\n",
     ])
+
+
+def _rlhf_setup(result: FrontierResult) -> list[str]:
+    """Setup lines for the RL arms that ran: the learned reward model, PPO, Best-of-N."""
+    cfg, kinds, lines = result.config, {run.method.kind for run in result.runs}, []
+    if result.reward_model:
+        rm = result.reward_model
+        lines.append(f"- Learned reward model (for `reward: learned` arms): a Bradley–Terry model from πref (`dpokit "
+                     f"rm`, {rm.steps} steps, {rm.seconds:.0f} s) on {rm.train_pairs} pairs; the pairs of "
+                     f"{rm.eval_prompts} training prompts ({rm.eval_pairs} pairs) were held out of its training, and "
+                     f"on them it ranks chosen above rejected for **{rm.accuracy:.1%}** of pairs. DPO and the other "
+                     "losses train on all the pairs.")
+    if "ppo" in kinds:
+        ppo = ", ".join(f"{k}={v}" for k, v in cfg.ppo.items()) or "dpokit ppo defaults"
+        lines.append(f"- PPO (`dpokit ppo`, from πref on the training prompts; {ppo}; β as listed): PPO optimises the "
+                     "learned reward model, PPO-GT the ground-truth reward itself. Evaluated like the losses, every "
+                     f"{cfg.ppo_eval_every} iterations and after the last; its 'steps' are iterations.")
+    if "bon" in kinds:
+        lines.append("- Best-of-N: one draw of max(N) samples of πref per held-out prompt (seed + 3), the best of "
+                     "the first N by the learned reward model kept, scored by the ground-truth reward. Its x is the "
+                     "analytic KL log N − (N−1)/N (exact without reward ties, an upper bound with them), as the "
+                     "paper plots it, not a sampled estimate.")
+    return lines
+
+
+def _curves_note(result: FrontierResult) -> str:
+    untrained = sorted({r.method.label for r in result.runs if not KINDS[r.method.kind].trains})
+    if not untrained:
+        return ""
+    return f"{', '.join(untrained)} trains nothing, so it has no curve: its points are on the frontier only.\n"
 
 
 def _findings(result: FrontierResult, comparisons: list[Comparison]) -> str:
@@ -112,5 +144,7 @@ def _files() -> str:
         "- `results.json`: settings, preference-data counts, every point, budgets and the comparisons above.",
         "- `samples.json`: every held-out completion of πref and of each final model, with reward and KL.",
         "- `data/pairs.jsonl`, `data/ranked.jsonl`: the preference data; `runs/<method>/`: each trained model "
-        "(try `dpokit generate --model runs/<method> --prompt ...`), its config.yaml and metrics.jsonl.",
+        "(try `dpokit generate --model runs/<method> --prompt ...`), its config.yaml and metrics.jsonl (PPO too).",
+        "- With RL arms: `reward_model/` (the learned reward model; `data/rm_train.jsonl`, `data/rm_eval.jsonl` its "
+        "split), `data/bon_<reward>.jsonl` (Best-of-N's draw: every sample with its selection score).",
     ]) + "\n"

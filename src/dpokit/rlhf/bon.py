@@ -180,8 +180,33 @@ def best_of_n(model: torch.nn.Module, tokenizer, prompts: Sequence[Prompt], rewa
     return BestOfN(list(prompts), completions, rewards, [select_best(r) for r in rewards], samples, score.name, own)
 
 
+def chosen_indices(rewards: Sequence[Sequence[float]], n: int) -> list[int]:
+    """Per prompt, the index of best-of-n among its first `n` samples (`select_best`: ties to the earliest).
+
+    >>> chosen_indices([[0.1, 0.9, 0.5], [0.4, 0.2, 0.8]], 2)
+    [1, 0]
+    """
+    return [select_best(scores[:n]) for scores in rewards]
+
+
 def frontier_points(result: BestOfN, ns: Sequence[int]) -> list[BonPoint]:
     """Best-of-N for each N in `ns` from one draw: each prompt's first N samples, so the N share their samples.
+    The reward of a point is that of the selection (`evaluated_points` scores the chosen samples by another one).
+
+    Raises:
+        ConfigError: an N is < 1 or larger than the draw.
+    """
+    return evaluated_points(result, ns, result.rewards)
+
+
+def evaluated_points(result: BestOfN, ns: Sequence[int], scores: Sequence[Sequence[float]]) -> list[BonPoint]:
+    """Best-of-N selected by `result.rewards` (e.g. a learned reward model), valued by `scores` of the same samples
+    (e.g. the ground-truth reward): the frontier of a proxy reward, measured by the true one.
+
+    Args:
+        result: the draw, with the selection reward's scores.
+        ns: the N to evaluate, each <= `result.n`.
+        scores: (P, result.n) the evaluation reward of every sample, in the draw's order.
 
     Raises:
         ConfigError: an N is < 1 or larger than the draw.
@@ -190,7 +215,8 @@ def frontier_points(result: BestOfN, ns: Sequence[int]) -> list[BonPoint]:
     for n in ns:
         if not 1 <= n <= result.n:
             raise ConfigError(f"best-of-{n} needs 1 <= N <= the {result.n} samples drawn per prompt")
-        chosen = [scores[select_best(scores[:n])] for scores in result.rewards]
+        best = chosen_indices(result.rewards, n)
+        chosen = [row[b] for row, b in zip(scores, best, strict=True)]
         mean = sum(chosen) / len(chosen)
         var = sum((c - mean) ** 2 for c in chosen) / (len(chosen) - 1) if len(chosen) > 1 else math.nan
         points.append(BonPoint(n, analytic_kl(n), mean, math.sqrt(var / len(chosen))))

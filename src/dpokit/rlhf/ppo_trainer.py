@@ -7,6 +7,7 @@
         collect(...)                    rollout: sample (temperature 1) -> reward -> π_old, πref, V -> GAE
         optimise(...)                   ppo_epochs x minibatches: clipped surrogate + vf_coef * clipped value loss
         β update (adaptive KL), metrics.jsonl, progress, checkpoint every save_every
+        callback(iteration, policy)     optional (the frontier's held-out evaluation); main process, eval mode
         SIGTERM/SIGINT -> checkpoint, exit with how to resume
       save policy + tokenizer (safetensors), value_head.safetensors, summary.json
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -44,6 +46,8 @@ from dpokit.train.loop import Interrupted, StopSignals, save_model
 from dpokit.train.metrics import JsonlWriter, NullWriter
 from dpokit.train.optim import NonFiniteError, build_optimizer
 from dpokit.train.setup import say
+
+PPOCallback = Callable[[int, torch.nn.Module], dict[str, float] | None]
 
 
 @dataclass
@@ -74,10 +78,11 @@ class PPOSummary:
     replica_digests: list[str] | None = None  # hash of each process's weights at the end: all equal when in sync
 
 
-def build(cfg: PPOConfig) -> PPORun:
-    """Checks the config and loads (reward and prompts first: their errors come before any model loads)."""
+def build(cfg: PPOConfig, reward: Reward | None = None) -> PPORun:
+    """Checks the config and loads (reward and prompts first: their errors come before any model loads).
+    `reward`, when given, replaces `cfg.reward` (a caller that already holds one, e.g. the frontier's)."""
     config_io.validate(cfg, require=("model", "prompts", "output_dir"))
-    reward, prompts = cfg.reward.load(), read_prompts(cfg.prompts)
+    reward, prompts = reward or cfg.reward.load(), read_prompts(cfg.prompts)
     parallel = Parallel()
     if parallel.sharded or parallel.zero is not None:
         raise ConfigError("dpokit ppo runs replicated (one process or DDP); FSDP and DeepSpeed are not supported")
@@ -104,18 +109,26 @@ def build(cfg: PPOConfig) -> PPORun:
                   parallel)
 
 
-def train_ppo(cfg: PPOConfig) -> PPOSummary:
-    """Runs PPO as configured; see the module docstring and README (`dpokit ppo`)."""
+def train_ppo(cfg: PPOConfig, callback: PPOCallback | None = None, reward: Reward | None = None) -> PPOSummary:
+    """Runs PPO as configured; see the module docstring and README (`dpokit ppo`).
+
+    Args:
+        cfg: the run's settings.
+        callback: called as `callback(iteration, policy)` after every iteration (1-based), on the main process, with
+            the policy in eval mode and gradients off; it decides itself when to act (e.g. every k iterations and at
+            `cfg.iterations`). A dict it returns goes to metrics.jsonl with `"split": "callback"`.
+        reward: a loaded reward to use instead of `cfg.reward`.
+    """
     start = time.perf_counter()
-    run = build(cfg)
+    run = build(cfg, reward)
     try:
-        return _train(run, start)
+        return _train(run, start, callback)
     finally:
         run.engine = None  # the DDP wrapper goes before its process group
         run.parallel.close()
 
 
-def _train(run: PPORun, start: float) -> PPOSummary:
+def _train(run: PPORun, start: float, callback: PPOCallback | None = None) -> PPOSummary:
     cfg, main = run.cfg, run.parallel.is_main
     first = _resume(run)
     writer = JsonlWriter(run.out_dir / "metrics.jsonl") if main else NullWriter()
@@ -130,6 +143,8 @@ def _train(run: PPORun, start: float) -> PPOSummary:
                 raise DpokitError(f"ppo iteration {it + 1}: {err}") from None
             writer.write({"iteration": it + 1, **last})
             bar.set_postfix(reward=f"{last['reward']:.4f}", kl=f"{last['kl']:.3f}", beta=f"{last['beta']:.4g}")
+            if callback is not None and main:
+                _call_back(run, it + 1, callback, writer)
             stopping = run.parallel.any(stop.signum is not None)  # every process stops after the same iteration
             if stopping or (cfg.save_every and (it + 1) % cfg.save_every == 0):
                 path = _checkpoint(run, it + 1, writer)
@@ -151,6 +166,17 @@ def _train(run: PPORun, start: float) -> PPOSummary:
     if main:
         (run.out_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
     return summary
+
+
+def _call_back(run: PPORun, it: int, callback: PPOCallback, writer: JsonlWriter | NullWriter) -> None:
+    """`callback(it, policy)` in eval mode without gradients; training mode again after."""
+    policy = run.actor_critic.model
+    policy.eval()
+    with torch.no_grad():
+        extra = callback(it, policy)
+    policy.train()
+    if extra:
+        writer.write({"iteration": it, "split": "callback", **extra})
 
 
 def iteration(run: PPORun, it: int) -> dict[str, float]:
