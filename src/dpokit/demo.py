@@ -32,7 +32,8 @@ from dpokit.eval.rewards import load_reward
 
 @dataclass(frozen=True)
 class DemoSize:
-    """How big each stage is. `FULL` takes ~5 minutes on 2 CPU cores (budget: 10); `QUICK` about one."""
+    """How big each stage is. `FULL` takes ~9 minutes on 2 CPU cores (budget: 10); `QUICK` about two. PPO runs one
+    KL coefficient (β = 0.05), not the paper's sweep: a second β would not fit the budget."""
 
     reviews: int = 16000  # SFT corpus: (prefix, continuation) examples, one per review
     vocab_size: int = 512  # BPE vocabulary; the grammar's ~200 words each become one token
@@ -51,16 +52,16 @@ class DemoSize:
     eval_every: int = 25
     rm_steps: int = 300  # the learned reward model (Bradley–Terry on the pairs), AdamW, batch of `batch_size` pairs
     rm_lr: float = 2e-4
-    ppo_iterations: int = 60  # PPO and PPO-GT: rollout of `ppo_rollout` responses, 4 epochs of minibatches of 16
+    ppo_iterations: int = 48  # PPO and PPO-GT: rollout of `ppo_rollout` responses, 4 epochs of minibatches of 16
     ppo_rollout: int = 64
     ppo_lr: float = 1e-4
-    ppo_eval_every: int = 10
+    ppo_eval_every: int = 8
     methods: tuple[MethodSpec, ...] = tuple(paper_methods() + rlhf_methods(ppo_betas=(0.05,), ns=(4, 16, 64)))
 
 
 FULL = DemoSize()
 QUICK = replace(FULL, reviews=6000, sft_steps=120, train_prompts=192, eval_prompts=128, method_steps=80,
-                eval_every=20, rm_steps=120, ppo_iterations=24, ppo_eval_every=6,
+                eval_every=20, rm_steps=120, ppo_iterations=16, ppo_eval_every=4,
                 methods=(MethodSpec("DPO", "sigmoid", beta=0.1), MethodSpec("DPO", "sigmoid", beta=1.0),
                          MethodSpec("Unlikelihood", "unlikelihood", alpha=1.0), MethodSpec("Preferred-FT", "sft"),
                          MethodSpec("Plackett-Luce", "plackett_luce", beta=0.1),

@@ -72,8 +72,9 @@ def _compare(primary_label: str, label: str, primary: list[EvalPoint], others: l
             best_margin = margin
             vs = f"{primary_label}'s best at KL <= {point.kl:.2f} is {rival.reward:+.3f} ({rival.setting}, step " \
                  f"{rival.step})" if rival else f"{primary_label} has no point at that KL"
-            example = f"{point.setting or label} at step {point.step}: reward {point.reward:+.3f} ± " \
-                      f"{point.reward_se:.3f} at KL {point.kl:.2f}; {vs}"
+            when = f" at step {point.step}" if point.step else ""  # Best-of-N has no steps
+            example = f"{point.setting or label}{when}: reward {point.reward:+.3f} ± {point.reward_se:.3f} at KL " \
+                      f"{point.kl:.2f}; {vs}"
     return Comparison(primary_label, label, len(others), dominated, above, clearly, example)
 
 

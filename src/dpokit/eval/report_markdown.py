@@ -95,6 +95,11 @@ def _findings(result: FrontierResult, comparisons: list[Comparison]) -> str:
     if best is not None:
         lines.append(f"- Highest reward reached: {best.reward:+.3f} ± {best.reward_se:.3f} by {best.label} "
                      f"{best.setting} at step {best.step}, at KL {best.kl:.2f} (πref: {ref.reward:+.3f}).")
+    if any(KINDS[run.method.kind].reward for run in result.runs):
+        lines.append("- Not a like-for-like budget: the losses learn offline from a fixed set of πref samples, while "
+                     "PPO scores fresh samples of its own policy at every iteration and Best-of-N scores N samples "
+                     "per prompt at test time; PPO-GT queries the ground-truth reward itself, the other arms learn "
+                     "it from pairs. The paper's comparison is the same in kind.")
     lines.append("- These are single runs with one seed on a toy task; differences smaller than the standard errors "
                  "shown are not evidence either way.")
     return "\n".join(lines) + "\n"
