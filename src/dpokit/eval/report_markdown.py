@@ -93,8 +93,9 @@ def _findings(result: FrontierResult, comparisons: list[Comparison]) -> str:
     ref = result.reference
     best = max((p for run in result.runs for p in run.points), key=lambda p: p.reward, default=None)
     if best is not None:
+        when = f" at step {best.step}," if best.step else ""  # Best-of-N has no steps
         lines.append(f"- Highest reward reached: {best.reward:+.3f} ± {best.reward_se:.3f} by {best.label} "
-                     f"{best.setting} at step {best.step}, at KL {best.kl:.2f} (πref: {ref.reward:+.3f}).")
+                     f"{best.setting}{when} at KL {best.kl:.2f} (πref: {ref.reward:+.3f}).")
     if any(KINDS[run.method.kind].reward for run in result.runs):
         lines.append("- Not a like-for-like budget: the losses learn offline from a fixed set of πref samples, while "
                      "PPO scores fresh samples of its own policy at every iteration and Best-of-N scores N samples "
