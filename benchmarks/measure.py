@@ -12,6 +12,7 @@ import json
 import os
 import resource
 import statistics
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ class RunResult:
     batch_size: int
     step_times_s: list[float]
     step_tokens: list[int]  # non-pad tokens of each step's batch (prompt+chosen and prompt+rejected rows)
+    step_pair_tokens: list[int]  # the same with each prompt counted once per pair: the minimal work's tokens
     median_s_per_step: float
     pairs_per_s: float  # batch_size / median step time
     tokens_per_s: float  # median over measured steps of tokens_i / time_i
@@ -34,16 +36,19 @@ class RunResult:
     setup_s: float  # everything before step 1: loading, tokenization, and precomputed reference log-probs
     first_batch: dict[str, float]  # loss, logps/chosen, logps/rejected, rewards/margins of step 1 (before update)
     loadavg_1m: float  # at the end of the run; above the core count, other jobs were competing for the CPU
+    other_cores: float | None  # CPU cores other processes kept busy on average over this run (from /proc/stat)
     config: dict[str, object] = field(default_factory=dict)
 
 
-SHARED = ("steps", "warmup", "batch_size", "max_length", "beta", "lr", "optimizer", "max_grad_norm",
+SHARED = ("model", "steps", "warmup", "batch_size", "max_length", "beta", "lr", "optimizer", "max_grad_norm",
           "gradient_checkpointing", "limit", "seed", "threads")  # passed by the driver to both runners unchanged
 
 
 def add_shared_args(parser: argparse.ArgumentParser) -> None:
     """The arguments both runners accept with the same meaning (and the driver forwards to both)."""
     parser.add_argument("--small", action="store_true", help="use the small development fixture")
+    parser.add_argument("--model", choices=("random", "smollm2"), default="random",
+                        help="random Llama (33.7M, BPE 8192) or the real SmolLM2-135M-Instruct (vocab 49,152)")
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps")
     parser.add_argument("--warmup", type=int, default=1, help="leading steps left out of the statistics")
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per optimizer step")
@@ -77,6 +82,30 @@ def forward_args(args: argparse.Namespace) -> list[str]:
     return argv
 
 
+def cpu_snapshot() -> tuple[float, float, float] | None:
+    """(CPU-seconds the whole machine has been busy, this process's CPU-seconds, monotonic wall time), or None
+    where /proc/stat is missing. Two snapshots give the CPU that *other* processes used in between."""
+    stat = Path("/proc/stat")
+    if not stat.exists():
+        return None
+    ticks = [int(x) for x in stat.read_text().split("\n", 1)[0].split()[1:9]]  # user .. steal
+    busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+    own = os.times()
+    return busy, own.user + own.system + own.children_user + own.children_system, time.monotonic()
+
+
+def other_cores(since: tuple[float, float, float] | None) -> float | None:
+    """Average number of cores other processes kept busy since the snapshot `since` (0 on an otherwise idle
+    machine; 1 when another single-threaded job ran throughout). Hypervisor steal counts as other work."""
+    now = cpu_snapshot()
+    if since is None or now is None or now[2] <= since[2]:
+        return None
+    return max(0.0, ((now[0] - since[0]) - (now[1] - since[1])) / (now[2] - since[2]))
+
+
+START = cpu_snapshot()  # runners import this module first thing: the run's contention is measured from here
+
+
 def peak_rss_gib() -> float:
     """ru_maxrss is in KiB on Linux."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -92,19 +121,31 @@ def peak_hwm_gib() -> float | None:
     return None
 
 
+def pair_tokens(sequence_tokens: int, response_tokens: int, responses: int) -> int:
+    """Tokens of a batch with each prompt counted once per example, from what every layout can count.
+
+    Args:
+        sequence_tokens: non-pad tokens of the `prompt + response_k` rows (each prompt counted `responses` times).
+        response_tokens: the response tokens among them.
+        responses: K, responses per prompt (2 for a preference pair).
+    """
+    return response_tokens + (sequence_tokens - response_tokens) // responses
+
+
 def summarize(system: str, mode: str, args: argparse.Namespace, times: list[float], tokens: list[int],
-              setup_s: float, first_batch: dict[str, float], config: dict[str, object]) -> RunResult:
+              pair_counts: list[int], setup_s: float, first_batch: dict[str, float],
+              config: dict[str, object]) -> RunResult:
     """Median s/step and per-step rates over the steps after warm-up (all steps if there are no others)."""
     keep = slice(args.warmup, None) if len(times) > args.warmup else slice(None)
     measured, measured_tokens = times[keep], tokens[keep]
     median = statistics.median(measured)
     return RunResult(
         system=system, mode=mode, steps=len(times), batch_size=args.batch_size,
-        step_times_s=times, step_tokens=tokens, median_s_per_step=median,
+        step_times_s=times, step_tokens=tokens, step_pair_tokens=pair_counts, median_s_per_step=median,
         pairs_per_s=args.batch_size / median,
         tokens_per_s=statistics.median(n / t for n, t in zip(measured_tokens, measured, strict=True)),
         peak_rss_gib=peak_rss_gib(), peak_hwm_gib=peak_hwm_gib(), setup_s=setup_s,
-        first_batch=first_batch, loadavg_1m=os.getloadavg()[0], config=config,
+        first_batch=first_batch, loadavg_1m=os.getloadavg()[0], other_cores=other_cores(START), config=config,
     )
 
 

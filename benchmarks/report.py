@@ -1,6 +1,6 @@
 """Tables for compare_trl.py's result: aligned plain text for the terminal, Markdown for README.md.
 
-One function builds the rows, so the terminal and the README never disagree about what was measured.
+One function builds the rows of each table, so the terminal and the README never disagree about what was measured.
 """
 
 from __future__ import annotations
@@ -37,7 +37,11 @@ def setup_line(result: dict) -> str:
     fix, first = result["fixture"], next(r for r in result["runs"] if r["system"] == "trl")
     cfg = first["config"]
     dpo = cfg.get("dpo_config", {})
-    return (f"Llama {fix['num_params'] / 1e6:.1f}M parameters (random init), BPE vocab 8192; "
+    model = (f"SmolLM2-135M-Instruct ({fix['num_params'] / 1e6:.1f}M parameters, pretrained: dpokit's packaged GGUF, "
+             "Q4_1 unpacked to fp32 and saved as safetensors, the same directory for both), vocab 49,152"
+             if result.get("model") == "smollm2" else
+             f"Llama {fix['num_params'] / 1e6:.1f}M parameters (random init), BPE vocab 8192")
+    return (f"{model}; "
             f"{first['config'].get('train_pairs', '?')} HH pairs after truncation; batch {first['batch_size']} pairs; "
             f"max_length {dpo.get('max_length')}; β {dpo.get('beta')}; lr {dpo.get('learning_rate')} "
             f"({dpo.get('optim')}); {first['steps']} steps, step 1 excluded; fp32 on CPU, "
@@ -62,8 +66,13 @@ def summary_rows(result: dict) -> list[str]:
 def contention_notes(result: dict) -> list[str]:
     """Flags comparisons whose runs shared the CPU with other jobs: their times say little about either system."""
     return [f"note: {c['trl']['mode']} vs {c['dpokit']['mode']}: 1-min load average reached "
-            f"{c['max_loadavg_1m']:.1f}, other jobs were competing for the CPU; rerun these before quoting them"
-            for c in result["comparisons"] if c.get("contended")]
+            f"{c['max_loadavg_1m']:.1f}{_others(c)}, other jobs were competing for the CPU; rerun these before "
+            "quoting them" for c in result["comparisons"] if c.get("contended")]
+
+
+def _others(comp: dict) -> str:
+    cores = comp.get("max_other_cores")
+    return "" if cores is None else f" and other processes kept {cores:.2f} cores busy on average during a run"
 
 
 def parity_rows(result: dict) -> list[str]:
@@ -86,8 +95,103 @@ def markdown(result: dict) -> str:
         lines += ["", "| first batch, reference ≠ policy | TRL | dpokit | abs diff |", "|---|---|---|---|"]
         lines += ["| " + " | ".join(r) + " |" for r in parity_table(result)]
     lines += [f"\n{note}" for note in contention_notes(result)]
+    lines += flop_markdown(result)
     versions = ", ".join(f"{k} {v}" for k, v in result["versions"].items())
     lines += ["", f"{versions}; run {result['started']}.", "",
               f"Rerun: `.venv/bin/python benchmarks/compare_trl.py {' '.join(result['argv'])}`".replace("  ", " "),
               ""]
     return "\n".join(lines)
+
+
+FLOP_COLUMNS = ("system", "mode", "tokens/step (prompt once)", "minimal TFLOP/step", "floor s/step at peak",
+                "s/step", "GFLOP/s on the minimal work", "share of matmul peak")
+KIND_NAMES = {"attention": "attention (SDPA, dense 4D mask), fwd + bwd", "lm_head": "LM head / logits, fwd + bwd",
+              "other_matmul": "other matmuls (projections, MLP), fwd + bwd", "optimizer": "optimizer (clip + AdamW)",
+              "collate": "collation / packing", "other": "other ops (elementwise, norms, RoPE, autograd)",
+              "untraced": "untraced (interpreter between ops)"}
+
+
+def flop_rows(result: dict) -> list[list[str]]:
+    return [[("TRL " + result["versions"].get("trl", "?")) if r["system"] == "trl" else "dpokit", r["mode"],
+             f"{r['pair_tokens_per_step']:,.0f}", f"{r['minimal_tflop_per_step']:.3f}",
+             f"{r['floor_s_per_step']:.2f}", f"{r['median_s_per_step']:.2f}", f"{r['achieved_gflops']:.1f}",
+             f"{r['peak_fraction']:.1%}"] for r in result["flops"]["rows"]]
+
+
+def peak_line(result: dict) -> str:
+    peak, runs = result["matmul_peak"], result["matmul_peak"]["runs"]
+    sizes = "/".join(runs[0]["gflops_by_size"])
+    each = ", ".join(f"{r['peak_gflops']:.1f} (other processes {r['other_cores']:.2f} cores)"
+                     if r.get("other_cores") is not None else f"{r['peak_gflops']:.1f}" for r in runs)
+    return (f"fp32 matmul peak: **{peak['gflops']:.1f} GFLOP/s** (torch.matmul of n×n fp32 matrices, n = {sizes}, "
+            f"best of {runs[0]['repeats']} each, {runs[0]['torch_threads']} torch threads, fresh process; the higher "
+            f"of the runs before and after the timed runs: {each}).")
+
+
+def work_line(result: dict) -> str:
+    f = result["flops"]
+    same = "" if f["same_pair_tokens_every_step"] else " WARNING: the runs counted different tokens per step."
+    return (f"Minimal work per step = {f['per_param_token']} FLOPs × N × T: N = {f['num_params'] / 1e6:.1f}M, all "
+            "parameters (the tied embedding / LM head once); 8 = policy forward + backward (6) + reference forward "
+            "(2); T = the step's real tokens with each prompt counted once per pair, from the actual batches (the "
+            "same in every run). Attention scores are not counted. Rate = minimal FLOPs / step time (median over "
+            f"steps 2..N), whatever work the mode really does.{same}")
+
+
+def target_rows(result: dict) -> list[list[str]]:
+    return [[t["target"], t["value"], "met" if t["met"] else "**missed**"] for t in result.get("targets", [])]
+
+
+def profile_rows(result: dict) -> tuple[list[list[str]], list[list[str]], list[list[str]]]:
+    """Phases, operator kinds and top ops of the profile, in seconds per step and shares of the step."""
+    prof = result["profile"]
+    wall = prof["wall_s_per_step"]
+    phases = [[k.replace("_", " "), f"{v:.2f}", f"{v / wall:.0%}"] for k, v in prof["phases_s_per_step"].items()]
+    kinds = [[KIND_NAMES[k], f"{v:.2f}", f"{v / wall:.0%}"] for k, v in prof["kinds_s_per_step"].items()]
+    ops = [[o["op"], KIND_NAMES[o["kind"]].split(" (")[0].split(",")[0], f"{o['s_per_step']:.2f}",
+            f"{o['s_per_step'] / wall:.0%}", f"{o['calls_per_step']:.0f}"] for o in prof["top_ops"]]
+    return phases, kinds, ops
+
+
+def _aligned(header: tuple[str, ...], rows: list[list[str]]) -> list[str]:
+    rows = [list(header)] + [[c.replace("**", "") for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+
+
+def _md(header: tuple[str, ...], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _profile_intro(result: dict) -> str:
+    prof = result["profile"]
+    return (f"Profile: dpokit {prof['mode']}, {prof['profiled_steps']} step(s) after a warm-up step under "
+            f"torch.profiler (CPU, {prof['torch_threads']} threads): {prof['wall_s_per_step']:.2f} s per profiled "
+            "step (the profiler adds overhead). Operator kinds add up the ops' self time.")
+
+
+PROFILE_HEADERS = (("phase", "s/step", "share"), ("operator kind", "s/step", "share"),
+                   ("top ops by self time", "kind", "s/step", "share", "calls/step"))
+
+
+def flop_lines(result: dict) -> list[str]:
+    """The FLOP accounting, targets and profile as plain text for the terminal."""
+    lines = [peak_line(result).replace("**", ""), work_line(result), *_aligned(FLOP_COLUMNS, flop_rows(result))]
+    if result.get("targets"):
+        lines += ["", *_aligned(("issue 10 target", "measured", "verdict"), target_rows(result))]
+    if result.get("profile"):
+        lines += ["", _profile_intro(result)]
+        for header, rows in zip(PROFILE_HEADERS, profile_rows(result), strict=True):
+            lines += _aligned(header, rows)
+    return lines
+
+
+def flop_markdown(result: dict) -> list[str]:
+    lines = ["", peak_line(result), "", work_line(result), "", *_md(FLOP_COLUMNS, flop_rows(result))]
+    if result.get("targets"):
+        lines += ["", *_md(("issue 10 target", "measured", "verdict"), target_rows(result))]
+    if result.get("profile"):
+        lines += ["", _profile_intro(result)]
+        for header, rows in zip(PROFILE_HEADERS, profile_rows(result), strict=True):
+            lines += ["", *_md(header, rows)]
+    return lines

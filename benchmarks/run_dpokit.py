@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import fixture
-from measure import RunResult, add_runner_args, emit, summarize
+from measure import RunResult, add_runner_args, emit, pair_tokens, summarize
 
 MODES: dict[str, list[str]] = {
     "default": [],  # every fast path on (packing, shared prompt, chunked LM head), frozen-copy reference
@@ -66,11 +66,11 @@ def run(args: argparse.Namespace) -> RunResult:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    fix = fixture.build(args.small)
+    fix = fixture.build(args.small, args.model)
     with tempfile.TemporaryDirectory(prefix="bench-dpokit-") as tmp:
         items = overrides(args, fix, Path(tmp))
         cfg = config_io.build_config(None, config_io.parse_overrides(items))
-        first_step = _record_first_step()
+        recorder = _record_steps()
         start = time.perf_counter()
         summary = train(cfg)
         total = time.perf_counter() - start
@@ -80,30 +80,44 @@ def run(args: argparse.Namespace) -> RunResult:
     tokens = [round(r["tokens_per_s"] * r["step_time_s"]) for r in steps]
     first = {k: steps[0][k] for k in FIRST_BATCH_KEYS if steps[0].get(k) is not None}
     config = {"overrides": items, "torch_threads": torch.get_num_threads(), "train_pairs": summary.train_pairs}
-    setup = first_step[0] - start if first_step else total - sum(times)
-    return summarize("dpokit", args.mode, args, times, tokens, setup, first, config)
+    setup = recorder.first_begin - start if recorder.first_begin else total - sum(times)
+    return summarize("dpokit", args.mode, args, times, tokens, recorder.pair_tokens, setup, first, config)
 
 
-def _record_first_step() -> list[float]:
-    """Wraps the loop's `train_step` to note when step 1 begins, so setup time ends where TRL's does.
+class _StepRecorder:
+    first_begin: float | None = None  # when step 1 began
+    pair_tokens: list[int]  # per step: tokens with each prompt counted once per pair
+
+
+def _record_steps() -> _StepRecorder:
+    """Wraps the loop's `train_step` to note when step 1 begins, so setup time ends where TRL's does, and to count
+    each step's tokens with the prompt once per pair (from the batches it is given, whatever their layout).
 
     Measurement only: the wrapped function runs unchanged. If the loop stops calling a module-level `train_step`,
-    the list stays empty and setup falls back to total time minus the step times.
+    nothing is recorded and setup falls back to total time minus the step times.
     """
     from dpokit.train import loop
 
-    stamps: list[float] = []
+    recorder = _StepRecorder()
+    recorder.pair_tokens = []
     inner = getattr(loop, "train_step", None)
     if inner is None:
-        return stamps
+        return recorder
 
-    def timed(*args, **kwargs):
-        if not stamps:
-            stamps.append(time.perf_counter())
-        return inner(*args, **kwargs)
+    def timed(trainee, micro_batches, *args, **kwargs):
+        recorder.first_begin = recorder.first_begin or time.perf_counter()
+        recorder.pair_tokens.append(sum(_pair_tokens(b) for b in micro_batches))
+        return inner(trainee, micro_batches, *args, **kwargs)
 
     loop.train_step = timed
-    return stamps
+    return recorder
+
+
+def _pair_tokens(batch) -> int:
+    """Packed batches count their sequences' tokens and their response tokens (targets); plain ones carry masks."""
+    if hasattr(batch, "num_sequence_tokens"):
+        return pair_tokens(batch.num_sequence_tokens, batch.targets.numel(), batch.num_responses)
+    return pair_tokens(int(batch.attention_mask.sum()), int(batch.loss_mask.sum()), batch.num_responses)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,7 +25,7 @@ import tempfile
 import time
 
 import fixture
-from measure import RunResult, add_runner_args, emit, parse_sets, summarize
+from measure import RunResult, add_runner_args, emit, pair_tokens, parse_sets, summarize
 
 MODES = ("default", "precompute", "lora")
 FIRST_BATCH_KEYS = ("logps/chosen", "logps/rejected", "rewards/margins")
@@ -73,12 +73,15 @@ def trainer_class():
 
     class BenchDPOTrainer(DPOTrainer):
         step_tokens: list[int]
+        step_pair_tokens: list[int]
         first_batch: dict[str, float] | None = None
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             if model.training:
-                self.step_tokens.append(int(inputs["attention_mask"].sum()))
+                sequence, response = int(inputs["attention_mask"].sum()), int(inputs["completion_mask"].sum())
+                self.step_tokens.append(sequence)
+                self.step_pair_tokens.append(pair_tokens(sequence, response, 2))  # rows: B chosen, then B rejected
                 if self.first_batch is None:
                     value = loss[0] if isinstance(loss, tuple) else loss
                     metrics = self._metrics["train"]
@@ -116,7 +119,7 @@ def run(args: argparse.Namespace) -> RunResult:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    fix = fixture.build(args.small)
+    fix = fixture.build(args.small, args.model)
     trainer_cls, timer = trainer_class(), step_timer()  # imports trl before the clock starts, like dpokit's imports
     with tempfile.TemporaryDirectory(prefix="bench-trl-") as tmp:
         config, values = dpo_config(args, tmp)
@@ -127,14 +130,14 @@ def run(args: argparse.Namespace) -> RunResult:
         dataset = Dataset.from_list(load_pairs(fix.pairs, args.limit))
         trainer = trainer_cls(model=model, ref_model=ref, args=config, train_dataset=dataset,
                               processing_class=tokenizer, callbacks=[timer], peft_config=_peft(args.mode))
-        trainer.step_tokens = []
+        trainer.step_tokens, trainer.step_pair_tokens = [], []
         trainer.train()
     setup = (timer.first_begin or start) - start
     values.pop("output_dir")
     config_out = {"dpo_config": values, "torch_threads": torch.get_num_threads(),
                   "train_pairs": len(trainer.train_dataset)}
-    return summarize("trl", args.mode, args, timer.times, trainer.step_tokens, setup, trainer.first_batch or {},
-                     config_out)
+    return summarize("trl", args.mode, args, timer.times, trainer.step_tokens, trainer.step_pair_tokens, setup,
+                     trainer.first_batch or {}, config_out)
 
 
 def _peft(mode: str):
