@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import types
 import typing
+from dataclasses import dataclass
 
 from dpokit.config import Config, describe_keys, field_of
 from dpokit.errors import DpokitError
@@ -26,32 +28,75 @@ TRAIN_FLAGS = {
 }
 
 
-def _add_train_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML file with any of the keys below, by section")
-    for name, key in TRAIN_FLAGS.items():
-        spec, hint = field_of(Config, key)
-        kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-        kind = next(k for k in kinds if k is not type(None))  # `int | None` -> int
-        default = "" if spec.default in ("", None) else f" (default {spec.default!r})"
-        text = spec.metadata["help"].replace("%", "%%")
-        parser.add_argument("--" + name.replace("_", "-"), type=kind, help=f"{text}{default} [{key}]")
-    parser.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
-                        help="continue from the newest checkpoint in --output-dir, or from CHECKPOINT [train.resume]")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="any config key, e.g. loss.beta=0.5")
+@dataclass(frozen=True)
+class KeyCommand:
+    """A command whose settings are a config dataclass: `--config FILE`, a few flags that are keys of it, optionally
+    `--resume`, and `key=value` overrides; its --help lists every key."""
+
+    settings: str  # "module:Class" of the settings dataclass, imported when the parser is built
+    flags: dict[str, str]  # flag -> key of the settings, e.g. {"output_dir": "train.output_dir"}
+    help: str
+    resume_key: str | None = None  # the key --resume sets; None: no --resume
+    example: str = "key=value"  # shown for the overrides
+
+    def dataclass(self) -> type:
+        module, _, name = self.settings.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+# flag -> key of `dpokit bon`'s settings (rlhf.bon.BonConfig); each flag's type and help come from the key's field
+BON_FLAGS = {
+    "model": "model", "prompts": "prompts", "n": "n", "reward": "reward.source", "reward_label": "reward.label",
+    "reward_text": "reward.text", "max_new_tokens": "max_new_tokens", "seed": "seed", "output": "output",
+}
+# flag -> key of `dpokit ppo`'s settings (rlhf.ppo_config.PPOConfig)
+PPO_FLAGS = {
+    "model": "model", "prompts": "prompts", "reward": "reward.source", "reward_label": "reward.label",
+    "output_dir": "output_dir", "iterations": "iterations", "beta": "beta", "kl_target": "kl_target", "lr": "lr",
+    "rollout_batch_size": "rollout_batch_size", "minibatch_size": "minibatch_size", "max_new_tokens": "max_new_tokens",
+    "seed": "seed",
+}
+# flag -> key of `dpokit rm`'s settings (rlhf.reward_config.RewardModelConfig): train's flags less the loss's
+RM_FLAGS = {name: key for name, key in TRAIN_FLAGS.items() if not key.startswith("loss.")}
+
+KEY_COMMANDS = {
+    "train": KeyCommand("dpokit.config:Config", TRAIN_FLAGS, "train a policy with DPO (or another preference loss)",
+                        "train.resume", "loss.beta=0.5"),
+    "sft": KeyCommand("dpokit.config:Config", TRAIN_FLAGS, "Preferred-FT: fine-tune on the chosen responses (builds "
+                      "πref when no SFT model exists)", "train.resume", "train.lr=1e-5"),
+    "rm": KeyCommand("dpokit.rlhf.reward_config:RewardModelConfig", RM_FLAGS, "train a Bradley-Terry reward model on "
+                     "preference data: a scalar head on each response's last token, rewards centred on the training "
+                     "data", "train.resume", "train.lr=1e-5"),
+    "bon": KeyCommand("dpokit.rlhf.bon:BonConfig", BON_FLAGS, "Best-of-N: n samples per prompt from a model, each "
+                      "scored by a reward, the best kept (JSON lines); prints mean rewards and the analytic KL "
+                      "log N - (N-1)/N", example="temperature=0.7"),
+    "ppo": KeyCommand("dpokit.rlhf.ppo_config:PPOConfig", PPO_FLAGS, "PPO-RLHF (the DPO paper's baseline): rollouts "
+                      "from the policy, a reward model (PPO) or any reward (PPO-GT), per-token KL penalty, value head, "
+                      "GAE, clipped updates", "resume", "ppo_epochs=2"),
+}
+
+
+def _add_key_command(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatter], name: str) -> None:
+    command = KEY_COMMANDS[name]
+    settings = command.dataclass()
+    epilog = "config keys (YAML, or key=value overrides), default, meaning:\n" + describe_keys(settings)
+    if settings is Config:
+        epilog += "\n\n" + losses_help()
+    parser = sub.add_parser(name, help=command.help, epilog=epilog, formatter_class=fmt)
+    parser.add_argument("--config", help="YAML file with any of the keys below")
+    _add_key_flags(parser, settings, command.flags)
+    if command.resume_key:
+        parser.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT", help="continue from the "
+                            f"newest checkpoint in --output-dir, or from CHECKPOINT [{command.resume_key}]")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help=f"any key below, e.g. {command.example}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpokit", description="Direct Preference Optimization for causal LMs.")
     sub = parser.add_subparsers(dest="command", required=True)
-    epilog = ("config keys (YAML sections or key.sub=value overrides), default, meaning:\n" + describe_keys()
-              + "\n\n" + losses_help())
     fmt = argparse.RawDescriptionHelpFormatter
-    train = sub.add_parser("train", help="train a policy with DPO (or another preference loss)",
-                           epilog=epilog, formatter_class=fmt)
-    _add_train_flags(train)
-    sft = sub.add_parser("sft", help="Preferred-FT: fine-tune on the chosen responses (builds πref when no SFT "
-                         "model exists)", epilog=epilog, formatter_class=fmt)
-    _add_train_flags(sft)
+    for name in ("train", "sft"):
+        _add_key_command(sub, fmt, name)
 
     ev = sub.add_parser("eval", help="preference metrics of a policy against a reference on a dataset (JSON out)")
     ev.add_argument("--policy", required=True, help="policy model (hub name or directory)")
@@ -67,9 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("overrides", nargs="*", metavar="key.sub=value", help="any config key, e.g. data.format=implicit")
 
     _add_experiment_commands(sub, fmt)
-    _add_bon_command(sub, fmt)
-    _add_ppo_command(sub, fmt)
-    _add_rm_command(sub, fmt)
+    for name in ("bon", "ppo", "rm"):
+        _add_key_command(sub, fmt, name)
     return parser
 
 
@@ -105,69 +149,6 @@ def _add_experiment_commands(sub: argparse._SubParsersAction, fmt: type[argparse
                               "and reward (the demo's protocol)", epilog=frontier_yaml_help(), formatter_class=fmt)
     frontier.add_argument("--config", required=True, help="frontier YAML file (keys below)")
     frontier.add_argument("--output-dir", help="where runs, figures and report go (overrides output_dir)")
-
-
-# flag -> key of `dpokit bon`'s settings (rlhf.bon.BonConfig); each flag's type and help come from the key's field
-BON_FLAGS = {
-    "model": "model", "prompts": "prompts", "n": "n", "reward": "reward.source", "reward_label": "reward.label",
-    "reward_text": "reward.text", "max_new_tokens": "max_new_tokens", "seed": "seed", "output": "output",
-}
-
-
-def _add_bon_command(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatter]) -> None:
-    """`bon`: Best-of-N from any model with any reward; its flags are keys of `BonConfig`, like train's."""
-    from dpokit.rlhf.bon import BonConfig
-
-    bon = sub.add_parser("bon", help="Best-of-N: n samples per prompt from a model, each scored by a reward, the best "
-                         "kept (JSON lines); prints mean rewards and the analytic KL log N - (N-1)/N",
-                         epilog="config keys (YAML or key=value overrides), default, meaning:\n"
-                         + describe_keys(BonConfig), formatter_class=fmt)
-    bon.add_argument("--config", help="YAML file with any of the keys below")
-    _add_key_flags(bon, BonConfig, BON_FLAGS)
-    bon.add_argument("overrides", nargs="*", metavar="key=value", help="any key below, e.g. temperature=0.7")
-
-
-# flag -> key of `dpokit ppo`'s settings (rlhf.ppo_config.PPOConfig)
-PPO_FLAGS = {
-    "model": "model", "prompts": "prompts", "reward": "reward.source", "reward_label": "reward.label",
-    "output_dir": "output_dir", "iterations": "iterations", "beta": "beta", "kl_target": "kl_target", "lr": "lr",
-    "rollout_batch_size": "rollout_batch_size", "minibatch_size": "minibatch_size", "max_new_tokens": "max_new_tokens",
-    "seed": "seed",
-}
-
-
-def _add_ppo_command(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatter]) -> None:
-    """`ppo`: PPO-RLHF against a reward model or any reward function; its flags are keys of `PPOConfig`."""
-    from dpokit.rlhf.ppo_config import PPOConfig
-
-    ppo = sub.add_parser("ppo", help="PPO-RLHF (the DPO paper's baseline): rollouts from the policy, a reward model "
-                         "(PPO) or any reward (PPO-GT), per-token KL penalty, value head, GAE, clipped updates",
-                         epilog="config keys (YAML or key=value overrides), default, meaning:\n"
-                         + describe_keys(PPOConfig), formatter_class=fmt)
-    ppo.add_argument("--config", help="YAML file with any of the keys below")
-    _add_key_flags(ppo, PPOConfig, PPO_FLAGS)
-    ppo.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
-                     help="continue from the newest checkpoint in --output-dir, or from CHECKPOINT [resume]")
-    ppo.add_argument("overrides", nargs="*", metavar="key=value", help="any key below, e.g. ppo_epochs=2")
-
-
-# flag -> key of `dpokit rm`'s settings (rlhf.reward_config.RewardModelConfig): train's flags less the loss's
-RM_FLAGS = {name: key for name, key in TRAIN_FLAGS.items() if not key.startswith("loss.")}
-
-
-def _add_rm_command(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatter]) -> None:
-    """`rm`: a reward model on `train`'s data, formats and keys (`RewardModelConfig`: no loss, no reference)."""
-    from dpokit.rlhf.reward_config import RewardModelConfig
-
-    rm = sub.add_parser("rm", help="train a Bradley-Terry reward model on preference data: a scalar head on each "
-                        "response's last token, rewards centred on the training data",
-                        epilog="config keys (YAML sections or key.sub=value overrides), default, meaning:\n"
-                        + describe_keys(RewardModelConfig), formatter_class=fmt)
-    rm.add_argument("--config", help="YAML file with any of the keys below, by section")
-    _add_key_flags(rm, RewardModelConfig, RM_FLAGS)
-    rm.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
-                    help="continue from the newest checkpoint in --output-dir, or from CHECKPOINT [train.resume]")
-    rm.add_argument("overrides", nargs="*", metavar="key.sub=value", help="any config key, e.g. train.lr=1e-5")
 
 
 def _add_key_flags(parser: argparse.ArgumentParser, settings: type, flags: dict[str, str]) -> None:
@@ -232,28 +213,18 @@ def _quiet_transformers() -> None:
 def _run(args: argparse.Namespace) -> int:
     from dpokit import commands
 
-    if args.command in ("train", "sft"):
-        flags = {key: getattr(args, name) for name, key in TRAIN_FLAGS.items() if getattr(args, name) is not None}
-        if args.resume:
-            flags["train.resume"] = args.resume
-        return commands.train(args.command, args.config, flags, args.overrides)
+    if args.command in KEY_COMMANDS:
+        command = KEY_COMMANDS[args.command]
+        flags = {key: getattr(args, name) for name, key in command.flags.items() if getattr(args, name) is not None}
+        if command.resume_key and args.resume:
+            flags[command.resume_key] = args.resume
+        if args.command in ("train", "sft"):
+            return commands.train(args.command, args.config, flags, args.overrides)
+        return getattr(commands, args.command)(args.config, flags, args.overrides)
     if args.command == "eval":
         return commands.evaluate(args)
     if args.command == "generate":
         return commands.generate(args)
-    if args.command == "ppo":
-        flags = {key: getattr(args, name) for name, key in PPO_FLAGS.items() if getattr(args, name) is not None}
-        if args.resume:
-            flags["resume"] = args.resume
-        return commands.ppo(args.config, flags, args.overrides)
-    if args.command == "bon":
-        flags = {key: getattr(args, name) for name, key in BON_FLAGS.items() if getattr(args, name) is not None}
-        return commands.bon(args.config, flags, args.overrides)
-    if args.command == "rm":
-        flags = {key: getattr(args, name) for name, key in RM_FLAGS.items() if getattr(args, name) is not None}
-        if args.resume:
-            flags["train.resume"] = args.resume
-        return commands.rm(args.config, flags, args.overrides)
     if args.command == "frontier":
         return commands.frontier(args.config, args.output_dir)
     return commands.demo(args.output_dir, quick=args.quick, seed=args.seed, threads=args.threads)
