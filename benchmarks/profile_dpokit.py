@@ -30,7 +30,7 @@ from pathlib import Path
 
 import fixture
 import run_dpokit
-from measure import add_runner_args
+from measure import START, add_runner_args, other_cores
 
 PHASES = ("collate", "policy_forward", "reference_forward", "backward", "optimizer")
 KINDS = ("attention", "lm_head", "other_matmul", "optimizer", "collate", "other")
@@ -164,7 +164,8 @@ def run(args: argparse.Namespace) -> dict:
         train(cfg)
     vocab = json.loads((Path(fix.model) / "config.json").read_text())["vocab_size"]
     result = summarize(window, vocab, args.top)
-    return {"system": "dpokit", "mode": args.mode, "torch_threads": torch.get_num_threads(), **result}
+    return {"system": "dpokit", "mode": args.mode, "torch_threads": torch.get_num_threads(),
+            "other_cores": other_cores(START), **result}
 
 
 def main(argv: list[str] | None = None) -> None:

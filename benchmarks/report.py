@@ -167,7 +167,12 @@ def _profile_intro(result: dict) -> str:
     prof = result["profile"]
     return (f"Profile: dpokit {prof['mode']}, {prof['profiled_steps']} step(s) after a warm-up step under "
             f"torch.profiler (CPU, {prof['torch_threads']} threads): {prof['wall_s_per_step']:.2f} s per profiled "
-            "step (the profiler adds overhead). Operator kinds add up the ops' self time.")
+            f"step (the profiler adds overhead){_profile_load(prof)}. Operator kinds add up the ops' self time.")
+
+
+def _profile_load(prof: dict) -> str:
+    cores = prof.get("other_cores")
+    return "" if cores is None else f"; other processes kept {cores:.2f} cores busy on average meanwhile"
 
 
 PROFILE_HEADERS = (("phase", "s/step", "share"), ("operator kind", "s/step", "share"),
