@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/compare_trl.py --small --steps 3 --limit 64  # development: a few minutes
     .venv/bin/python benchmarks/compare_trl.py --steps 6 --limit 128        # the README table
-    .venv/bin/python benchmarks/compare_trl.py --model smollm2 --steps 5 --limit 64   # SmolLM2-135M: ~25 min
+    .venv/bin/python benchmarks/compare_trl.py --model smollm2 --steps 5 --limit 64 --wait-idle 900  # SmolLM2: ~30 min
 
 Each `--compare TRL_MODE:DPOKIT_MODE` is one row pair of the table; runs alternate TRL, dpokit, TRL, dpokit, ...
 (`--repeats` rounds), each in a fresh process so peak RSS is that system's alone. Then a loss-parity check: both
