@@ -2,7 +2,8 @@
 update) and peak RSS, on the same tiny random Llama, prompts and reward model (ppo_fixture.py), CPU fp32.
 
     .venv/bin/python benchmarks/compare_trl_ppo.py --small --iterations 2      # development: about a minute
-    .venv/bin/python benchmarks/compare_trl_ppo.py --trl-git /path/to/trl --trl-ref v1.9.0   # the README table
+    .venv/bin/python benchmarks/compare_trl_ppo.py --iterations 6 --repeats 2 --trl-git /path/to/trl  # the table
+    .venv/bin/python benchmarks/compare_trl_ppo.py --report benchmarks/results/compare_trl_ppo.json  # re-render
 
 TRL 1.16 ships no PPO trainer (see run_ppo_trl.py). The driver first checks whether the TRL installed for
 `--trl-python` has one and records the exact error if not; then the TRL side runs from `--trl-ppo-src DIR`, or from
@@ -116,9 +117,17 @@ def aggregate(runs: list[dict], system: str) -> dict | None:
     trained = cfg["num_params"] + (cfg.get("value_params") or 0)  # TRL trains a separate value model
     return {"system": system, "runs": len(mine), "median_s_per_iteration": med("median_s_per_iteration"),
             "median_generation_s": med("median_generation_s"), "median_update_s": med("median_update_s"),
+            "median_rest_s": statistics.median(_rest(r) for r in mine),
+            "per_round_s_per_iteration": [r["median_s_per_iteration"] for r in mine],
             "peak_rss_gib": med("peak_rss_gib"), "setup_s": med("setup_s"),
             "mean_response_tokens": statistics.mean(lengths) if lengths else None, "trained_params": trained,
             "max_loadavg_1m": max(r["loadavg_1m"] for r in mine)}
+
+
+def _rest(run: dict) -> float:
+    """Median over the measured iterations of iteration − update − generation: the rest of the rollout."""
+    parts = zip(run["iteration_s"], run["update_s"], run["generation_s"], strict=True)
+    return statistics.median(_measured([it - up - gen for it, up, gen in parts], run["warmup"]))
 
 
 def _measured(values: list, warmup: int) -> list:
@@ -143,9 +152,8 @@ def table_rows(result: dict) -> list[list[str]]:
         if agg is None:
             rows.append([name, "did not run", "", "", "", "", "", "", ""])
             continue
-        rest = agg["median_s_per_iteration"] - agg["median_update_s"] - agg["median_generation_s"]
         rows.append([name, f"{agg['median_s_per_iteration']:.2f}", f"{agg['median_generation_s']:.2f}",
-                     f"{rest:.2f}", f"{agg['median_update_s']:.2f}", f"{agg['peak_rss_gib']:.2f}",
+                     f"{agg['median_rest_s']:.2f}", f"{agg['median_update_s']:.2f}", f"{agg['peak_rss_gib']:.2f}",
                      f"{agg['setup_s']:.1f}", f"{agg['mean_response_tokens']:.1f}",
                      f"{agg['trained_params'] / 1e6:.1f}M"])
     ratio = comp["ratios_dpokit_over_trl"]
@@ -169,6 +177,12 @@ def notes(result: dict) -> list[str]:
                      f"{result['versions']['trl']}.")
     elif not trl["ran"]:
         lines.append("TRL side not run: pass --trl-ppo-src DIR or --trl-git REPO --trl-ref REF.")
+    if comp["ratios_dpokit_over_trl"]:
+        speed = 1 / comp["ratios_dpokit_over_trl"]["median_s_per_iteration"]
+        rounds = "; ".join(f"{name} {', '.join(f'{x:.2f}' for x in comp[key]['per_round_s_per_iteration'])}"
+                           for name, key in (("TRL", "trl"), ("dpokit", "dpokit")))
+        lines.append(f"dpokit runs {speed:.2f}× as many PPO iterations per second as TRL (ratios: dpokit / TRL, lower "
+                     f"is better). Median s/iteration of each round: {rounds}.")
     if comp["contended"]:
         lines.append(f"note: the 1-min load average reached {comp['max_loadavg_1m']:.1f} (> {CONTENDED_LOAD:.1f}): "
                      "other jobs competed for the CPU; rerun before quoting.")
@@ -224,6 +238,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--python", default=sys.executable, help="interpreter for dpokit runs")
     parser.add_argument("--trl-python", default=sys.executable, help="interpreter with TRL installed")
     parser.add_argument("--out", type=Path, default=RESULTS / "compare_trl_ppo.json")
+    parser.add_argument("--report", type=Path, default=None,
+                        help="only re-render the tables of this result JSON (from its runs) into --out's .md")
     return parser.parse_args(argv)
 
 
@@ -233,8 +249,19 @@ def _portable(text: str, args: argparse.Namespace) -> str:
     return text.replace(args.trl_git, "/path/to/trl") if args.trl_git else text
 
 
+def rerender(args: argparse.Namespace) -> None:
+    """Recomputes the comparison from a saved result's runs and rewrites the Markdown beside --out."""
+    result = json.loads(args.report.read_text())
+    result["comparison"] = comparison(result["runs"])
+    args.out.write_text(json.dumps(result, indent=2))
+    args.out.with_suffix(".md").write_text(markdown(result))
+    print("\n".join([setup_line(result), *aligned(result), *notes(result)]))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.report:
+        return rerender(args)
     started, load_before = time.strftime("%Y-%m-%d %H:%M:%S"), os.getloadavg()[0]
     fix = build_fixture(args.python, args.small)
     trl = {"probe": probe_trl(args.trl_python), "source": None}
