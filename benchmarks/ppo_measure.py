@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import time
-from pathlib import Path
+
+from measure import peak_hwm_gib, peak_rss_gib
 
 SHARED = ("iterations", "warmup", "rollout_batch_size", "minibatch_size", "ppo_epochs", "max_new_tokens",
           "forward_batch_size", "lr", "clip_range", "value_clip_range", "vf_coef", "gamma", "lam", "kl_coef", "seed",
@@ -88,21 +88,6 @@ class IterationClock:
 
     def update_s(self) -> list[float]:
         return [end - start for start, end in zip(self.update_start, self.ends, strict=False)]
-
-
-def peak_rss_gib() -> float:
-    """ru_maxrss is in KiB on Linux."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-def peak_hwm_gib() -> float | None:
-    status = Path("/proc/self/status")
-    if not status.exists():
-        return None
-    for line in status.read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 2**20
-    return None
 
 
 def _median(values: list[float], warmup: int) -> float | None:

@@ -43,7 +43,7 @@ from dpokit.rlhf.rollout import ActorCritic, Reference, Rollout, Rows, advantage
 from dpokit.train import checkpoint as ckpt
 from dpokit.train.dist import Parallel
 from dpokit.train.loop import Interrupted, StopSignals, save_model
-from dpokit.train.metrics import JsonlWriter, NullWriter
+from dpokit.train.metrics import JsonlWriter, NullWriter, trim_jsonl
 from dpokit.train.optim import NonFiniteError, build_optimizer
 from dpokit.train.setup import say
 
@@ -291,8 +291,7 @@ def _resume(run: PPORun) -> int:
     path = ckpt.resolve(run.out_dir, run.cfg.resume)
     state = ckpt.load_checkpoint(path, run.actor_critic, run.optimizer, run.kl, run.parallel)
     if run.parallel.is_main:
-        lines = metrics.read_text().splitlines(keepends=True) if metrics.is_file() else []
-        metrics.write_text("".join(lines[:state.metrics_lines]))
+        trim_jsonl(metrics, state.metrics_lines)
         say(f"resumed from {path} at iteration {state.step}/{run.cfg.iterations}")
     run.parallel.barrier()
     return state.step

@@ -29,7 +29,7 @@ from dpokit.pipeline import batches, build_policy
 from dpokit.progress import progress
 from dpokit.train import checkpoint as ckpt
 from dpokit.train.launch import deepspeed_unprobed
-from dpokit.train.metrics import JsonlWriter, NullWriter
+from dpokit.train.metrics import JsonlWriter, NullWriter, trim_jsonl
 from dpokit.train.optim import NonFiniteError
 from dpokit.train.order import batch_indices
 from dpokit.train.setup import Run, build_run, say, total_steps
@@ -207,8 +207,7 @@ def _resume(run: Run) -> int:
     state = ckpt.load_checkpoint(path, run.policy, run.optimizer, run.scheduler, run.parallel)
     metrics = run.out_dir / "metrics.jsonl"
     if run.parallel.is_main:
-        lines = metrics.read_text().splitlines(keepends=True) if metrics.is_file() else []
-        metrics.write_text("".join(lines[:state.metrics_lines]))
+        trim_jsonl(metrics, state.metrics_lines)
         say(f"resumed from {path} at step {state.step}/{run.steps}")
     run.parallel.barrier()
     return state.step

@@ -95,3 +95,9 @@ class NullWriter:
 
     def close(self) -> None:
         pass
+
+
+def trim_jsonl(path: Path, lines: int) -> None:
+    """Keeps the first `lines` lines of a metrics file (a resumed run continues from its checkpoint's line count)."""
+    kept = path.read_text().splitlines(keepends=True) if path.is_file() else []
+    path.write_text("".join(kept[:lines]))
