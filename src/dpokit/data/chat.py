@@ -11,6 +11,7 @@ template's end-of-turn token as well as at eos.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -94,3 +95,28 @@ def render_prompts(tokenizer: Any, prompts: Sequence[str | Messages], chat: bool
     if bad is not None:
         raise TemplateError(f"a prompt given as messages needs the chat template (chat is off): {bad!r}"[:200])
     return list(prompts)
+
+
+def hh_messages(dialogue: str) -> Messages:
+    """An Anthropic HH dialogue ("\\n\\nHuman: ...\\n\\nAssistant: ...") as {role, content} messages; text before the
+    first turn marker is dropped, and so is an empty last turn (a prompt ending in "\\n\\nAssistant:").
+
+    >>> turns = hh_messages("\\n\\nHuman: Hi\\n\\nAssistant: Hello!\\n\\nHuman: Bye\\n\\nAssistant:")
+    >>> [m["role"] + ": " + m["content"] for m in turns]
+    ['user: Hi', 'assistant: Hello!', 'user: Bye']
+    """
+    parts = re.split(r"\n\n(Human|Assistant):", dialogue)
+    roles = {"Human": "user", "Assistant": "assistant"}
+    turns = [{"role": roles[who], "content": text.strip()} for who, text in zip(parts[1::2], parts[2::2], strict=True)]
+    return turns[:-1] if turns and not turns[-1]["content"] else turns
+
+
+def plain_text(prompt: str | Messages) -> str:
+    """A prompt for a judge or a text reward to read: a string as it is; messages as "User: ..." lines.
+
+    >>> plain_text([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}])
+    'User: Hi\\nAssistant: Hello'
+    """
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in prompt)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dpokit.config import setting
+from dpokit.data.chat import plain_text
 from dpokit.errors import ConfigError, DataError
 
 ScoreFn = Callable[[list[str], list[str]], Sequence[float]]
@@ -97,8 +98,16 @@ def load_reward(source: str, label: str | None = None, text: str = "completion")
 
 def _texts(mode: str, score: Callable[[list[str]], list[float]]) -> ScoreFn:
     if mode == "full":
-        return lambda prompts, completions: score([p + c for p, c in zip(prompts, completions, strict=True)])
+        return lambda prompts, completions: score([_full_text(p, c) for p, c in zip(prompts, completions,
+                                                                                     strict=True)])
     return lambda prompts, completions: score(completions)
+
+
+def _full_text(prompt: str | list[dict], completion: str) -> str:
+    """Prompt + completion as one text; a prompt of messages reads as a transcript the completion ends."""
+    if isinstance(prompt, str):
+        return prompt + completion
+    return plain_text(prompt + [{"role": "assistant", "content": completion}])
 
 
 def vader_scores() -> Callable[[list[str]], list[float]]:

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from dpokit.config import DataConfig, ModelConfig
+from dpokit.data.chat import TemplateError, render_prompt, render_reply
 from dpokit.data.collate import Batch
 from dpokit.data.packing import PackedBatch
 from dpokit.data.records import Example
@@ -112,20 +113,33 @@ def is_reward_model(path: str | Path) -> bool:
         return False
 
 
-def tokenize_for_scoring(tokenizer, settings: dict[str, Any], prompts: Sequence[str],
+def tokenize_for_scoring(tokenizer, settings: dict[str, Any], prompts: Sequence[str | list[dict]],
                          completions: Sequence[str]) -> list[TokenizedExample]:
     """(prompt, completion) pairs tokenized exactly as `dpokit rm` tokenized its training data: the prompt by the
     one prompt encoder, the completion apart, eos appended unless it ends its turn, truncated by the same settings.
+    A prompt given as {role, content} messages is rendered as the conversational format renders training data: the
+    prompt with the chat template's generation prompt, the completion as the assistant's reply after it.
 
     One difference is inherent: training cuts an over-long example by its longest response, scoring by the one
     completion it is given; a completion that fits `max_length` with its prompt gets the ids training gave it.
     """
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
-    examples = [Example(p, (c,), source="scored pair", line=i + 1)
+    examples = [Example(*_rendered(tokenizer, p, c), source="scored pair", line=i + 1)
                 for i, (p, c) in enumerate(zip(prompts, completions, strict=True))]
     tokenize = TokenizeSettings(settings["max_length"], settings["max_prompt_length"], settings["prompt_truncation"])
     return tokenize_examples(examples, tokenizer, tokenize).examples
+
+
+def _rendered(tokenizer, prompt: str | list[dict], completion: str) -> tuple[str, tuple[str]]:
+    """(prompt text, (completion text,)): messages through the chat template, as data.formats renders them."""
+    if isinstance(prompt, str):
+        return prompt, (completion,)
+    try:
+        text = render_prompt(tokenizer, prompt)
+        return text, (render_reply(tokenizer, prompt, text, [{"role": "assistant", "content": completion}]),)
+    except TemplateError as err:
+        raise ConfigError(f"reward model: a prompt given as messages could not be rendered: {err}") from None
 
 
 def reward_model_scores(path: str, batch_size: int = 32) -> Callable[[list[str], list[str]], list[float]]:
