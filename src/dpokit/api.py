@@ -14,7 +14,7 @@ the message the CLI prints.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dpokit import config as config_io
@@ -24,6 +24,7 @@ from dpokit.errors import ConfigError
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from dpokit.eval.perplexity import HeldOut, ModelSpec
     from dpokit.rlhf.bon import BestOfN, BonConfig
     from dpokit.rlhf.ppo_config import PPOConfig
     from dpokit.rlhf.ppo_trainer import PPOSummary
@@ -73,6 +74,40 @@ def evaluate(config: Config) -> dict[str, float]:
     rows = batches(loaded.data.train, config.train.batch_size, loaded.tokenizer.pad_token_id, objective.unpaired,
                    layout=loaded.layout)
     return run_eval(trainee, rows)
+
+
+def perplexity(models: str | Mapping[str, str | ModelSpec], texts: str | HeldOut | Sequence[str | HeldOut], *,
+               field: str = "text", limit: int | None = None, split: str = "train", tokenizer: Any = None,
+               max_length: int = 1024, batch_size: int = 8, progress: bool = False) -> dict[str, Any]:
+    """Per-token NLL and perplexity of one or more models on held-out text (`dpokit eval --perplexity`).
+
+    Args:
+        models: a model (directory, hub name, `.gguf`, packaged short name), or {name: model or `ModelSpec`} in
+            report order; the first is the baseline ("before") whose change the others report.
+        texts: a `.txt` file (one document per line), a data file or `datasets` name whose `field` holds a string or
+            {role, content} messages; several; or `HeldOut` documents already read (`eval.perplexity`).
+        field, limit, split: which field, how many documents at most, which dataset split.
+        tokenizer: a name or a loaded tokenizer for every model (per-token figures compare only with one tokenizer);
+            None: each model its own.
+        max_length: tokens per forward; longer documents are scored in windows that overlap by one token.
+
+    Returns:
+        `eval.perplexity.score_models`'s JSON-ready dict: per source, every model's nll, perplexity, tokens,
+        documents and windowed, and each model's change from the first.
+    """
+    import os
+
+    from dpokit.eval.perplexity import HeldOut, ModelSpec, PerplexitySettings, read_held_out, score_models
+    from dpokit.models import load_tokenizer
+
+    settings = PerplexitySettings(max_length, batch_size)
+    settings.check()
+    sources = [texts] if isinstance(texts, str | os.PathLike | HeldOut) else list(texts)
+    held_out = [t if isinstance(t, HeldOut) else read_held_out(t, field, limit, split) for t in sources]
+    named = {"model": models} if isinstance(models, str) else dict(models)
+    specs = {name: m if isinstance(m, ModelSpec) else ModelSpec(m) for name, m in named.items()}
+    tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+    return score_models(specs, held_out, tok, settings, progress)
 
 
 def rm(config: RewardModelConfig) -> RunSummary:

@@ -98,10 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("train", "sft"):
         _add_key_command(sub, fmt, name)
 
-    ev = sub.add_parser("eval", help="preference metrics of a policy against a reference on a dataset (JSON out)")
+    ev = sub.add_parser("eval", help="preference metrics of a policy against a reference on a dataset, and/or "
+                        "perplexity on held-out text before (reference) and after (policy) (JSON out)")
     ev.add_argument("--policy", required=True, help="policy model (hub name or directory)")
     ev.add_argument("--reference", help="reference model; omit with a reference-free loss")
-    ev.add_argument("--data", required=True, help="preference data file or `datasets` name")
+    ev.add_argument("--data", help="preference data file or `datasets` name (preference metrics; optional with "
+                    "--perplexity)")
     ev.add_argument("--beta", type=float, default=0.1)
     ev.add_argument("--loss", default="sigmoid")
     ev.add_argument("--max-length", type=int, default=1024)
@@ -109,12 +111,25 @@ def build_parser() -> argparse.ArgumentParser:
                     help="over-long examples cut the prompt's start to this many tokens (default: max_length // 2)")
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--output", help="write the metrics JSON here (always printed too)")
+    _add_perplexity_flags(ev)
     ev.add_argument("overrides", nargs="*", metavar="key.sub=value", help="any config key, e.g. data.format=implicit")
 
     _add_experiment_commands(sub, fmt)
     for name in ("bon", "ppo", "rm"):
         _add_key_command(sub, fmt, name)
     return parser
+
+
+def _add_perplexity_flags(ev: argparse.ArgumentParser) -> None:
+    """`dpokit eval --perplexity`: capability retention on held-out text (eval.perplexity)."""
+    ev.add_argument("--perplexity", action="append", metavar="TEXT_SOURCE",
+                    help="held-out text: a .txt file (one document per line), or a data file or `datasets` name "
+                    "with a text field; per-token NLL and perplexity of the reference (before) and the policy "
+                    "(after), in windows of --max-length tokens; repeatable")
+    ev.add_argument("--perplexity-field", default="text",
+                    help="the record field holding the text, a string or {role, content} messages (default text)")
+    ev.add_argument("--perplexity-limit", type=int, default=None, help="score at most this many documents per source")
+    ev.add_argument("--perplexity-split", default="train", help="the split of a `datasets` source (default train)")
 
 
 def _add_experiment_commands(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatter]) -> None:

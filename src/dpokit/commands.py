@@ -31,20 +31,54 @@ def train(command: str, yaml_path: str | None, flags: dict, overrides: list[str]
 
 
 def evaluate(args: argparse.Namespace) -> int:
+    """Preference metrics (--data) and/or held-out perplexity before and after (--perplexity); JSON out."""
+    if not args.data and not args.perplexity:
+        raise ConfigError("nothing to evaluate: give --data (preference metrics) and/or --perplexity (held-out text)")
     cfg = Config()
     config_io.apply(cfg, {
         "model.name_or_path": args.policy, "reference.name_or_path": args.reference,
-        "data.path": args.data, "loss.name": args.loss, "loss.beta": args.beta, "data.max_length": args.max_length,
-        "data.max_prompt_length": args.max_prompt_length, "train.batch_size": args.batch_size,
-        "train.shuffle": False, "train.progress": False,
+        "data.path": args.data or "", "loss.name": args.loss, "loss.beta": args.beta,
+        "data.max_length": args.max_length, "data.max_prompt_length": args.max_prompt_length,
+        "train.batch_size": args.batch_size, "train.shuffle": False, "train.progress": False,
     })
     config_io.apply(cfg, config_io.parse_overrides(args.overrides))
-    objective, _ = objective_from_config(cfg)
-    if objective.needs_reference and not args.reference:
-        raise ConfigError(f"loss '{objective}' compares against a reference: pass --reference (or "
-                          "loss.reference_free=true)")
-    _emit(json.dumps(api.evaluate(cfg), indent=2), args.output)
+    held_out = _held_out(args)  # read first: a bad text source fails before any model loads
+    result: dict = {}
+    if args.data:
+        objective, _ = objective_from_config(cfg)
+        if objective.needs_reference and not args.reference:
+            raise ConfigError(f"loss '{objective}' compares against a reference: pass --reference (or "
+                              "loss.reference_free=true)")
+        result = api.evaluate(cfg)
+    if held_out:
+        result["perplexity"] = _perplexity(cfg, held_out)
+    _emit(json.dumps(result, indent=2), args.output)
     return 0
+
+
+def _held_out(args: argparse.Namespace) -> list:
+    from dpokit.eval.perplexity import read_held_out
+
+    return [read_held_out(path, args.perplexity_field, args.perplexity_limit, args.perplexity_split)
+            for path in args.perplexity or []]
+
+
+def _perplexity(cfg: Config, held_out: list) -> dict:
+    """The reference (before, when there is one) and the policy (after) on the held-out text, with the policy's
+    tokenizer for both, as in training; the table goes to stderr, the figures into the JSON."""
+    import sys
+
+    from dpokit.eval.perplexity import ModelSpec, table
+    from dpokit.models import load_tokenizer
+
+    m = cfg.model
+    tokenizer = load_tokenizer(m.tokenizer or m.name_or_path, m.trust_remote_code, None if m.tokenizer else m.gguf_file)
+    models = {"reference": ModelSpec(cfg.reference.name_or_path, settings=m)} if cfg.reference.name_or_path else {}
+    models["policy"] = ModelSpec(m.name_or_path, m.gguf_file, m)
+    report = api.perplexity(models, held_out, tokenizer=tokenizer, max_length=cfg.data.max_length,
+                            batch_size=cfg.train.batch_size, progress=True)
+    print(table(report), file=sys.stderr)
+    return report
 
 
 def demo(output_dir: str, quick: bool = False, seed: int = 0, threads: int = 1) -> int:

@@ -9,9 +9,11 @@ import pytest
 import dpokit.data.collate
 import dpokit.data.packing
 import dpokit.data.sources
+import dpokit.eval.perplexity
 
 
-@pytest.mark.parametrize("module", [dpokit.data.collate, dpokit.data.packing, dpokit.data.sources])
+@pytest.mark.parametrize("module", [dpokit.data.collate, dpokit.data.packing, dpokit.data.sources,
+                                    dpokit.eval.perplexity])
 def test_docstring_examples(module):
     result = doctest.testmod(module, verbose=False)
     assert result.attempted > 0 and result.failed == 0

@@ -138,6 +138,23 @@ def encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
     return [row or [eos] for row in rows]
 
 
+def encode_documents(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Whole documents (held-out text for perplexity) as training sees a response to an empty prompt.
+
+    `start + ids(text) + [eos]`: `start` is what `encode_prompts` makes of an empty prompt, [bos] when the tokenizer
+    puts one in front of a text, else [eos] (a document boundary), so the text's first token is predicted too; a
+    text that already begins with it (a chat template may write bos) keeps just that one. As for responses, eos is
+    not appended to a text that already ends its turn (it holds eos or the chat template's end-of-turn token).
+    """
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise DataError("the tokenizer has no eos token; set one (tokenizer.eos_token) before scoring text")
+    start = encode_prompts(tokenizer, [""])[0]
+    closers = {eos, chat.end_of_turn_id(tokenizer)} - {None}
+    return [(row if row[:1] == start else start + row) for row in
+            (_close(body, eos, closers) for body in _encode(tokenizer, list(texts)))]
+
+
 def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
     if not texts:
         return []
