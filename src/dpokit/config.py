@@ -28,6 +28,8 @@ from dpokit.data.sources import looks_local
 from dpokit.errors import ConfigError
 from dpokit.losses import LossParams, objective_from_config
 from dpokit.model_source import resolve_model
+from dpokit.train.trackers import HELP as TRACKING_HELP
+from dpokit.train.trackers import check_report_to
 
 T = TypeVar("T")
 
@@ -141,6 +143,10 @@ class TrainConfig:
     keep_checkpoints: int = setting(2, "keep the newest N checkpoints under output_dir/checkpoints")
     resume: str | None = setting(None, "\"latest\" (newest checkpoint in output_dir) or a checkpoint directory")
     progress: bool = setting(True, "show progress bars")
+    report_to: list[str] = setting(help=TRACKING_HELP["report_to"], factory=list)
+    project: str = setting("dpokit", TRACKING_HELP["project"])
+    run_name: str = setting("", TRACKING_HELP["run_name"])
+    tracking_dir: str = setting("", TRACKING_HELP["tracking_dir"])
 
 
 @dataclass
@@ -179,6 +185,7 @@ class Config:
             if flat[key] < 0:
                 raise ConfigError(f"config key '{key}' must be >= 0, got {flat[key]}")
         objective_from_config(self)  # the loss's own ranges (β > 0, ...) are checked there, once
+        check_report_to("train.report_to", self.train.report_to)  # before any model loads
         for key in ("data.path", "data.eval_path"):
             _check_local_path(key, flat[key])
         for key in ("model.name_or_path", "model.tokenizer", "reference.name_or_path"):

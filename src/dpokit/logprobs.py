@@ -5,6 +5,11 @@ Two paths give the same numbers (tests check loss and gradients):
 - fast (`PackedBatch`): the backbone over packed rows, then the LM head only at the positions that predict response
   tokens, in chunks, each chunk's logits recomputed in backward instead of stored: peak memory for logits is
   (chunk, V) instead of (B·K, T, V).
+
+With a reference's `ReferenceStates` (for the `kl` loss term), either layout goes the chunked way: the backbone, then
+per chunk of response tokens the policy's and the reference's logits side by side, giving each token's log-prob under
+both and the exact KL(πθ‖πref) of the two next-token distributions (`token_kl.py`); neither model's (B·K, T, V)
+logits ever exist. Without one, nothing here changes.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from dpokit.data.collate import Batch
 from dpokit.data.packing import PackedBatch
+from dpokit.token_kl import ReferenceStates, ResponsePositions, chunked_token_kl, final_logits, response_positions
 
 
 class SequenceLogps(NamedTuple):
@@ -29,12 +35,17 @@ class SequenceLogps(NamedTuple):
         num_tokens: (B, K) response tokens counted.
         token_logps: (B, K, T) per-token log-probs, 0 where `token_mask` is False (T depends on the layout).
         token_mask: (B, K, T) bool, True on response tokens.
+        kl: (B, K) Σ over response tokens of KL(π‖πref) between next-token distributions; only with a reference's
+            `ReferenceStates` (`kl_sequence_logps`), else None.
+        reference_logps: (B, K) log πref(y_k | x), no gradient, computed in the same chunks as `kl`; else None.
     """
 
     logps: Tensor
     num_tokens: Tensor
     token_logps: Tensor
     token_mask: Tensor
+    kl: Tensor | None = None
+    reference_logps: Tensor | None = None
 
 
 def selected_token_logps(logits: Tensor, targets: Tensor) -> Tensor:
@@ -55,12 +66,16 @@ def selected_token_logps(logits: Tensor, targets: Tensor) -> Tensor:
     return out
 
 
-def sequence_logps(model: torch.nn.Module, batch: Batch | PackedBatch, chunk_size: int = 1024) -> SequenceLogps:
+def sequence_logps(model: torch.nn.Module, batch: Batch | PackedBatch, chunk_size: int = 1024,
+                   reference: ReferenceStates | None = None) -> SequenceLogps:
     """Response log-probs of every example and response in `batch`, by the batch's layout.
 
     Batches are built on the CPU; they move to the model's device here (a no-op when already there).
+    With `reference`, also the token KL to it and its log-probs (`kl_sequence_logps`).
     """
     batch = batch.to(next(model.parameters()).device)
+    if reference is not None:
+        return kl_sequence_logps(model, batch, reference, chunk_size)
     if isinstance(batch, PackedBatch):
         return packed_sequence_logps(model, batch, chunk_size)
     return padded_sequence_logps(model, batch)
@@ -86,21 +101,77 @@ def padded_sequence_logps(model: torch.nn.Module, batch: Batch) -> SequenceLogps
 
 def packed_sequence_logps(model: torch.nn.Module, batch: PackedBatch, chunk_size: int = 1024) -> SequenceLogps:
     """Backbone over the packed rows; LM head only where a response token is predicted."""
-    head = model.get_output_embeddings()
-    hidden = packed_hidden_states(model, model.get_decoder(), batch)
-    picked = hidden[batch.pred_rows, batch.pred_cols]  # (M, H)
-    softcap = getattr(model.config, "final_logit_softcapping", None)
-    token_logps = chunked_token_logps(picked, head, batch.targets, chunk_size, softcap)
+    hidden, positions = response_hidden(model, batch)
+    token_logps = chunked_token_logps(hidden, model.get_output_embeddings(), positions.targets, chunk_size,
+                                      _softcap(model))
+    return _per_response(token_logps, positions, batch.num_examples, batch.num_responses)
+
+
+def kl_sequence_logps(model: torch.nn.Module, batch: Batch | PackedBatch, reference: ReferenceStates,
+                      chunk_size: int = 1024) -> SequenceLogps:
+    """Log-probs, the reference's log-probs and the token KL to it, in any layout, through the chunked head.
+
+    A plain padded batch too goes through the backbone and the chunked head here (not the full forward), so no
+    (B·K, T, V) logits exist for either model; `tests/unit/test_token_kl.py` checks both layouts against a
+    full-vocabulary computation.
+
+    Args:
+        model: the policy (gradients flow through it).
+        batch: on the model's device.
+        reference: πref's hidden states at `response_positions(batch)` and its head (`Reference.states`).
+        chunk_size: response tokens per chunk; <= 0: all at once.
+
+    Returns:
+        SequenceLogps with `kl` and `reference_logps` set, (B, K) each.
+    """
+    hidden, positions = response_hidden(model, batch)
+    parts = chunked_token_kl(hidden, model.get_output_embeddings(), positions.targets, reference, chunk_size,
+                             _softcap(model))
     b, k = batch.num_examples, batch.num_responses
-    n = b * k
-    logps = torch.zeros(n, dtype=token_logps.dtype, device=token_logps.device).index_add(0, batch.seq_ids, token_logps)
-    width = batch.max_response_len
+    out = _per_response(parts.logps, positions, b, k)
+    seq_ids = positions.seq_ids
+    return out._replace(kl=_sum_by(parts.kl, seq_ids, b * k).view(b, k),
+                        reference_logps=_sum_by(parts.reference_logps, seq_ids, b * k).view(b, k))
+
+
+def response_hidden(model: torch.nn.Module, batch: Batch | PackedBatch) -> tuple[Tensor, ResponsePositions]:
+    """The backbone's last hidden states at the M positions that predict response tokens, (M, H), and where they are.
+
+    Plain rows run the backbone with their padding mask, packed rows with their 4D mask (`packed_hidden_states`).
+    """
+    positions = response_positions(batch)
+    backbone = model.get_decoder()
+    if isinstance(batch, PackedBatch):
+        hidden = packed_hidden_states(model, backbone, batch)
+    else:
+        hidden = backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                          use_cache=False).last_hidden_state
+    return hidden[positions.rows, positions.cols], positions
+
+
+def head_logits(model: torch.nn.Module, hidden: Tensor) -> Tensor:
+    """(n, V) fp32 next-token logits of `model` at (n, H) last hidden states: its LM head, then its softcap."""
+    return final_logits(model.get_output_embeddings(), hidden, _softcap(model))
+
+
+def _softcap(model: torch.nn.Module) -> float | None:
+    return getattr(model.config, "final_logit_softcapping", None)
+
+
+def _sum_by(values: Tensor, seq_ids: Tensor, n: int) -> Tensor:
+    """(n,) sums of the (M,) `values` by response."""
+    return torch.zeros(n, dtype=values.dtype, device=values.device).index_add(0, seq_ids, values)
+
+
+def _per_response(token_logps: Tensor, positions: ResponsePositions, b: int, k: int) -> SequenceLogps:
+    """(M,) per-token log-probs -> per-response sums, counts and the (B, K, width) per-token layout."""
+    n, width = b * k, positions.width
     per_token = torch.zeros(n, width, dtype=token_logps.dtype, device=token_logps.device)
-    per_token = per_token.index_put((batch.seq_ids, batch.token_pos), token_logps)
+    per_token = per_token.index_put((positions.seq_ids, positions.token_pos), token_logps)
     token_mask = torch.zeros(n, width, dtype=torch.bool, device=token_logps.device)
-    token_mask[batch.seq_ids, batch.token_pos] = True
+    token_mask[positions.seq_ids, positions.token_pos] = True
     return SequenceLogps(
-        logps=logps.view(b, k),
+        logps=_sum_by(token_logps, positions.seq_ids, n).view(b, k),
         num_tokens=token_mask.sum(-1).view(b, k),
         token_logps=per_token.view(b, k, width),
         token_mask=token_mask.view(b, k, width),
@@ -147,9 +218,7 @@ def chunked_token_logps(
 
 
 def _chunk_logps(hidden: Tensor, targets: Tensor, head: torch.nn.Module, softcap: float | None) -> Tensor:
-    logits = head(hidden).float()
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
+    logits = final_logits(head, hidden, softcap)
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
@@ -166,7 +235,8 @@ class PolicyLogps(torch.nn.Module):
         self.model = model
         self.chunk_size = chunk_size
 
-    def forward(self, batch: Batch | PackedBatch) -> SequenceLogps:
-        out = sequence_logps(self.model, batch, self.chunk_size)
+    def forward(self, batch: Batch | PackedBatch, reference: ReferenceStates | None = None) -> SequenceLogps:
+        """Response log-probs; with `reference` (the `kl` term), also the token KL to it and its log-probs."""
+        out = sequence_logps(self.model, batch, self.chunk_size, reference)
         # no view in the output: FSDP hooks the outputs for backward, and an in-place op on a view would lose the hook
-        return SequenceLogps(*(t.clone() if t._is_view() else t for t in out))
+        return SequenceLogps(*(t.clone() if t is not None and t._is_view() else t for t in out))

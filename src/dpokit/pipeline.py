@@ -200,7 +200,8 @@ def plan_reference(cfg: Config, objective: Objective) -> ReferencePlan:
     - auto: with LoRA, the adapter switched off (a copy of reference.name_or_path when that is set); else copy.
     - copy: a frozen copy of reference.name_or_path, or of the policy's starting weights.
     - adapter: the LoRA policy with its adapter off; refused without LoRA or with reference.name_or_path.
-    - precomputed: log-probs of what auto picks, computed once and cached on disk (not for unpaired losses).
+    - precomputed: log-probs of what auto picks, computed once and cached on disk (not for unpaired losses, nor for
+      a loss that needs the reference's token distributions: `kl`).
     - none: no reference; refused with reference.name_or_path or with a loss that needs a reference.
     A loss that needs no reference (or loss.reference_free=true) takes auto or none only.
     """
@@ -220,6 +221,10 @@ def plan_reference(cfg: Config, objective: Objective) -> ReferencePlan:
     if mode == "none":
         raise ConfigError(f"loss '{objective}' needs a reference model; set reference.mode (auto, copy, adapter, "
                           "precomputed) or loss.reference_free=true")
+    if mode == "precomputed" and objective.needs_reference_distributions:
+        raise ConfigError(f"reference.mode=precomputed caches the reference's log-probs only, but loss '{objective}' "
+                          "needs its next-token distributions at every response token (the kl term): use "
+                          "reference.mode=auto, copy or adapter")
     if mode == "precomputed" and objective.unpaired:
         raise ConfigError("reference.mode=precomputed does not support unpaired (KTO) losses: their mismatched "
                           "completions change with every batch")

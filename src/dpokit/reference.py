@@ -7,11 +7,16 @@ Both compute through `engine`, a `PolicyLogps` over their model; under FSDP it i
 forward every process must join, so it is swapped in after sharding.
 - `Cached`: log-probs computed once over the whole dataset and stored on disk, keyed by the reference weights, the
   token ids (so data and tokenization settings) and the precision; a β sweep or a second epoch never recomputes them.
+
+The two live ones also give `states(batch)`: their hidden states at the response tokens and their LM head, from which
+the policy's chunked head computes the token KL of the `kl` loss term (`dpokit.token_kl`). A cache holds log-probs
+only, so `pipeline.plan_reference` refuses it for that term.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 from collections.abc import Iterable
@@ -23,9 +28,11 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from dpokit.data.collate import Batch
+from dpokit.data.packing import PackedBatch
 from dpokit.data.tokenize import TokenizedExample
-from dpokit.logprobs import PolicyLogps
+from dpokit.logprobs import PolicyLogps, head_logits, response_hidden
 from dpokit.progress import transient
+from dpokit.token_kl import ReferenceStates
 
 CACHE_FORMAT = "dpokit-reference-logps-v1"
 
@@ -47,6 +54,13 @@ class FrozenModel:
         with self.autocast():
             return self.engine(batch).logps
 
+    @torch.no_grad()
+    def states(self, batch: Batch | PackedBatch) -> ReferenceStates:
+        """Hidden states at `batch`'s response tokens, (M, H), and the head that turns them into logits."""
+        with self.autocast():
+            hidden, _ = response_hidden(self.model, batch)
+        return ReferenceStates(hidden, functools.partial(head_logits, self.model))
+
 
 class AdapterOff:
     """The peft policy with its adapter disabled (and in eval mode) for the duration of the forward."""
@@ -65,6 +79,23 @@ class AdapterOff:
                 return self.engine(batch).logps
         finally:
             self.model.train(was_training)
+
+    @torch.no_grad()
+    def states(self, batch: Batch | PackedBatch) -> ReferenceStates:
+        """As `FrozenModel.states`, adapter off; the head too runs with the adapter off (LoRA may target it)."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self.model.disable_adapter(), self.autocast():
+                hidden, _ = response_hidden(self.model, batch)
+        finally:
+            self.model.train(was_training)
+        return ReferenceStates(hidden, self._head_logits)
+
+    @torch.no_grad()
+    def _head_logits(self, hidden: Tensor) -> Tensor:
+        with self.model.disable_adapter():
+            return head_logits(self.model, hidden)
 
 
 class Cached:

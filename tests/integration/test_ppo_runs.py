@@ -103,13 +103,16 @@ def test_sigterm_then_resume_gives_the_uninterrupted_run_bit_for_bit(task, tmp_p
 
 
 def test_two_processes_stay_in_sync(task, tmp_path):
+    """... and only the main process logs to a tracker (TensorBoard, when installed): every iteration's metrics."""
     out = tmp_path / "ddp"
     from test_distributed import free_port
+    from test_trackers import AVAILABLE, jsonl_scalars, tensorboard_scalars
 
+    tracked = ["report_to=[tensorboard]"] if "tensorboard" in AVAILABLE else []
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                "--master_port", str(free_port()), "-m", "dpokit",
                *ppo_args(task, out, "--iterations", "3", "--rollout-batch-size", "8", "--minibatch-size", "4",
-                         "--max-new-tokens", "4", "--lr", "1e-2", "save=false")]
+                         "--max-new-tokens", "4", "--lr", "1e-2", "save=false", *tracked)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
@@ -117,4 +120,10 @@ def test_two_processes_stay_in_sync(task, tmp_path):
     digests = summary["replica_digests"]
     assert summary["processes"] == 2 and len(digests) == 2 and digests[0] == digests[1]
     assert len(metrics(out)) == 3
+    if tracked:
+        assert len(list((out / "tracking" / "tensorboard" / "ddp").glob("events.out.tfevents.*"))) == 1  # rank 0's
+        order, scalars = tensorboard_scalars(out, "ddp")
+        expected = jsonl_scalars(out, "iteration")
+        assert ("train/reward", 3) in expected and len(order) == len(set(order)) == len(expected)
+        assert scalars == pytest.approx(expected, rel=1e-6)
 

@@ -28,6 +28,7 @@ from dpokit.losses import (
     sft_loss,
     sigmoid_loss,
     simpo_loss,
+    token_kl_loss,
     unlikelihood_loss,
     validate_params,
 )
@@ -48,7 +49,8 @@ def random_inputs(b: int = 4, k: int = 2, t_len: int = 5, seed: int = 0) -> tupl
     masked = torch.where(mask, token_logps, torch.zeros(()))
     reference = masked.detach().sum(-1) + 0.5 * torch.randn(b, k, generator=gen)
     labels = torch.arange(b) % 2 == 0
-    inputs = LossInputs(masked.sum(-1), mask.sum(-1), reference, masked, mask, labels)
+    kl = (masked + 1.5).square().sum(-1)  # a stand-in for Σ_t KL_t: >= 0 and depends on the leaves
+    inputs = LossInputs(masked.sum(-1), mask.sum(-1), reference, masked, mask, labels, kl)
     return inputs, token_logps
 
 
@@ -199,8 +201,34 @@ def test_sigmoid_gradient_matches_paper():
 # --- registry and objective -----------------------------------------------------------------------------------------
 
 
+def test_token_kl_loss_hand_value():
+    """Example 0: KL sums (0.3, 0.9) over (2, 4) tokens: (0.3 + 0.9) / 6 = 0.2.  Example 1: (0, 1.5) over (1, 2):
+    1.5 / 3 = 0.5.  Chosen and rejected tokens weigh the same."""
+    kl = torch.stack([t(0.3, 0.9), t(0.0, 1.5)])
+    torch.testing.assert_close(token_kl_loss(kl, torch.tensor([[2, 4], [1, 2]])), t(0.2, 0.5))
+
+
+def test_kl_term_is_the_weighted_per_token_kl_and_declares_a_live_reference():
+    """sigmoid + 0.1·kl = L_DPO + 0.1 · Σ KL / Σ tokens per example; `kl` needs the reference's distributions."""
+    inputs, _ = random_inputs(k=3)
+    out = parse_objective("plackett_luce + 0.1*kl")(inputs, LossParams())
+    pl = LOSSES["plackett_luce"].fn(inputs, LossParams(), False)
+    per_token = inputs.kl.sum(-1) / inputs.num_tokens.sum(-1)
+    torch.testing.assert_close(out.losses, pl.losses + 0.1 * per_token)
+    assert [name for name, spec in LOSSES.items() if spec.needs_reference_distributions] == ["kl"]
+    assert parse_objective("sigmoid + 0.1*kl").needs_reference_distributions
+    assert not parse_objective("sigmoid + 0.1*sft").needs_reference_distributions
+    with pytest.raises(ValueError, match="loss 'kl' needs kl of shape"):
+        parse_objective("kl")(LossInputs(inputs.policy_logps, inputs.num_tokens), LossParams())
+
+
+def test_kl_term_refuses_a_reference_free_objective():
+    with pytest.raises(ConfigError, match="^loss.name: loss 'kl' measures the distance to the reference model"):
+        parse_objective("simpo + 0.1*kl", reference_free=True)
+
+
 def test_registry_keys_match_spec_names():
-    assert set(LOSSES) == {*PAIRWISE, "plackett_luce", "sft"}
+    assert set(LOSSES) == {*PAIRWISE, "plackett_luce", "sft", "kl"}
     assert all(spec.name == name for name, spec in LOSSES.items())
 
 
@@ -307,6 +335,9 @@ def test_losses_compute_in_float32_for_bf16_inputs():
         ("kto", True, False, True, False),
         ("sft", False, True, False, True),
         ("2*sft", False, True, False, True),
+        ("sigmoid + 0.1*kl", True, False, False, False),
+        ("simpo + 0.1*kl", True, False, False, False),
+        ("sft + kl", True, True, False, False),
     ],
 )
 def test_objective_flags(expr: str, reference: bool, ranked: bool, unpaired: bool, chosen_only: bool):
@@ -348,7 +379,7 @@ def test_parse_objective_weights():
 @pytest.mark.parametrize(
     ("expr", "message"),
     [
-        ("dpo", "unknown loss 'dpo'; known losses: cdpo, hinge, ipo, kto, orpo"),
+        ("dpo", "unknown loss 'dpo'; known losses: cdpo, hinge, ipo, kl, kto, orpo"),
         ("sigmoid + -0.5*sft", "must be a finite number > 0"),
         ("sigmoid + 0*sft", "must be a finite number > 0"),
         ("sigmoid + inf*sft", "must be a finite number > 0"),

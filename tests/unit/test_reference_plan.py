@@ -72,6 +72,21 @@ def test_precomputed_refuses_unpaired_losses():
         plan_reference(config("precomputed", False, None), parse_objective("kto"))
 
 
+@pytest.mark.parametrize("lora", [False, True])
+def test_the_kl_term_needs_a_live_reference(lora, tmp_path):
+    """`kl` reads the reference's next-token distributions: a cache of log-probs cannot give them, refused before
+    anything loads (the model path does not exist); copy and adapter-off references are planned as for sigmoid."""
+    objective = parse_objective("sigmoid + 0.1*kl")
+    with pytest.raises(ConfigError, match="^reference.mode=precomputed caches the reference's log-probs only, but "
+                                          "loss 'sigmoid \\+ 0.1\\*kl' needs its next-token distributions"):
+        load_all(config("precomputed", lora, None, model=str(tmp_path / "no-such-model")), objective,
+                 torch.device("cpu"), print)
+    with pytest.raises(ConfigError, match="needs a reference model"):
+        plan_reference(config("none", lora, None), objective)
+    for mode in ("auto", "copy", "adapter") if lora else ("auto", "copy"):
+        assert plan_reference(config(mode, lora, None), objective) == TABLE[mode, lora, False]
+
+
 def test_contradictions_fail_before_any_model_loads(tmp_path):
     cfg = config("adapter", lora=False, name=None, model=str(tmp_path / "no-such-model"))
     with pytest.raises(ConfigError, match="reference.mode=adapter needs"):

@@ -1,12 +1,14 @@
 """Preference losses over per-sequence log-probs: pure functions, one registry, and a weighted-sum objective.
 
 Layout: `pairwise.py` (DPO family, SimPO, ORPO), `listwise.py` (Plackett-Luce), `likelihood.py` (SFT,
-Unlikelihood), `unpaired.py` (KTO) hold the pure functions; `base.py` the shared types; `registry.py` maps names to
-`LossSpec`s; `objective.py` parses "sigmoid + 0.5*sft" into an `Objective` the trainer calls, and
-`objective_from_config` builds it with its validated `LossParams` from a run's config.
+Unlikelihood), `unpaired.py` (KTO), `kl.py` (the KL(πθ‖πref) regulariser) hold the pure functions; `base.py` the
+shared types; `registry.py` maps names to `LossSpec`s; `objective.py` parses "sigmoid + 0.5*sft" into an
+`Objective` the trainer calls, and `objective_from_config` builds it with its validated `LossParams` from a run's
+config.
 """
 
 from dpokit.losses.base import LossInputs, LossOutput, LossParams, LossSpec
+from dpokit.losses.kl import token_kl_loss
 from dpokit.losses.likelihood import log1mexp, sft_loss, unlikelihood_loss
 from dpokit.losses.listwise import plackett_luce_loss
 from dpokit.losses.objective import Objective, objective_from_config, parse_objective, validate_params
@@ -33,6 +35,7 @@ __all__ = [
     "sft_loss",
     "sigmoid_loss",
     "simpo_loss",
+    "token_kl_loss",
     "unlikelihood_loss",
     "validate_params",
 ]

@@ -41,6 +41,8 @@ class LossInputs:
         policy_token_logps: (B, K, T) per-token policy log-probs, 0 where masked; only for token-level losses.
         token_mask: (B, K, T) bool, True on response tokens.
         labels: (B,) bool, True if the record's completion is desirable; unpaired (KTO) batches only.
+        kl: (B, K) Σ over each response's tokens of KL(πθ‖πref) between the next-token distributions (over the whole
+            vocabulary), with gradients through πθ only; only when the objective `needs_reference_distributions`.
     """
 
     policy_logps: Tensor
@@ -49,6 +51,7 @@ class LossInputs:
     policy_token_logps: Tensor | None = None
     token_mask: Tensor | None = None
     labels: Tensor | None = None
+    kl: Tensor | None = None
 
 
 @dataclass
@@ -86,6 +89,8 @@ class LossSpec:
         ranked: accepts K > 2 responses per prompt; pairwise losses need K == 2.
         unpaired: KTO layout: K == 2 rows are [the record's completion, a mismatched completion from another record].
         chosen_only: reads only each example's best response (column 0), so the data layer may drop the others.
+        needs_reference_distributions: reads `LossInputs.kl`, computed from the reference's next-token
+            distributions at every response token: a live reference model (copy or adapter off), not cached log-probs.
         description: one line for `--help` and error messages.
         check: extra validation of params beyond `validate_params`' shared ranges; raises ConfigError.
     """
@@ -96,6 +101,7 @@ class LossSpec:
     ranked: bool = False
     unpaired: bool = False
     chosen_only: bool = False
+    needs_reference_distributions: bool = False
     description: str = ""
     check: Callable[[LossParams], None] | None = None
 

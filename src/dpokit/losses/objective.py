@@ -52,6 +52,12 @@ class Objective:
         """True if every term reads only each example's best response (Preferred-FT): the rest need not be loaded."""
         return all(spec.chosen_only for _, spec in self.terms)
 
+    @property
+    def needs_reference_distributions(self) -> bool:
+        """True if a term reads the reference's next-token distributions (`kl`): the trainer then computes
+        `LossInputs.kl` with a live reference model; cached reference log-probs cannot give it."""
+        return any(spec.needs_reference_distributions for _, spec in self.terms)
+
     def __call__(self, inputs: LossInputs, params: LossParams) -> LossOutput:
         """Σ_i w_i · L_i per example; rewards from the first term.
 
@@ -97,8 +103,8 @@ def parse_objective(expr: str, reference_free: bool = False, key: str = "loss.na
         key: config key the expression came from, named in error messages.
 
     Raises:
-        ConfigError: bad syntax, a non-positive weight, an unknown or repeated loss, or an unpaired loss (kto)
-            mixed with paired ones.
+        ConfigError: bad syntax, a non-positive weight, an unknown or repeated loss, an unpaired loss (kto)
+            mixed with paired ones, or `kl` with reference_free.
     """
     if not expr.strip():
         raise ConfigError(f"{key}: empty loss expression; known losses: {', '.join(sorted(LOSSES))}")
@@ -109,6 +115,10 @@ def parse_objective(expr: str, reference_free: bool = False, key: str = "loss.na
         raise ConfigError(f"{key}: loss {', '.join(repeated)} appears more than once in '{expr}'")
     if len({spec.unpaired for _, spec in terms}) > 1:
         raise ConfigError(f"{key}: '{expr}' mixes unpaired losses (kto) with paired ones; their batches differ")
+    distributions = [spec.name for _, spec in terms if spec.needs_reference_distributions]
+    if reference_free and distributions:
+        raise ConfigError(f"{key}: loss '{distributions[0]}' measures the distance to the reference model, which "
+                          "loss.reference_free=true switches off; drop one of them")
     return Objective(terms=terms, reference_free=reference_free)
 
 

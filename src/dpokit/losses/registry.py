@@ -21,6 +21,7 @@ from dpokit.losses.base import (
     require_pairs,
     upcast,
 )
+from dpokit.losses.kl import token_kl_loss
 from dpokit.losses.likelihood import sft_loss, unlikelihood_loss
 from dpokit.losses.listwise import plackett_luce_loss
 from dpokit.losses.pairwise import hinge_loss, ipo_loss, orpo_loss, robust_loss, sigmoid_loss, simpo_loss
@@ -90,6 +91,15 @@ def _kto(inputs: LossInputs, params: LossParams, reference_free: bool) -> LossOu
     return LossOutput(losses, (params.beta * ratios).detach())
 
 
+def _kl(inputs: LossInputs, params: LossParams, reference_free: bool) -> LossOutput:
+    """Per-token KL(πθ‖πref) over every response (chosen and rejected); rewards as for the likelihood losses."""
+    if inputs.kl is None:
+        raise ValueError("loss 'kl' needs kl of shape (B, K): the trainer computes it with a live reference when the "
+                         "objective needs_reference_distributions")
+    losses = token_kl_loss(upcast(inputs.kl), inputs.num_tokens)
+    return LossOutput(losses, likelihood_rewards(inputs, params, reference_free).detach())
+
+
 def _check_cdpo(params: LossParams) -> None:
     if not 0 < params.label_smoothing < 0.5:
         raise ConfigError(
@@ -135,5 +145,13 @@ LOSSES: dict[str, LossSpec] = {
         LossSpec("simpo", _simpo, needs_reference=False, description="SimPO: −log σ(β Δavg − γ), reference-free"),
         LossSpec("orpo", _orpo, needs_reference=False, description="ORPO: chosen NLL + λ odds-ratio term"),
         LossSpec("kto", _kto, needs_reference=True, unpaired=True, description="KTO: unpaired desirable/undesirable"),
+        LossSpec(
+            "kl",
+            _kl,
+            needs_reference=True,
+            ranked=True,
+            needs_reference_distributions=True,
+            description="per-token KL(πθ‖πref) over the vocabulary, all responses; add as 'sigmoid + λ*kl'",
+        ),
     )
 }

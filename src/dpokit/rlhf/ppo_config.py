@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from dpokit.config import _check_local_path, _check_model_dir, setting
 from dpokit.errors import ConfigError
 from dpokit.eval.rewards import RewardConfig
+from dpokit.train.trackers import HELP as TRACKING_HELP
+from dpokit.train.trackers import check_report_to
 
 
 @dataclass
@@ -52,6 +54,10 @@ class PPOConfig:
     save_every: int = setting(0, "write a resumable checkpoint every N iterations (0: only on SIGTERM/SIGINT)")
     keep_checkpoints: int = setting(2, "keep the newest N checkpoints under output_dir/checkpoints")
     resume: str | None = setting(None, "\"latest\" (newest checkpoint in output_dir) or a checkpoint directory")
+    report_to: list[str] = setting(help=TRACKING_HELP["report_to"], factory=list)
+    project: str = setting("dpokit", TRACKING_HELP["project"])
+    run_name: str = setting("", TRACKING_HELP["run_name"])
+    tracking_dir: str = setting("", TRACKING_HELP["tracking_dir"])
 
     def check(self) -> None:
         """Ranges and paths (`config.validate` runs this after the types)."""
@@ -70,5 +76,6 @@ class PPOConfig:
         if self.rollout_batch_size % self.minibatch_size:
             raise ConfigError(f"minibatch_size ({self.minibatch_size}) must divide rollout_batch_size "
                               f"({self.rollout_batch_size})")
+        check_report_to("report_to", self.report_to)
         _check_local_path("prompts", self.prompts)
         _check_model_dir("model", self.model)

@@ -22,6 +22,7 @@ import json
 import signal
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,9 +44,10 @@ from dpokit.rlhf.rollout import ActorCritic, Reference, Rollout, Rows, advantage
 from dpokit.train import checkpoint as ckpt
 from dpokit.train.dist import Parallel
 from dpokit.train.loop import Interrupted, StopSignals, save_model
-from dpokit.train.metrics import JsonlWriter, NullWriter, trim_jsonl
+from dpokit.train.metrics import trim_jsonl
 from dpokit.train.optim import NonFiniteError, build_optimizer
 from dpokit.train.setup import say
+from dpokit.train.trackers import TrackedWriter, Tracking, metrics_writer
 
 PPOCallback = Callable[[int, torch.nn.Module], dict[str, float] | None]
 
@@ -131,7 +133,28 @@ def train_ppo(cfg: PPOConfig, callback: PPOCallback | None = None, reward: Rewar
 def _train(run: PPORun, start: float, callback: PPOCallback | None = None) -> PPOSummary:
     cfg, main = run.cfg, run.parallel.is_main
     first = _resume(run)
-    writer = JsonlWriter(run.out_dir / "metrics.jsonl") if main else NullWriter()
+    writer = metrics_writer(run.out_dir, Tracking.of(cfg), config_io.to_dict(cfg), first, main, "iteration")
+    with closing(writer):  # metrics.jsonl and the trackers (report_to), closed also when a run stops early
+        last = _iterations(run, first, writer, callback)
+    digests = run.parallel.replica_digests(run.actor_critic)
+    if len(set(digests)) > 1:  # each process sampled other responses: only all-reduced gradients keep them equal
+        raise DpokitError(f"the {len(digests)} processes ended with different weights ({digests}): gradients were not "
+                          "synchronised")
+    if cfg.save and main:
+        save_model(run.actor_critic.model, run.tokenizer, run.out_dir)
+        save_file({k: v.detach().cpu().contiguous() for k, v in run.actor_critic.value_head.state_dict().items()},
+                  str(run.out_dir / "value_head.safetensors"))
+    summary = PPOSummary(str(run.out_dir), cfg.iterations, time.perf_counter() - start, last, run.parallel.world,
+                         digests)
+    if main:
+        (run.out_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
+    return summary
+
+
+def _iterations(run: PPORun, first: int, writer: TrackedWriter, callback: PPOCallback | None) -> dict[str, float]:
+    """Iterations `first`+1 .. `cfg.iterations` with their metrics, callbacks and checkpoints; a signal stops them
+    after a checkpoint (`Interrupted`). Returns the last iteration's metrics."""
+    cfg, main = run.cfg, run.parallel.is_main
     bar = progress(range(first, cfg.iterations), cfg.iterations, every=cfg.log_every, enabled=cfg.progress and main,
                    desc="ppo")
     last: dict[str, float] = {}
@@ -152,23 +175,10 @@ def _train(run: PPORun, start: float, callback: PPOCallback | None = None) -> PP
                     signum = stop.signum or signal.SIGTERM
                     raise Interrupted(f"stopped by signal {signum} after iteration {it + 1}/{cfg.iterations}; "
                                       f"checkpoint: {path}; continue with the same command plus --resume", signum)
-    writer.close()
-    digests = run.parallel.replica_digests(run.actor_critic)
-    if len(set(digests)) > 1:  # each process sampled other responses: only all-reduced gradients keep them equal
-        raise DpokitError(f"the {len(digests)} processes ended with different weights ({digests}): gradients were not "
-                          "synchronised")
-    if cfg.save and main:
-        save_model(run.actor_critic.model, run.tokenizer, run.out_dir)
-        save_file({k: v.detach().cpu().contiguous() for k, v in run.actor_critic.value_head.state_dict().items()},
-                  str(run.out_dir / "value_head.safetensors"))
-    summary = PPOSummary(str(run.out_dir), cfg.iterations, time.perf_counter() - start, last, run.parallel.world,
-                         digests)
-    if main:
-        (run.out_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
-    return summary
+    return last
 
 
-def _call_back(run: PPORun, it: int, callback: PPOCallback, writer: JsonlWriter | NullWriter) -> None:
+def _call_back(run: PPORun, it: int, callback: PPOCallback, writer: TrackedWriter) -> None:
     """`callback(it, policy)` in eval mode without gradients; training mode again after."""
     policy = run.actor_critic.model
     policy.eval()
@@ -297,7 +307,7 @@ def _resume(run: PPORun) -> int:
     return state.step
 
 
-def _checkpoint(run: PPORun, it: int, writer: JsonlWriter | NullWriter) -> Path:
+def _checkpoint(run: PPORun, it: int, writer: TrackedWriter) -> Path:
     state = ckpt.TrainState(step=it, metrics_lines=writer.lines)
     return ckpt.save_checkpoint(run.out_dir, run.actor_critic, run.optimizer, run.kl, state,
                                 run.cfg.keep_checkpoints, run.parallel)

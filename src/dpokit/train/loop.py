@@ -5,7 +5,7 @@
       resume (train.resume)             checkpoint.py: weights, optimizer, RNG, data position, metrics
       for each optimizer step:
         train_step(...)                 step.py: micro-batches -> backward -> clip -> step (NaN/inf checked)
-        metrics.jsonl, eval, callback, checkpoint every train.save_every
+        metrics.jsonl (and trackers.py: train.report_to), eval, callback, checkpoint every train.save_every
         SIGTERM/SIGINT -> checkpoint, exit with how to resume
       final eval, save_pretrained, summary.json
 """
@@ -17,23 +17,25 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dpokit.config import Config
+from dpokit.config import Config, to_dict
 from dpokit.errors import ConfigError, DpokitError
 from dpokit.pipeline import batches, build_policy
 from dpokit.progress import progress
 from dpokit.train import checkpoint as ckpt
 from dpokit.train.launch import deepspeed_unprobed
-from dpokit.train.metrics import JsonlWriter, NullWriter, trim_jsonl
+from dpokit.train.metrics import trim_jsonl
 from dpokit.train.optim import NonFiniteError
 from dpokit.train.order import batch_indices
 from dpokit.train.setup import Run, build_run, say, total_steps
 from dpokit.train.step import evaluate, train_step
+from dpokit.train.trackers import TrackedWriter, Tracking, metrics_writer
 
 __all__ = ["Interrupted", "RunSummary", "run_training", "total_steps", "train"]
 
@@ -100,8 +102,29 @@ def _train(run: Run, callback: Callback | None, start: float) -> RunSummary:
         raise ConfigError("a training callback needs the whole policy in one process; with FSDP or ZeRO-3 each holds "
                           "only a part: evaluate the saved model instead")
     first_step = _resume(run)
+    writer = metrics_writer(run.out_dir, Tracking.of(cfg.train), to_dict(cfg), first_step, main)
+    with closing(writer):  # metrics.jsonl and the trackers (train.report_to), closed also when a run stops early
+        last = _steps(run, first_step, writer, callback)
+        final_eval = _evaluate(run, run.steps, writer, callback)
+    digests = _check_replicas(run)
+    held = run.parallel.holdings(run.policy, run.optimizer)
+    if cfg.train.save:
+        _save(run)
+    summary = RunSummary(
+        output_dir=str(run.out_dir), steps=run.steps, train_pairs=len(run.data.train), eval_pairs=len(run.data.eval),
+        final_train=last, final_eval=final_eval, seconds=time.perf_counter() - start, notes=run.notes,
+        processes=run.parallel.world, replica_digests=digests, sharded=run.parallel.sharded, held_per_process=held,
+    )
+    if main:
+        (run.out_dir / "summary.json").write_text(json.dumps(summary.__dict__, indent=2))
+    return summary
+
+
+def _steps(run: Run, first_step: int, writer: TrackedWriter, callback: Callback | None) -> dict[str, float]:
+    """The optimizer steps after `first_step`, with their metrics, evaluations, callbacks and checkpoints; a signal
+    stops them after a checkpoint (`Interrupted`). Returns the last step's training metrics."""
+    cfg, main = run.cfg, run.parallel.is_main
     order = _order(run, first_step)
-    writer = JsonlWriter(run.out_dir / "metrics.jsonl") if main else NullWriter()
     last: dict[str, float] = {}
     bar = progress(range(first_step, run.steps), run.steps, every=cfg.train.log_every,
                    enabled=cfg.train.progress and main)
@@ -120,20 +143,7 @@ def _train(run: Run, callback: Callback | None, start: float) -> RunSummary:
                     signum = stop.signum or signal.SIGTERM
                     raise Interrupted(f"stopped by signal {signum} after step {step + 1}/{run.steps}; "
                                       f"checkpoint: {path}; continue with the same command plus --resume", signum)
-    final_eval = _evaluate(run, run.steps, writer, callback)
-    writer.close()
-    digests = _check_replicas(run)
-    held = run.parallel.holdings(run.policy, run.optimizer)
-    if cfg.train.save:
-        _save(run)
-    summary = RunSummary(
-        output_dir=str(run.out_dir), steps=run.steps, train_pairs=len(run.data.train), eval_pairs=len(run.data.eval),
-        final_train=last, final_eval=final_eval, seconds=time.perf_counter() - start, notes=run.notes,
-        processes=run.parallel.world, replica_digests=digests, sharded=run.parallel.sharded, held_per_process=held,
-    )
-    if main:
-        (run.out_dir / "summary.json").write_text(json.dumps(summary.__dict__, indent=2))
-    return summary
+    return last
 
 
 def _postfix(metrics: dict[str, float]) -> dict[str, str]:
@@ -213,14 +223,14 @@ def _resume(run: Run) -> int:
     return state.step
 
 
-def _checkpoint(run: Run, step: int, writer: JsonlWriter) -> Path:
+def _checkpoint(run: Run, step: int, writer: TrackedWriter) -> Path:
     """Every process calls this: replicated, the main one writes; sharded, each writes its part."""
     state = ckpt.TrainState(step=step, metrics_lines=writer.lines)
     return ckpt.save_checkpoint(run.out_dir, run.policy, run.optimizer, run.scheduler, state,
                                 run.cfg.train.keep_checkpoints, run.parallel)
 
 
-def _evaluate(run: Run, step: int, writer: JsonlWriter, callback: Callback | None) -> dict[str, float] | None:
+def _evaluate(run: Run, step: int, writer: TrackedWriter, callback: Callback | None) -> dict[str, float] | None:
     if callback is not None and run.parallel.is_main:
         _run_callback(callback, step, run.policy, writer)
     if not run.data.eval:
@@ -232,7 +242,7 @@ def _evaluate(run: Run, step: int, writer: JsonlWriter, callback: Callback | Non
     return result
 
 
-def _run_callback(callback: Callback, step: int, policy: torch.nn.Module, writer: JsonlWriter) -> None:
+def _run_callback(callback: Callback, step: int, policy: torch.nn.Module, writer: TrackedWriter) -> None:
     was_training = policy.training
     policy.eval()
     try:

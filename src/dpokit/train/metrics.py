@@ -12,10 +12,10 @@ from typing import Any
 from torch import Tensor
 
 from dpokit.logprobs import SequenceLogps
-from dpokit.losses import LossOutput
+from dpokit.losses import LossOutput, token_kl_loss
 
 KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
-        "logps/rejected")
+        "logps/rejected", "kl/token")
 
 
 class PreferenceMetrics:
@@ -33,6 +33,8 @@ class PreferenceMetrics:
     def add(self, out: LossOutput, logps: SequenceLogps, labels: Tensor | None = None) -> None:
         rewards, seq = out.rewards.float(), logps.logps.detach().float()
         self._add("loss", out.losses.detach().float())
+        if logps.kl is not None:  # the `kl` term's value, unweighted: per-token KL(πθ‖πref) over all responses
+            self._add("kl/token", token_kl_loss(logps.kl.detach().float(), logps.num_tokens))
         if labels is not None:  # unpaired: column 0 is each record's own completion, good or bad
             self._add("rewards/chosen", rewards[labels, 0])
             self._add("rewards/rejected", rewards[~labels, 0])

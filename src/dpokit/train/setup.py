@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from dpokit import config as config_io
 from dpokit.config import Config
+from dpokit.errors import ConfigError
 from dpokit.logprobs import PolicyLogps
 from dpokit.losses import objective_from_config
 from dpokit.pipeline import Layout, PreparedData, autocast_for, load_all
@@ -53,6 +54,9 @@ def build_run(cfg: Config) -> Run:
     objective, params = objective_from_config(cfg)
     torch.manual_seed(cfg.train.seed)
     parallel = Parallel(fsdp=cfg.train.fsdp)
+    if parallel.sharded and objective.needs_reference_distributions:
+        raise ConfigError(f"loss '{objective}' computes both models' LM heads inside the policy's forward, which "
+                          "FSDP / ZeRO-3 sharding does not support yet: train it on one process or with DDP / ZeRO-1/2")
     out_dir = Path(cfg.train.output_dir)
     if parallel.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)

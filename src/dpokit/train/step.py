@@ -13,7 +13,7 @@ from dpokit.data.collate import Batch
 from dpokit.data.packing import PackedBatch
 from dpokit.logprobs import PolicyLogps, SequenceLogps
 from dpokit.losses import LossInputs, LossOutput, LossParams, Objective
-from dpokit.reference import Reference
+from dpokit.reference import AdapterOff, FrozenModel, Reference
 from dpokit.train.dist import Single
 from dpokit.train.metrics import PreferenceMetrics
 from dpokit.train.optim import NonFiniteError
@@ -45,11 +45,21 @@ class Trainee:
 
 
 def forward(trainee: Trainee, batch: Batch | PackedBatch) -> Forward:
-    """Policy (with grad) and reference (without) log-probs of every response, then the objective."""
+    """Policy (with grad) and reference (without) log-probs of every response, then the objective.
+
+    When the objective needs the reference's token distributions (the `kl` term), the reference gives its hidden
+    states first and the policy's chunked head computes the token KL and both models' log-probs in one pass.
+    """
     batch = batch.to(next(trainee.policy.parameters()).device)  # so reference rows and labels share its device
-    with trainee.autocast():
-        logps = trainee.engine(batch)
-    ref = trainee.reference.logps(batch) if trainee.reference is not None else None
+    if trainee.objective.needs_reference_distributions:
+        states = _live(trainee.reference).states(batch)
+        with trainee.autocast():
+            logps = trainee.engine(batch, states)
+        ref = logps.reference_logps
+    else:
+        with trainee.autocast():
+            logps = trainee.engine(batch)
+        ref = trainee.reference.logps(batch) if trainee.reference is not None else None
     inputs = LossInputs(
         policy_logps=logps.logps,
         num_tokens=logps.num_tokens,
@@ -57,8 +67,16 @@ def forward(trainee: Trainee, batch: Batch | PackedBatch) -> Forward:
         policy_token_logps=logps.token_logps,
         token_mask=logps.token_mask,
         labels=batch.labels,
+        kl=logps.kl,
     )
     return Forward(trainee.objective(inputs, trainee.params), logps)
+
+
+def _live(reference: Reference | None) -> FrozenModel | AdapterOff:
+    """The reference as a live model; a trainer bug otherwise (`pipeline.plan_reference` refuses the config first)."""
+    if not isinstance(reference, FrozenModel | AdapterOff):
+        raise ValueError(f"the objective needs a live reference model (copy or adapter off), got {reference!r}")
+    return reference
 
 
 def train_step(
