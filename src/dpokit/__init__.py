@@ -19,14 +19,17 @@ from dpokit.errors import ConfigError, DataError, DpokitError
 # binds its name on the parent only when it first loads, so the function is not replaced later.
 importlib.import_module("dpokit.train")
 
-from dpokit.api import bon, evaluate, generate, perplexity, ppo, rm, sft, train  # noqa: E402
+from dpokit.api import bon, evaluate, generate, perplexity, ppo, rm, sft, train, winrate  # noqa: E402
 from dpokit.config import Config  # noqa: E402
+from dpokit.eval.judges import JudgeConfig  # noqa: E402
+from dpokit.eval.winrate_config import WinrateConfig  # noqa: E402
 from dpokit.rlhf.bon import BonConfig  # noqa: E402
 from dpokit.rlhf.ppo_config import PPOConfig  # noqa: E402
 from dpokit.rlhf.reward_config import RewardModelConfig  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [
-    "BonConfig", "Config", "ConfigError", "DataError", "DpokitError", "PPOConfig", "RewardModelConfig", "__version__",
-    "bon", "evaluate", "generate", "perplexity", "ppo", "rm", "sft", "train",
+    "BonConfig", "Config", "ConfigError", "DataError", "DpokitError", "JudgeConfig", "PPOConfig", "RewardModelConfig",
+    "WinrateConfig", "__version__", "bon", "evaluate", "generate", "perplexity", "ppo", "rm", "sft", "train",
+    "winrate",
 ]

@@ -23,8 +23,12 @@ from dpokit.errors import ConfigError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
+    from dpokit.eval.judges import Judge
     from dpokit.eval.perplexity import HeldOut, ModelSpec
+    from dpokit.eval.winrate import WinrateResult
+    from dpokit.eval.winrate_config import WinrateConfig
     from dpokit.rlhf.bon import BestOfN, BonConfig
     from dpokit.rlhf.ppo_config import PPOConfig
     from dpokit.rlhf.ppo_trainer import PPOSummary
@@ -211,6 +215,33 @@ def ppo(config: PPOConfig) -> PPOSummary:
     from dpokit.rlhf.ppo_trainer import train_ppo
 
     return train_ppo(config)
+
+
+def winrate(config: WinrateConfig, *, judge: Judge | None = None,
+            progress: bool = False) -> tuple[WinrateResult, dict[str, Path]]:
+    """Judged win rates (`dpokit winrate`): each of `config.models` sampled on every prompt set at every temperature,
+    judged against the baseline; writes winrate.json, comparisons.jsonl, winrate.png and winrate.md to
+    `config.output_dir`.
+
+    Args:
+        config: a `dpokit.WinrateConfig`; `models`, `prompts` and `output_dir` are required.
+        judge: any object with `name` and `judge(comparisons) -> judgments` (`eval.judges.Judge`), used instead of
+            loading `config.judge`.
+
+    Returns:
+        (`eval.winrate.WinrateResult`, the written files by name).
+    """
+    from pathlib import Path
+
+    from dpokit.eval.winrate import run_winrate
+    from dpokit.eval.winrate_report import write_outputs
+
+    result = run_winrate(config, judge, say=_stderr if progress else _silent)
+    return result, write_outputs(result, Path(config.output_dir))
+
+
+def _silent(message: str) -> None:
+    pass
 
 
 def _stderr(message: str) -> None:

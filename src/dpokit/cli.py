@@ -117,7 +117,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_experiment_commands(sub, fmt)
     for name in ("bon", "ppo", "rm"):
         _add_key_command(sub, fmt, name)
+    _add_winrate_command(sub, fmt)
     return parser
+
+
+# flag -> key of `dpokit winrate`'s settings (eval.winrate_config.WinrateConfig); --model/--prompts repeat
+WINRATE_FLAGS = {
+    "baseline": "baseline", "judge": "judge.source", "judge_template": "judge.template",
+    "judge_base_url": "judge.base_url", "agreement": "agreement", "num_samples": "num_samples",
+    "max_new_tokens": "max_new_tokens", "limit": "limit", "seed": "seed", "output_dir": "output_dir",
+}
+
+
+def _add_winrate_command(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatter]) -> None:
+    from dpokit.eval.winrate_config import WinrateConfig
+
+    epilog = "config keys (YAML, or key=value overrides), default, meaning:\n" + describe_keys(WinrateConfig)
+    parser = sub.add_parser("winrate", help="judged win rates: each model's samples against a baseline (a field "
+                            "such as chosen, or a model) across temperatures and prompt sets; judge agreement with "
+                            "human labels", epilog=epilog, formatter_class=fmt)
+    parser.add_argument("--config", help="YAML file with any of the keys below")
+    parser.add_argument("--model", action="append", help="a model to judge, `name=path` or a path; repeatable "
+                        "[models]")
+    parser.add_argument("--prompts", action="append", help="a prompt set, `name=path` or a path; repeatable "
+                        "[prompts]")
+    parser.add_argument("--temperatures", help="comma-separated sampling temperatures (default 0,0.25,0.5,0.75,1) "
+                        "[temperatures]")
+    _add_key_flags(parser, WinrateConfig, WINRATE_FLAGS)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="any key below, e.g. judge.concurrency=4")
 
 
 def _add_perplexity_flags(ev: argparse.ArgumentParser) -> None:
@@ -134,14 +161,24 @@ def _add_perplexity_flags(ev: argparse.ArgumentParser) -> None:
 
 def _add_experiment_commands(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatter]) -> None:
     """`demo`, `generate` and `frontier`: sampling from models and the reward–KL experiment."""
-    demo = sub.add_parser("demo", help="the DPO paper's reward-KL experiment in miniature, offline (< 10 min on 2 "
-                          "CPU cores): DPO vs baselines on review continuations scored by VADER")
-    demo.add_argument("--output-dir", default="dpokit-demo", help="where the demo writes its runs and report")
-    demo.add_argument("--quick", action="store_true", help="smaller corpus, fewer prompts, steps and methods "
-                      "(about a minute)")
-    demo.add_argument("--seed", type=int, default=0, help="seeds the corpus, the models and every draw (default 0)")
-    demo.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the demo's models are "
-                      "tiny, and extra threads stall when other processes share the cores)")
+    demo = sub.add_parser("demo", help="the DPO paper's experiments in miniature, offline: --task sentiment "
+                          "(default; < 10 min on 2 CPU cores): the reward-KL frontier of DPO vs baselines on review "
+                          "continuations scored by VADER; --task hh: DPO vs Preferred-FT vs Best-of-N on Anthropic HH "
+                          "with SmolLM2-135M-Instruct, judged win rates across temperatures (about an hour on 2 cores)")
+    demo.add_argument("--task", choices=("sentiment", "hh"), default="sentiment", help="which experiment "
+                      "(default sentiment)")
+    demo.add_argument("--output-dir", help="where the demo writes its runs and report (default dpokit-demo, or "
+                      "dpokit-demo-hh for --task hh)")
+    demo.add_argument("--quick", action="store_true", help="smaller everything: about a minute (sentiment) or a few "
+                      "minutes (hh)")
+    demo.add_argument("--seed", type=int, default=0, help="seeds the data split, the models and every draw "
+                      "(default 0)")
+    demo.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 for sentiment, whose "
+                      "models are tiny and whose extra threads stall when other processes share the cores; torch's "
+                      "own default for hh)")
+    demo.add_argument("--data", help="hh: the Anthropic HH file (default: ../shared/data/hh_harmless_test.jsonl.gz)")
+    demo.add_argument("--judge", help="hh: judge with this judge.source instead of the reward model trained on the "
+                      "judge split (e.g. openai:gpt-4o-mini, with OPENAI_BASE_URL and OPENAI_API_KEY set)")
 
     gen = sub.add_parser("generate", help="sample completions from a model; prints JSON lines {prompt, completion}")
     gen.add_argument("--model", required=True, help="causal LM: local directory or hub name (safetensors only)")
@@ -236,13 +273,30 @@ def _run(args: argparse.Namespace) -> int:
         if args.command in ("train", "sft"):
             return commands.train(args.command, args.config, flags, args.overrides)
         return getattr(commands, args.command)(args.config, flags, args.overrides)
+    if args.command == "winrate":
+        return commands.winrate(args.config, _winrate_flags(args), args.overrides)
     if args.command == "eval":
         return commands.evaluate(args)
     if args.command == "generate":
         return commands.generate(args)
     if args.command == "frontier":
         return commands.frontier(args.config, args.output_dir)
-    return commands.demo(args.output_dir, quick=args.quick, seed=args.seed, threads=args.threads)
+    return commands.demo(args)
+
+
+def _winrate_flags(args: argparse.Namespace) -> dict:
+    flags = {key: getattr(args, name) for name, key in WINRATE_FLAGS.items() if getattr(args, name) is not None}
+    if args.model:
+        flags["models"] = args.model
+    if args.prompts:
+        flags["prompts"] = args.prompts
+    if args.temperatures:
+        try:
+            flags["temperatures"] = [float(t) for t in args.temperatures.split(",") if t.strip()]
+        except ValueError:
+            raise DpokitError(f"--temperatures: expected numbers separated by commas, got {args.temperatures!r}") \
+                from None
+    return flags
 
 
 if __name__ == "__main__":

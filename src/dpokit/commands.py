@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from dpokit import api
@@ -81,13 +83,36 @@ def _perplexity(cfg: Config, held_out: list) -> dict:
     return report
 
 
-def demo(output_dir: str, quick: bool = False, seed: int = 0, threads: int = 1) -> int:
+def demo(args: argparse.Namespace) -> int:
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    size = "quick" if args.quick else "full"
+    if args.task == "hh":
+        from dpokit.demo_hh import run_hh_demo
+
+        with _threads(args.threads):
+            run_hh_demo(args.output_dir or "dpokit-demo-hh", size, args.seed, args.data, args.judge)
+        return 0
+    if args.data or args.judge:
+        raise ConfigError("--data and --judge belong to --task hh")
     from dpokit.demo import run_demo
 
-    if threads < 1:
-        raise ConfigError(f"--threads must be >= 1, got {threads}")
-    run_demo(output_dir, size="quick" if quick else "full", seed=seed, threads=threads)
+    run_demo(args.output_dir or "dpokit-demo", size=size, seed=args.seed, threads=args.threads or 1)
     return 0
+
+
+@contextlib.contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    """torch's CPU thread count set for the block (None: left as it is), then restored."""
+    import torch
+
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def generate(args: argparse.Namespace) -> int:
@@ -174,3 +199,14 @@ def rm(yaml_path: str | None, flags: dict, overrides: list[str]) -> int:
 
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:
     print(f"  {title}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float | int)))
+
+
+def winrate(yaml_path: str | None, flags: dict, overrides: list[str]) -> int:
+    """Judged win rates: writes winrate.json, comparisons.jsonl, winrate.png and winrate.md; prints the table."""
+    from dpokit.eval.winrate_config import WinrateConfig
+    from dpokit.eval.winrate_report import console_summary
+
+    cfg = config_io.load(WinrateConfig(), yaml_path, flags, config_io.parse_overrides(overrides))
+    result, paths = api.winrate(cfg, progress=True)
+    print(console_summary(result, paths))
+    return 0

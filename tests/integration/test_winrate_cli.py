@@ -131,3 +131,43 @@ def test_bad_settings_fail_in_one_line(model_dir, other_model_dir, inputs, capsy
 def test_missing_model_flag_says_what_to_give(inputs, capsys):
     assert main(["winrate", "--prompts", str(inputs / "ood.jsonl"), "--output-dir", str(inputs / "x")]) == 2
     assert "no model to judge" in capsys.readouterr().err
+
+
+def test_an_llm_judge_over_the_openai_api_both_orders_bias_and_cache(model_dir, tmp_path, capsys):
+    from openai_server import OpenAIServer, always  # tests/openai_server.py: a real HTTP server on 127.0.0.1
+
+    records = [{"prompt": f"Question {i}?", "chosen": f"answer {i}"} for i in range(3)]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "out"
+    argv = ["winrate", "--model", str(model_dir), "--prompts", str(tmp_path / "p.jsonl"), "--temperatures", "0,1",
+            "--max-new-tokens", "5", "--judge", "openai:judge-model", "--output-dir", str(out)]
+    with OpenAIServer(always("A")) as server:  # pure position bias: "A" whatever it is shown
+        assert main([*argv, "--judge-base-url", server.url]) == 0
+        asked = server.requests
+        assert main([*argv, "--judge-base-url", server.url]) == 0  # the rerun reads the cache in out/
+        assert server.requests == asked
+    assert asked == 2 * 6  # 3 prompts x 2 temperatures, each in both orders
+    summary = json.loads((out / "winrate.json").read_text())
+    assert [(r["win_rate"], r["ties"], r["position_bias"]) for r in summary["results"]] == [(0.5, 3, 1.0)] * 2
+    rows = [json.loads(line) for line in (out / "comparisons.jsonl").read_text().splitlines()]
+    assert all([o["model_first"] for o in r["orders"]] == [True, False] for r in rows)
+    assert all([o["p_model"] for o in r["orders"]] == [1.0, 0.0] and r["verdict"] == "tie" for r in rows)
+    assert all(o["raw"].endswith("More helpful: A") for r in rows for o in r["orders"])
+    assert "position bias" in (out / "winrate.md").read_text()
+    assert (out / "judge_cache.jsonl").is_file()
+
+
+def test_a_local_chat_model_as_judge(model_dir, other_model_dir, tmp_path):
+    records = [{"prompt": f"Question {i}?", "chosen": f"answer {i}"} for i in range(3)]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    cfg = dpokit.WinrateConfig(models=[str(model_dir)], prompts=[str(tmp_path / "p.jsonl")], temperatures=[1.0],
+                               max_new_tokens=5, output_dir=str(tmp_path / "out"))
+    cfg.judge.source = f"lm:{other_model_dir}"  # the tiny tokenizer has a chat template
+    result, _ = dpokit.winrate(cfg)
+    for judged in result.comparisons:
+        first, second = judged.judgment.orders
+        assert (first.model_first, second.model_first) == (True, False)
+        assert 0 < first.p < 1 and 0 < second.p < 1
+        mean = (first.p + second.p) / 2
+        assert judged.judgment.verdict == ("model" if mean > 0.5 else "baseline" if mean < 0.5 else "tie")
+    assert result.cells[0].position_bias is not None and result.judge.startswith("lm")

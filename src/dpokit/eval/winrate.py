@@ -186,12 +186,23 @@ def run_winrate(cfg: WinrateConfig, judge: Judge | None = None, say: Callable[[s
         model_name, _ = named(model_spec)
         for (set_name, temperature), comparisons in sampler.comparisons(model_spec).items():
             say(f"judging {model_name} on {set_name} at T={temperature:g}: {len(comparisons)} comparisons")
-            verdicts = judge.judge([c for _, _, c in comparisons])
-            rows = [Judged(model_name, set_name, temperature, i, k, c, v)
-                    for (i, k, c), v in zip(comparisons, verdicts, strict=True)]
+            cell, rows = judge_cell(judge, model_name, set_name, temperature, comparisons)
+            cells.append(cell)
             judged += rows
-            cells.append(cell_of(model_name, set_name, temperature, rows))
     return WinrateResult(judge.name, cells, judged, agreement, config_io.to_dict(cfg))
+
+
+def judge_cell(judge: Judge, model: str, prompt_set: str, temperature: float,
+               comparisons: Sequence[tuple[int, int, Comparison]]) -> tuple[Cell, list[Judged]]:
+    """Judges one model's comparisons on one prompt set at one temperature.
+
+    Args:
+        comparisons: (prompt index, sample index, comparison) triples.
+    """
+    verdicts = judge.judge([c for _, _, c in comparisons])
+    rows = [Judged(model, prompt_set, temperature, i, k, c, v) for (i, k, c), v in zip(comparisons, verdicts,
+                                                                                      strict=True)]
+    return cell_of(model, prompt_set, temperature, rows), rows
 
 
 class _Sampler:
