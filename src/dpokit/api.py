@@ -234,10 +234,12 @@ def winrate(config: WinrateConfig, *, judge: Judge | None = None,
     from pathlib import Path
 
     from dpokit.eval.winrate import run_winrate
-    from dpokit.eval.winrate_report import write_outputs
+    from dpokit.eval.winrate_report import log_to_trackers, write_outputs
 
     result = run_winrate(config, judge, say=_stderr if progress else _silent)
-    return result, write_outputs(result, Path(config.output_dir))
+    paths = write_outputs(result, Path(config.output_dir))
+    log_to_trackers(result, config)
+    return result, paths
 
 
 def _silent(message: str) -> None:

@@ -171,3 +171,21 @@ def test_a_local_chat_model_as_judge(model_dir, other_model_dir, tmp_path):
         mean = (first.p + second.p) / 2
         assert judged.judgment.verdict == ("model" if mean > 0.5 else "baseline" if mean < 0.5 else "tie")
     assert result.cells[0].position_bias is not None and result.judge.startswith("lm")
+
+
+def test_win_rates_reach_tensorboard_at_step_100_times_temperature(model_dir, inputs):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = inputs / "tracked"
+    assert main(["winrate", "--model", f"first={model_dir}", "--prompts", f"ood={inputs / 'ood.jsonl'}",
+                 "--judge", f"{inputs}/reward.py:score", "--temperatures", "0,0.5", "--max-new-tokens", "4",
+                 "--output-dir", str(out), "--agreement", str(inputs / "hh.jsonl"), "report_to=[tensorboard]",
+                 "run_name=wr"]) == 0
+    events = EventAccumulator(str(out / "tracking" / "tensorboard" / "wr"))
+    events.Reload()
+    logged = {(tag, e.step): e.value for tag in events.Tags()["scalars"] for e in events.Scalars(tag)}
+    summary = json.loads((out / "winrate.json").read_text())
+    expected = {("win_rate/first/ood", round(100 * r["temperature"])): r["win_rate"] for r in summary["results"]}
+    expected[("judge/agreement", 0)] = summary["agreement"]["agreement"]
+    assert {k: v for k, v in logged.items() if not k[0].startswith("win_rate_se")} == pytest.approx(expected)

@@ -26,6 +26,8 @@ from dpokit.data.sources import RawRecord, read_records
 from dpokit.errors import ConfigError, DataError
 from dpokit.eval.judges import JudgeConfig, Prompt
 from dpokit.model_source import PACKAGED
+from dpokit.train.trackers import HELP as TRACKING_HELP
+from dpokit.train.trackers import check_report_to
 
 DEFAULT_TEMPERATURES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -59,6 +61,11 @@ class WinrateConfig:
                                           "against: the DPO paper's §6.4 check, printed in the report")
     agreement_limit: int = setting(200, "pairs of the agreement data to judge")
     output_dir: str = setting("", "where winrate.json, comparisons.jsonl, winrate.png and winrate.md go")
+    report_to: list[str] = setting(help=TRACKING_HELP["report_to"] + "; win rates are logged as "
+                                   "win_rate/<model>/<prompt set> at step = temperature x 100", factory=list)
+    project: str = setting("dpokit", TRACKING_HELP["project"])
+    run_name: str = setting("", TRACKING_HELP["run_name"])
+    tracking_dir: str = setting("", TRACKING_HELP["tracking_dir"])
 
     def check(self) -> None:
         if not self.models:
@@ -78,6 +85,7 @@ class WinrateConfig:
         if len(set(names)) < len(names):
             raise ConfigError(f"two models share a name ({', '.join(names)}): name them with name=path")
         self.judge.check()
+        check_report_to("report_to", self.report_to)
 
     @property
     def baseline_is_model(self) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -112,3 +113,20 @@ def markdown(result: WinrateResult, note: str = "") -> str:
 def console_summary(result: WinrateResult, paths: dict[str, Path]) -> str:
     where = ", ".join(str(p) for p in paths.values())
     return f"{agreement_line(result)}\n\n{table(result)}\n\nwritten: {where}"
+
+
+def log_to_trackers(result: WinrateResult, cfg: Any) -> None:
+    """Each win rate to the trackers `cfg.report_to` names, as `win_rate/<model>/<prompt set>` at step
+    round(100 x temperature), and the agreement as `judge/agreement` at step 0; the settings as hyper-parameters."""
+    from dpokit.train.trackers import Tracking, open_trackers
+
+    trackers = open_trackers(Tracking.of(cfg), cfg.output_dir, result.settings)
+    try:
+        if result.agreement is not None:
+            trackers.log({"judge/agreement": result.agreement.rate.rate}, step=0)
+        for cell in result.cells:
+            trackers.log({f"win_rate/{cell.model}/{cell.prompt_set}": cell.rate.rate,
+                          f"win_rate_se/{cell.model}/{cell.prompt_set}": cell.rate.se},
+                         step=round(100 * cell.temperature))
+    finally:
+        trackers.finish()
