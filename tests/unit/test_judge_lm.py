@@ -4,8 +4,6 @@ responses, left-padded batches equal to one prompt at a time, and the plain forw
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -15,6 +13,7 @@ from dpokit.eval.judge_lm import LocalLMJudge, letter_ids
 from dpokit.eval.judge_prompts import BUILTIN
 from dpokit.eval.judges import Comparison, JudgeConfig
 from dpokit.tiny import tiny_llama, train_bpe_tokenizer
+from judge_checks import check_letter_orders  # tests/judge_checks.py
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -53,15 +52,8 @@ def tiny_judge(tmp_path_factory) -> LocalLMJudge:
 
 def test_both_orders_give_probabilities_from_the_two_letters(tiny_judge):
     judgments = tiny_judge.judge(QUESTIONS)
-    assert len(judgments) == 3
+    check_letter_orders(judgments, 3)
     for judgment in judgments:
-        assert [o.model_first for o in judgment.orders] == [True, False] and judgment.parsed
-        for order in judgment.orders:
-            logp_a, logp_b = order.raw["logp_a"], order.raw["logp_b"]
-            assert logp_a < 0 and logp_b < 0 and math.isfinite(logp_a) and math.isfinite(logp_b)
-            p_first = math.exp(logp_a) / (math.exp(logp_a) + math.exp(logp_b))
-            assert 0 < order.p < 1
-            assert order.p == pytest.approx(p_first if order.model_first else 1 - p_first, abs=1e-6)
         mean = sum(o.p for o in judgment.orders) / 2
         assert judgment.verdict == ("model" if mean > 0.5 else "baseline" if mean < 0.5 else "tie")
 
