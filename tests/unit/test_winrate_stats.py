@@ -62,3 +62,25 @@ def test_position_bias_rate_is_over_the_comparisons_with_two_parsed_orders():
     assert position_bias(judgments) == pytest.approx(1 / 3)
     assert position_bias([Judgment("model")]) is None  # a reward judge has no orders
     assert verdict_of(0.5) == "tie"
+
+
+def test_a_reward_judge_scores_each_distinct_response_once():
+    from dpokit.eval.judges import Comparison, RewardJudge
+    from dpokit.eval.rewards import Reward
+
+    asked: list[tuple] = []
+
+    def length(prompts, texts):
+        asked.extend(zip(prompts, texts, strict=True))
+        return [float(len(t)) for t in texts]
+
+    judge = RewardJudge(Reward("length", length))
+    chat = [{"role": "user", "content": "hi"}]
+    first = judge.judge([Comparison("p", "long answer", "short"), Comparison(chat, "x", "short"),
+                         Comparison("p", "short", "short")])
+    assert [j.verdict for j in first] == ["model", "baseline", "tie"]
+    assert len(asked) == 4  # ("p", "long answer"), ("p", "short"), (chat, "x"), (chat, "short")
+    second = judge.judge([Comparison("p", "tiny", "short"), Comparison(chat, "x", "short")])
+    assert [j.verdict for j in second] == ["baseline", "baseline"]
+    assert asked[4:] == [("p", "tiny")]  # the baselines and the repeated completion were remembered
+    assert second[0].raw == {"model_reward": 4.0, "baseline_reward": 5.0}

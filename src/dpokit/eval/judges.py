@@ -18,6 +18,7 @@ dropped: with no parsed order at all the comparison is a tie.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -132,23 +133,37 @@ def combine(orders: Sequence[Order], raw: Any = None) -> Judgment:
 class RewardJudge:
     """A reward as a judge: r(completion) > r(baseline) is a model win, equal rewards a tie.
 
+    Each distinct (prompt, response) is scored once per judge and remembered: a baseline response faces every model
+    at every temperature but costs one forward of a reward model, and equal texts get exactly equal rewards (a tie),
+    whatever batch they were scored in.
+
     Args:
         reward: any `eval.rewards.Reward`, called as reward(prompts, responses).
     """
 
     reward: Reward
     name: str = field(init=False)
+    _scores: dict[tuple[str, str], float] = field(init=False, default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.name = f"reward {self.reward.name}"
 
     def judge(self, comparisons: Sequence[Comparison]) -> list[Judgment]:
-        prompts = [c.prompt for c in comparisons]
-        # one call for both sides: a model-backed reward batches them together
-        scores = self.reward(prompts + prompts, [c.completion for c in comparisons] + [c.baseline for c in comparisons])
-        model, baseline = scores[:len(comparisons)], scores[len(comparisons):]
-        return [Judgment("model" if m > b else "baseline" if m < b else "tie",
-                         raw={"model_reward": m, "baseline_reward": b}) for m, b in zip(model, baseline, strict=True)]
+        pairs = [(c.prompt, text) for c in comparisons for text in (c.completion, c.baseline)]
+        new = {_key(p, t): (p, t) for p, t in pairs if _key(p, t) not in self._scores}
+        if new:  # one call for everything unseen: a model-backed reward batches them together
+            prompts, texts = zip(*new.values(), strict=True)
+            self._scores.update(zip(new, self.reward(list(prompts), list(texts)), strict=True))
+        out = []
+        for c in comparisons:
+            m, b = self._scores[_key(c.prompt, c.completion)], self._scores[_key(c.prompt, c.baseline)]
+            out.append(Judgment("model" if m > b else "baseline" if m < b else "tie",
+                                raw={"model_reward": m, "baseline_reward": b}))
+        return out
+
+
+def _key(prompt: Prompt, text: str) -> tuple[str, str]:
+    return (prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True), text)
 
 
 @dataclass
