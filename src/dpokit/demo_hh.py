@@ -34,7 +34,8 @@ REF_MODEL = "smollm2-135m-instruct"
 class HHSize:
     """How big each stage is; FULL is sized for about an hour on 2 CPU cores, QUICK for CI (a few minutes)."""
 
-    held_out: int = 64  # prompts (pairs) held out: win rates, implicit-reward accuracy, perplexity
+    held_out: int = 64  # pairs held out: implicit-reward accuracy, perplexity; the first `winrate_prompts` of them
+    winrate_prompts: int = 32  # held-out prompts each method answers at each temperature (and Best-of-N)
     judge_pairs: int = 640  # the judge reward model's training pairs
     pref_pairs: int = 640  # preference-training pairs (DPO, Preferred-FT, Best-of-N's reward model)
     agreement_pairs: int = 256  # pairs the judge is checked on: the held-out ones, then pairs no split uses
@@ -54,9 +55,9 @@ class HHSize:
 
 
 FULL = HHSize()
-QUICK = replace(FULL, held_out=4, judge_pairs=8, pref_pairs=8, agreement_pairs=8, max_chars=400, max_length=128,
-                batch_size=2, dpo_steps=2, sft_steps=2, rm_steps=2, temperatures=(0.0, 1.0), max_new_tokens=8,
-                bon_n=2, perplexity_docs=4)
+QUICK = replace(FULL, held_out=4, winrate_prompts=4, judge_pairs=8, pref_pairs=8, agreement_pairs=8, max_chars=400,
+                max_length=128, batch_size=2, dpo_steps=2, sft_steps=2, rm_steps=2, temperatures=(0.0, 1.0),
+                max_new_tokens=8, bon_n=2, perplexity_docs=4)
 SIZES = {"full": FULL, "quick": QUICK}
 
 
@@ -143,7 +144,11 @@ class Timer:
     def __init__(self) -> None:
         self.stages: list[Stage] = []
 
-    def run(self, name: str, fn, *args, **kwargs):
+    def run(self, name: str, fn, *args, reuses: Path | None = None, **kwargs):
+        """Runs `fn(*args, **kwargs)` as the stage `name`; `reuses`: the stage's model directory, which a finished
+        earlier run may have left (the stage is then marked reused, its time that run's)."""
+        if reuses is not None and trained(reuses):
+            name += " (reused: trained by an earlier run into this directory)"
         tqdm.write(f"[hh demo] {name} ...")
         start = time.perf_counter()
         result = fn(*args, **kwargs)
@@ -181,8 +186,16 @@ def train_config(size: HHSize, model: Path, data: Path, out: Path, steps: int, l
     return cfg
 
 
+def trained(out: Path) -> bool:
+    """A stage's model is already in `out` (an earlier run of the demo into the same directory finished it)."""
+    return (out / "summary.json").is_file() and (out / "model.safetensors").is_file()
+
+
 def train_reward_model(size: HHSize, ref: Path, data: Path, out: Path, seed: int) -> Path:
     import dpokit
+
+    if trained(out):
+        return out
     from dpokit.rlhf.reward_config import RewardModelConfig
 
     base = train_config(size, ref, data, out, size.rm_steps, size.rm_lr, seed)
@@ -195,6 +208,8 @@ def train_policy(size: HHSize, ref: Path, data: Path, out: Path, seed: int, loss
     """DPO (`sigmoid`, against πref) or Preferred-FT (`sft`, no reference), from πref."""
     import dpokit
 
+    if trained(out):
+        return out
     cfg = train_config(size, ref, data, out, size.sft_steps if loss == "sft" else size.dpo_steps, size.lr, seed)
     cfg.loss.name, cfg.loss.beta = loss, size.beta
     if loss == "sft":
@@ -230,7 +245,7 @@ def bon_cells(size: HHSize, ref: Path, reward_dir: Path, held: Path, judge, seed
 
     reward = load_reward(str(reward_dir))
     tokenizer, model = load_tokenizer(str(ref)), _on_device(load_model(str(ref), _model_config()))
-    prompts = read_prompt_set(str(held), "chosen", chat=True, limit=size.held_out)
+    prompts = read_prompt_set(str(held), "chosen", chat=True, limit=size.winrate_prompts)
     cells, rows = [], []
     for t in size.temperatures:
         settings = SamplingSettings(size.max_new_tokens, t, 1.0, 16)
@@ -288,16 +303,16 @@ def run_hh_demo(output_dir: str, size: str = "full", seed: int = 0, data: str | 
     ref = timer.run("πref: SmolLM2-135M-Instruct from GGUF to safetensors", save_reference, out)
     models = out / "models"
     judge_rm = timer.run("judge: dpokit rm on the judge split", train_reward_model, settings, ref, files["judge"],
-                         models / "judge_rm", seed)
+                         models / "judge_rm", seed, reuses=models / "judge_rm")
     judge = _judge(judge_source, judge_rm, out)
     agreement = timer.run("judge agreement with held-out human labels", _agreement, judge, files["agreement"],
                           settings)
     bon_rm = timer.run("Best-of-N's reward model: dpokit rm on the preference split", train_reward_model, settings,
-                       ref, files["pref"], models / "rm", seed)
+                       ref, files["pref"], models / "rm", seed, reuses=models / "rm")
     sft = timer.run("Preferred-FT: dpokit sft on the preference split", train_policy, settings, ref, files["pref"],
-                    models / "sft", seed, "sft")
+                    models / "sft", seed, "sft", reuses=models / "sft")
     dpo = timer.run("DPO: dpokit train on the preference split", train_policy, settings, ref, files["pref"],
-                    models / "dpo", seed, "sigmoid")
+                    models / "dpo", seed, "sigmoid", reuses=models / "dpo")
     policies = {"πref (SmolLM2-135M-Instruct)": ref, "Preferred-FT": sft, "DPO": dpo}
     accuracy = timer.run("held-out implicit-reward accuracy", lambda: {
         name: implicit_accuracy(settings, path, ref, files["held_out"]) for name, path in policies.items()})
@@ -333,6 +348,6 @@ def _winrates(size: HHSize, policies: dict[str, Path], held: Path, judge, out: P
 
     cfg = WinrateConfig(models=[f"{name}={path}" for name, path in policies.items()],
                         prompts=[f"held-out={held}"], baseline="chosen", temperatures=list(size.temperatures),
-                        max_new_tokens=size.max_new_tokens, limit=size.held_out, seed=seed, output_dir=str(out),
+                        max_new_tokens=size.max_new_tokens, limit=size.winrate_prompts, seed=seed, output_dir=str(out),
                         chat=True)
     return run_winrate(cfg, judge, say=tqdm.write)

@@ -59,7 +59,7 @@ def markdown(result: WinrateResult, summary: dict[str, Any]) -> str:
         f"SmolLM2-135M-Instruct; DPO (β = {s.beta:g}) and Preferred-FT train on {len(splits.pref)} HH pairs for "
         f"{s.dpo_steps} and {s.sft_steps} steps of {s.batch_size} (AdamW, lr {s.lr:g}); Best-of-{s.bon_n} samples "
         f"πref and keeps the best by a reward model trained on the same pairs. Win rate: each method's reply to "
-        f"{n_held} held-out prompts against the human-chosen "
+        f"{s.winrate_prompts} held-out prompts against the human-chosen "
         "reply, across sampling temperatures (ties ½).", "",
         PROXY if summary["judge_is_proxy"] else f"Judge: `{result.judge}`.", "",
         agreement_line(result), "",
