@@ -180,6 +180,7 @@ def run_winrate(cfg: WinrateConfig, judge: Judge | None = None, say: Callable[[s
         say(f"judge agreement with the human labels of {cfg.agreement}: {agreement.rate.rate:.3f} "
             f"[{agreement.rate.low:.3f}, {agreement.rate.high:.3f}] over {agreement.rate.n} pairs")
     sampler = _Sampler(cfg, say)
+    sampler.prompt_sets(chat=False)  # read now: a bad record fails before any model loads
     judged: list[Judged] = []
     cells: list[Cell] = []
     for model_spec in cfg.models:
