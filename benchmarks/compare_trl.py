@@ -26,11 +26,10 @@ import statistics
 import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
 import flops
-from measure import add_shared_args, cpu_snapshot, forward_args, other_cores
+from measure import add_shared_args, cpu_snapshot, forward_args, other_cores, versions
 from report import flop_lines, markdown, parity_rows, summary_rows
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -180,15 +179,8 @@ def comparisons(args: argparse.Namespace, runs: list[dict]) -> list[dict]:
     return out
 
 
-def versions() -> dict[str, str]:
-    names = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "dpokit")
-    found = {}
-    for name in names:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "missing"
-    return found
+# whose versions each result records
+PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "dpokit")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -232,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     missed = any(not t["met"] for t in targets)
     prof = profile(args) if args.profile == "always" or (args.profile == "auto" and missed) else None
     result = {
-        "started": started, "argv": sys.argv[1:], "versions": versions(), "model": args.model, "fixture": fix,
+        "started": started, "argv": sys.argv[1:], "versions": versions(PACKAGES), "model": args.model, "fixture": fix,
         "loadavg_1m_before": load_before, "matmul_peak": {"gflops": peak, "runs": peaks},
         "flops": {"per_param_token": flops.FLOPS_PER_PARAM_TOKEN, "num_params": fix["num_params"],
                   "same_pair_tokens_every_step": flops.same_pair_tokens(runs), "rows": flop_rows},

@@ -25,9 +25,9 @@ import statistics
 import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
+from measure import versions
 from ppo_measure import add_shared_args, forward_args
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -218,14 +218,8 @@ def aligned(result: dict) -> list[str]:
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
 
 
-def versions() -> dict[str, str]:
-    found = {}
-    for name in ("torch", "transformers", "accelerate", "datasets", "trl", "dpokit"):
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "missing"
-    return found
+# whose versions each result records
+PACKAGES = ("torch", "transformers", "accelerate", "datasets", "trl", "dpokit")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -274,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     args.run_trl = trl["ran"] = trl["probe"]["ok"] or bool(src)
     runs = timing_runs(args, src)
     settings = {k: v for k, v in vars(args).items() if k not in ("python", "trl_python", "out", "trl_git")}
-    result = {"started": started, "argv": sys.argv[1:], "versions": versions(), "fixture": fix, "trl": trl,
+    result = {"started": started, "argv": sys.argv[1:], "versions": versions(PACKAGES), "fixture": fix, "trl": trl,
               "settings": settings, "loadavg_1m_before": load_before, "loadavg_1m_after": os.getloadavg()[0],
               "comparison": comparison(runs), "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ import resource
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 
@@ -72,14 +73,25 @@ def add_runner_args(parser: argparse.ArgumentParser) -> None:
                         help="extra overrides for this system (dpokit dotted keys / DPOConfig fields)")
 
 
-def forward_args(args: argparse.Namespace) -> list[str]:
-    """The driver's values of the shared arguments, as runner command-line flags."""
+def forward_args(args: argparse.Namespace, shared: tuple[str, ...] = SHARED) -> list[str]:
+    """The driver's values of the shared arguments (`shared`: their names), as runner command-line flags."""
     argv = ["--small"] if args.small else []
-    for name in SHARED:
+    for name in shared:
         value = getattr(args, name)
         if value is not None:
             argv += [f"--{name.replace('_', '-')}", str(value)]
     return argv
+
+
+def versions(names: tuple[str, ...]) -> dict[str, str]:
+    """Installed version of each package, "missing" where it is not installed."""
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "missing"
+    return found
 
 
 def cpu_snapshot() -> tuple[float, float, float] | None:

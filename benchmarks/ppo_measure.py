@@ -18,6 +18,7 @@ import os
 import statistics
 import time
 
+import measure
 from measure import peak_hwm_gib, peak_rss_gib
 
 SHARED = ("iterations", "warmup", "rollout_batch_size", "minibatch_size", "ppo_epochs", "max_new_tokens",
@@ -49,12 +50,7 @@ def add_shared_args(parser: argparse.ArgumentParser) -> None:
 
 def forward_args(args: argparse.Namespace) -> list[str]:
     """The driver's values of the shared settings, as runner flags."""
-    argv = ["--small"] if args.small else []
-    for name in SHARED:
-        value = getattr(args, name)
-        if value is not None:
-            argv += [f"--{name.replace('_', '-')}", str(value)]
-    return argv
+    return measure.forward_args(args, SHARED)
 
 
 class IterationClock:
