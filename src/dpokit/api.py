@@ -62,16 +62,15 @@ def sft(config: Config) -> RunSummary:
 def evaluate(config: Config) -> dict[str, float]:
     """Preference metrics (loss, reward accuracy and margins, log-probs) of `model.name_or_path` on `data.path`,
     against `reference.name_or_path` (or a copy of the policy's own weights), in dataset order, without training."""
-    import torch
-
     from dpokit.losses import objective_from_config
+    from dpokit.models import default_device
     from dpokit.pipeline import batches, load_all
     from dpokit.train.step import Trainee
     from dpokit.train.step import evaluate as run_eval
 
     config_io.validate(config, require=("model.name_or_path", "data.path"))
     objective, params = objective_from_config(config)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     loaded = load_all(config, objective, device, _stderr)
     trainee = Trainee(loaded.policy.eval(), loaded.train_ref, objective, params,
                       chunk_size=config.train.logps_chunk_size)
@@ -144,11 +143,9 @@ def generate(model: str, prompts: Sequence[str | list[dict]], *, num_samples: in
     Returns:
         One {"prompt", "completion"} per completion, all of a prompt's samples together, in prompt order.
     """
-    import torch
-
     from dpokit.data.chat import has_template
     from dpokit.eval.sampling import SamplingSettings, sample
-    from dpokit.models import load_model, load_tokenizer
+    from dpokit.models import default_device, load_model, load_tokenizer
 
     if not prompts:
         raise ConfigError("nothing to complete: no prompts were given")
@@ -160,7 +157,7 @@ def generate(model: str, prompts: Sequence[str | list[dict]], *, num_samples: in
     if chat and not has_template(tokenizer):
         raise ConfigError(f"chat=True, but the tokenizer of {model} has no chat template")
     policy = load_model(model, config_io.ModelConfig())
-    policy.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    policy.to(default_device())
     use_chat = has_template(tokenizer) if chat is None else chat
     samples = sample(policy, tokenizer, list(prompts), settings, seed, num_samples, progress=progress, chat=use_chat)
     return [{"prompt": p, "completion": c} for p, c in zip(samples.prompts, samples.completions, strict=True)]
@@ -179,11 +176,9 @@ def bon(config: BonConfig, *, prompts: Sequence[str | list[dict]] | None = None,
     Returns:
         `rlhf.bon.BestOfN`: every sample with its reward, the chosen index per prompt; `.summary()`, `.rows()`.
     """
-    import torch
-
     from dpokit.data.chat import has_template
     from dpokit.data.prompts import read_prompts
-    from dpokit.models import load_model, load_tokenizer
+    from dpokit.models import default_device, load_model, load_tokenizer
     from dpokit.rlhf.bon import best_of_n
 
     config_io.validate(config, require=("model",) if prompts is not None else ("model", "prompts"))
@@ -195,7 +190,7 @@ def bon(config: BonConfig, *, prompts: Sequence[str | list[dict]] | None = None,
     if config.chat and not has_template(tokenizer):
         raise ConfigError(f"config key 'chat' is true, but the tokenizer of {config.model} has no chat template")
     policy = load_model(config.model, config_io.ModelConfig(), gguf_file=config.gguf_file)
-    policy.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    policy.to(default_device())
     chat = has_template(tokenizer) if config.chat is None else config.chat
     result = best_of_n(policy, tokenizer, prompt_list, score, config.n, config.sampling(), config.seed, chat, progress)
     if config.output:

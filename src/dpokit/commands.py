@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 from dpokit import api
@@ -90,8 +88,7 @@ def demo(args: argparse.Namespace) -> int:
     if args.task == "hh":
         from dpokit.demo_hh import run_hh_demo
 
-        with _threads(args.threads):
-            run_hh_demo(args.output_dir or "dpokit-demo-hh", size, args.seed, args.data, args.judge)
+        run_hh_demo(args.output_dir or "dpokit-demo-hh", size, args.seed, args.data, args.judge, args.threads)
         return 0
     if args.data or args.judge:
         raise ConfigError("--data and --judge belong to --task hh")
@@ -99,20 +96,6 @@ def demo(args: argparse.Namespace) -> int:
 
     run_demo(args.output_dir or "dpokit-demo", size=size, seed=args.seed, threads=args.threads or 1)
     return 0
-
-
-@contextlib.contextmanager
-def _threads(count: int | None) -> Iterator[None]:
-    """torch's CPU thread count set for the block (None: left as it is), then restored."""
-    import torch
-
-    before = torch.get_num_threads()
-    if count is not None:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def generate(args: argparse.Namespace) -> int:

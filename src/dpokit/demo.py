@@ -12,9 +12,11 @@ inside it) is needed besides dpokit's own dependencies.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -100,11 +102,18 @@ def run_demo(output_dir: str, size: str = "full", seed: int = 0, threads: int | 
             default: these models are so small that a second thread gains at most ~1.5x on an idle machine, and
             each op's thread barrier stalls many-fold when another process competes for the cores.
     """
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _run_demo(output_dir, SIZES[size], size, seed)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """torch's CPU thread count set to `count` for the block (None: left as it is), then restored."""
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
     finally:
         torch.set_num_threads(before)
 

@@ -262,9 +262,9 @@ def bon_cells(size: HHSize, ref: Path, reward_dir: Path, held: Path, judge, seed
 
 
 def _on_device(model):
-    import torch
+    from dpokit.models import default_device
 
-    return model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    return model.to(default_device())
 
 
 def _model_config():
@@ -289,12 +289,20 @@ def perplexities(size: HHSize, models: dict[str, Path], held: list[dict]) -> dic
 
 
 def run_hh_demo(output_dir: str, size: str = "full", seed: int = 0, data: str | None = None,
-                judge_source: str | None = None) -> dict[str, Any]:
+                judge_source: str | None = None, threads: int | None = None) -> dict[str, Any]:
     """Runs the whole experiment (module docstring) and writes hh_report.md, hh_results.json and the win-rate files.
 
     Args:
         judge_source: None: the reward model trained on the judge split; else any `judge.source` (openai:MODEL...).
+        threads: torch CPU threads while it runs (restored after); None keeps torch's setting.
     """
+    from dpokit.demo import torch_threads
+
+    with torch_threads(threads):
+        return _run_hh_demo(output_dir, size, seed, data, judge_source)
+
+
+def _run_hh_demo(output_dir: str, size: str, seed: int, data: str | None, judge_source: str | None) -> dict[str, Any]:
     from dpokit.demo_hh_report import write_report
 
     settings, out, timer, start = SIZES[size], Path(output_dir), Timer(), time.perf_counter()

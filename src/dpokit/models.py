@@ -35,6 +35,11 @@ PICKLE_WEIGHTS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
 HEADS = {"causal-lm": (AutoModelForCausalLM, {}), "reward": (AutoModelForSequenceClassification, {"num_labels": 1})}
 
 
+def default_device() -> torch.device:
+    """Where dpokit puts a model it loads to run: the GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False,
                    gguf_file: str | None = None) -> PreTrainedTokenizerBase:
     """The tokenizer of a model named any way `resolve_model` takes, with a pad token (eos if it has none).

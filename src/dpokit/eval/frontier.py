@@ -25,8 +25,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-import torch
-
 from dpokit import config as config_io
 from dpokit.config import Config, ModelConfig
 from dpokit.data.chat import has_template
@@ -48,7 +46,7 @@ from dpokit.eval.preferences import PreferenceFiles, PreferenceStats, build_pref
 from dpokit.eval.rewards import Reward
 from dpokit.eval.sampling import SamplingSettings
 from dpokit.losses import parse_objective
-from dpokit.models import load_model, load_tokenizer
+from dpokit.models import default_device, load_model, load_tokenizer
 
 PREFERENCE_SEED_OFFSET = 1  # preference samples are drawn with seed + 1 (held-out evaluations: EVAL_SEED_OFFSET)
 
@@ -59,7 +57,7 @@ def run_frontier(cfg: FrontierConfig, reward: Reward) -> FrontierResult:
     cfg.check()
     out = Path(cfg.output_dir)
     check_methods(cfg)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     tokenizer = load_tokenizer(cfg.model)
     reference = load_model(cfg.model, ModelConfig()).to(device).eval().requires_grad_(False)
     settings = SamplingSettings(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.sample_batch_size)

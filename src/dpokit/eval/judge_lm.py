@@ -28,7 +28,7 @@ from dpokit.data.tokenize import encode_prompts
 from dpokit.errors import ConfigError
 from dpokit.eval.judge_prompts import JudgePrompt, load_prompt
 from dpokit.eval.judges import Comparison, JudgeConfig, Judgment, Order, combine
-from dpokit.models import load_model, load_tokenizer
+from dpokit.models import default_device, load_model, load_tokenizer
 from dpokit.progress import transient
 
 PROBE = ("Say hi.", "Hi!", "Hello.")  # any pair: only the end of the rendered prompt decides the letters' tokens
@@ -64,7 +64,7 @@ class LocalLMJudge:
                               "needs a chat model")
         self.letters = letter_ids(self.tokenizer, self._render(*PROBE, True))
         model = load_model(name, ModelConfig(name_or_path=name))
-        self.model = model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu")).eval()
+        self.model = model.to(default_device()).eval()
 
     def judge(self, comparisons: Sequence[Comparison]) -> list[Judgment]:
         """One judgment per comparison, scored in both orders (model first, then baseline first)."""

@@ -329,7 +329,9 @@ def score_models(models: Mapping[str, ModelSpec], held_out: Sequence[HeldOut], t
     settings.check()
     if not models:
         raise ConfigError("no models to score")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from dpokit.models import default_device  # dpokit.models loads transformers: imported when models are scored
+
+    device = default_device()
     results: dict[str, list[PerplexityResult]] = {}
     for name, spec in models.items():
         tok = tokenizer if tokenizer is not None else spec.load_tokenizer()

@@ -278,13 +278,13 @@ class _Drawn:
 
 def _load(name: str, path: str, chat: bool | None) -> _Loaded:
     from dpokit.data.chat import has_template
-    from dpokit.models import load_model, load_tokenizer
+    from dpokit.models import default_device, load_model, load_tokenizer
 
     tokenizer = load_tokenizer(path)
     if chat and not has_template(tokenizer):
         raise ConfigError(f"chat is true, but the tokenizer of {path} has no chat template")
     model = load_model(path, config_io.ModelConfig())
-    model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(default_device())
     return _Loaded(name, model, tokenizer, has_template(tokenizer) if chat is None else chat)
 
 

@@ -147,14 +147,14 @@ def reward_model_scores(path: str, batch_size: int = 32) -> Callable[[list[str],
 
     Loaded from safetensors only, remote code off, in eval mode; scored without gradients in padded batches.
     """
-    from dpokit.models import load_model, load_tokenizer
+    from dpokit.models import default_device, load_model, load_tokenizer
     from dpokit.pipeline import batches
 
     if not is_reward_model(path):
         raise ConfigError(f"{path} is not a dpokit reward model (its config.json has no '{MARKER}' entry)")
     tokenizer = load_tokenizer(path)
     model = load_model(path, ModelConfig(), head="reward").eval()
-    model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(default_device())
     settings = getattr(model.config, MARKER)
 
     @torch.no_grad()
