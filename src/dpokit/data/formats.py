@@ -165,8 +165,8 @@ def _implicit(record: dict[str, Any], options: FormatOptions) -> Example:
     """Splits two whole dialogues at the last prompt marker; the prefixes up to it must be identical."""
     chosen = _text(record, "chosen")
     rejected = _text(record, "rejected")
-    cut_chosen = _after_last_marker(chosen, options.prompt_marker, "chosen")
-    cut_rejected = _after_last_marker(rejected, options.prompt_marker, "rejected")
+    cut_chosen = after_last_marker(chosen, options.prompt_marker, "chosen")
+    cut_rejected = after_last_marker(rejected, options.prompt_marker, "rejected")
     prompt = chosen[:cut_chosen]
     if rejected[:cut_rejected] != prompt:
         raise BadRecord(PROMPTS_DISAGREE, "rejected")
@@ -175,7 +175,8 @@ def _implicit(record: dict[str, Any], options: FormatOptions) -> Example:
     return Example(prompt=prompt, responses=_distinct_pair(chosen_reply, rejected_reply))
 
 
-def _after_last_marker(text: str, marker: str, field: str) -> int:
+def after_last_marker(text: str, marker: str, field: str) -> int:
+    """Where the prompt ends in a whole dialogue: just after the last `marker` (implicit format, win-rate prompts)."""
     at = text.rfind(marker)
     if at < 0:
         raise BadRecord(f"prompt marker {marker!r} not found", field)

@@ -38,13 +38,21 @@ def read_prompts(path: str) -> list[Prompt]:
 def _prompt(raw: RawRecord) -> Prompt:
     if raw.error is not None:
         raise DataError(raw.error, source=raw.source, line=raw.line, field=raw.field)
-    value = raw.record.get("prompt")
+    try:
+        return prompt_of(raw.record)
+    except BadRecord as bad:
+        raise DataError(bad.reason, source=raw.source, line=raw.line, field=bad.field) from None
+
+
+def prompt_of(record: dict) -> Prompt:
+    """A record's "prompt": a non-empty string, or a list of {role, content} messages.
+
+    Raises:
+        BadRecord: anything else (the loader adds file and line).
+    """
+    value = record.get("prompt")
     if isinstance(value, str) and value.strip():
         return value
     if isinstance(value, list):
-        try:
-            return messages(raw.record, "prompt")
-        except BadRecord as bad:
-            raise DataError(bad.reason, source=raw.source, line=raw.line, field=bad.field) from None
-    raise DataError("expected a non-empty string or a list of {role, content} messages", source=raw.source,
-                    line=raw.line, field="prompt")
+        return messages(record, "prompt")
+    raise BadRecord("expected a non-empty string or a list of {role, content} messages", "prompt")

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from dpokit.config import _check_model_dir, setting
 from dpokit.data.chat import hh_messages
-from dpokit.data.formats import DEFAULT_PROMPT_MARKER, BadRecord, messages
-from dpokit.data.prompts import read_prompts
+from dpokit.data.formats import DEFAULT_PROMPT_MARKER, BadRecord, after_last_marker, messages
+from dpokit.data.prompts import prompt_of, read_prompts
 from dpokit.data.sources import RawRecord, read_records
 from dpokit.errors import ConfigError, DataError
 from dpokit.eval.judges import JudgeConfig, Prompt
@@ -152,20 +152,11 @@ def _record(raw: RawRecord, baseline_field: str | None, chat: bool) -> tuple[Pro
     record = raw.record
     try:
         if "prompt" in record:
-            prompt = read_prompts_field(record)
+            prompt = prompt_of(record)
             return prompt, _response(record, baseline_field) if baseline_field else ""
         return _split_dialogue(record, baseline_field or "chosen", chat, keep=baseline_field is not None)
     except BadRecord as bad:
         raise DataError(bad.reason, source=raw.source, line=raw.line, field=bad.field) from None
-
-
-def read_prompts_field(record: dict) -> Prompt:
-    value = record["prompt"]
-    if isinstance(value, str) and value.strip():
-        return value
-    if isinstance(value, list):
-        return messages(record, "prompt")
-    raise BadRecord("expected a non-empty string or a list of {role, content} messages", "prompt")
 
 
 def _response(record: dict, key: str) -> str:
@@ -188,10 +179,7 @@ def _split_dialogue(record: dict, key: str, chat: bool, keep: bool) -> tuple[Pro
     text = record[key]
     if not isinstance(text, str):
         raise BadRecord("expected a dialogue string", key)
-    cut = text.rfind(DEFAULT_PROMPT_MARKER)
-    if cut < 0:
-        raise BadRecord(f"no {DEFAULT_PROMPT_MARKER.strip()!r} turn to split the prompt at", key)
-    end = cut + len(DEFAULT_PROMPT_MARKER)
+    end = after_last_marker(text, DEFAULT_PROMPT_MARKER, key)
     prompt: Prompt = hh_messages(text[:end]) if chat else text[:end]
     response = text[end:].strip()
     if keep and not response:
