@@ -239,19 +239,18 @@ def bon_cells(size: HHSize, ref: Path, reward_dir: Path, held: Path, judge, seed
     from dpokit.eval.judges import Comparison
     from dpokit.eval.rewards import load_reward
     from dpokit.eval.sampling import SamplingSettings
-    from dpokit.eval.winrate import judge_cell
+    from dpokit.eval.winrate import judge_cell, load_for_sampling
     from dpokit.eval.winrate_config import read_prompt_set
-    from dpokit.models import load_model, load_tokenizer
     from dpokit.rlhf.bon import best_of_n
 
     reward = load_reward(str(reward_dir))
-    tokenizer, model = load_tokenizer(str(ref)), _on_device(load_model(str(ref), _model_config()))
+    loaded = load_for_sampling("πref", str(ref), chat=True)
     prompts = read_prompt_set(str(held), "chosen", chat=True, limit=size.winrate_prompts)
     cells, rows = [], []
     for t in size.temperatures:
         settings = SamplingSettings(size.max_new_tokens, t, 1.0, 16)
-        result = best_of_n(model, tokenizer, prompts.prompts, reward, size.bon_n, settings, seed, chat=True,
-                           progress=True)
+        result = best_of_n(loaded.model, loaded.tokenizer, prompts.prompts, reward, size.bon_n, settings, seed,
+                           chat=True, progress=True)
         comparisons = [(i, 0, Comparison(p, texts[best], b)) for i, (p, texts, best, b) in
                        enumerate(zip(prompts.prompts, result.completions, result.best, prompts.baselines,
                                      strict=True))]
@@ -261,31 +260,17 @@ def bon_cells(size: HHSize, ref: Path, reward_dir: Path, held: Path, judge, seed
     return cells, rows
 
 
-def _on_device(model):
-    from dpokit.models import default_device
-
-    return model.to(default_device())
-
-
-def _model_config():
-    from dpokit.config import ModelConfig
-
-    return ModelConfig()
-
-
 def perplexities(size: HHSize, models: dict[str, Path], held: list[dict]) -> dict[str, dict[str, float]]:
     """Per-token NLL and perplexity of each model on the held-out chosen dialogues (rendered by the chat
     template): the capability check, before (πref) and after (each trained policy)."""
-    from dpokit.eval.perplexity import perplexity
-    from dpokit.models import load_model, load_tokenizer
+    from dpokit.eval.perplexity import Document, HeldOut, ModelSpec, PerplexitySettings, score_models
 
-    dialogues = [r["prompt"] + r["chosen"] for r in held[:size.perplexity_docs]]
-    out = {}
-    for name, path in models.items():
-        result = perplexity(_on_device(load_model(str(path), _model_config())), load_tokenizer(str(path)), dialogues,
-                            max_length=512, batch_size=8)
-        out[name] = {"nll": result.nll, "perplexity": result.perplexity, "tokens": result.tokens}
-    return out
+    dialogues = [Document(r["prompt"] + r["chosen"], "held_out.jsonl", i + 1, "chosen")
+                 for i, r in enumerate(held[:size.perplexity_docs])]
+    report = score_models({name: ModelSpec(str(path)) for name, path in models.items()},
+                          [HeldOut("held_out.jsonl", "chosen", dialogues)], settings=PerplexitySettings(512, 8))
+    return {name: {key: r[key] for key in ("nll", "perplexity", "tokens")}
+            for name, r in report["sources"][0]["results"].items()}
 
 
 def run_hh_demo(output_dir: str, size: str = "full", seed: int = 0, data: str | None = None,

@@ -224,7 +224,7 @@ class _Sampler:
     def comparisons(self, model_spec: str) -> dict[tuple[str, float], list[tuple[int, int, Comparison]]]:
         """(prompt set, temperature) -> [(prompt index, sample index, comparison)] for one model."""
         cfg = self.cfg
-        loaded = _load(*named(model_spec), cfg.chat)
+        loaded = load_for_sampling(*named(model_spec), cfg.chat)
         sets = self.prompt_sets(loaded.chat)
         out = {}
         for prompt_set in sets:
@@ -237,7 +237,7 @@ class _Sampler:
         del loaded
         return out
 
-    def _sample(self, loaded: _Loaded, prompt_set: PromptSet, temperature: float, seed: int) -> _Drawn:
+    def _sample(self, loaded: LoadedModel, prompt_set: PromptSet, temperature: float, seed: int) -> _Drawn:
         from dpokit.eval.sampling import SamplingSettings, sample
 
         per_prompt = 1 if temperature == 0 else self.cfg.num_samples
@@ -254,7 +254,7 @@ class _Sampler:
         t = temperature if self.cfg.baseline_temperature is None else self.cfg.baseline_temperature
         key = (prompt_set.name, t)
         if key not in self._baseline:  # a different seed from the models': independent draws, not the same ones
-            loaded = _load("baseline", self.cfg.baseline, self.cfg.chat)
+            loaded = load_for_sampling("baseline", self.cfg.baseline, self.cfg.chat)
             base_set = next(s for s in self.prompt_sets(loaded.chat) if s.name == prompt_set.name)
             drawn = self._sample(loaded, base_set, t, self.cfg.seed + 1_000_003)
             self._baseline[key] = drawn.completions
@@ -262,7 +262,7 @@ class _Sampler:
 
 
 @dataclass
-class _Loaded:
+class LoadedModel:
     name: str
     model: torch.nn.Module
     tokenizer: Any
@@ -276,7 +276,9 @@ class _Drawn:
     per_prompt: int
 
 
-def _load(name: str, path: str, chat: bool | None) -> _Loaded:
+def load_for_sampling(name: str, path: str, chat: bool | None) -> LoadedModel:
+    """A model and its tokenizer, on the default device, with whether prompts go through its chat template
+    (`chat` None: when it has one)."""
     from dpokit.data.chat import has_template
     from dpokit.models import default_device, load_model, load_tokenizer
 
@@ -285,7 +287,7 @@ def _load(name: str, path: str, chat: bool | None) -> _Loaded:
         raise ConfigError(f"chat is true, but the tokenizer of {path} has no chat template")
     model = load_model(path, config_io.ModelConfig())
     model.to(default_device())
-    return _Loaded(name, model, tokenizer, has_template(tokenizer) if chat is None else chat)
+    return LoadedModel(name, model, tokenizer, has_template(tokenizer) if chat is None else chat)
 
 
 def _fit(baselines: list[str], have: int, want: int) -> list[str]:
