@@ -53,3 +53,25 @@ def test_dpo_on_smollm2_with_conversational_hh_pairs(hh_path, tmp_path):
     assert "quantization_config" not in config and (saved / "model.safetensors").is_file()
     rows = dpokit.generate(str(saved), ["What is the capital of France?"], max_new_tokens=24, temperature=0.0)
     assert "Paris" in rows[0]["completion"]
+
+
+def test_a_reward_model_scores_message_prompts_with_the_ids_training_gave_them():
+    """`dpokit rm` on conversational data renders prompt and reply with the chat template (data.formats); scoring a
+    sampled reply to a message prompt must give the same token ids, SmolLM2's ChatML closing tokens included."""
+    from dpokit.data.formats import FormatOptions, parse_record
+    from dpokit.data.tokenize import TokenizeSettings, tokenize_examples
+    from dpokit.models import load_tokenizer
+    from dpokit.rlhf.reward_model import tokenize_for_scoring
+
+    tokenizer = load_tokenizer("smollm2-135m-instruct")
+    prompt = [{"role": "user", "content": "How do I boil an egg?"}]
+    record = {"prompt": prompt, "chosen": [{"role": "assistant", "content": "Boil it for 7 minutes."}],
+              "rejected": [{"role": "assistant", "content": "No."}]}
+    trained = tokenize_examples([parse_record(record, "conversational", source="x", line=1,
+                                              options=FormatOptions(tokenizer=tokenizer))],
+                                tokenizer, TokenizeSettings(256)).examples[0]
+    settings = {"max_length": 256, "max_prompt_length": None, "prompt_truncation": "keep_end"}
+    scored = tokenize_for_scoring(tokenizer, settings, [prompt, prompt], ["Boil it for 7 minutes.", "No."])
+    assert [s.prompt_ids for s in scored] == [trained.prompt_ids] * 2
+    assert [s.response_ids[0] for s in scored] == list(trained.response_ids)
+    assert tokenizer.decode(scored[1].response_ids[0]) == "No.<|im_end|>\n"
