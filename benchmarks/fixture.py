@@ -109,14 +109,14 @@ def raw_texts(source: Path) -> list[str]:
 
 
 def tokenizer_for(texts: list[str]):
-    from dpokit.tiny import train_bpe_tokenizer
+    from dpokit.models.tiny import train_bpe_tokenizer
 
     return train_bpe_tokenizer(texts, vocab_size=VOCAB_SIZE)
 
 
 def save_model(tokenizer, shape: dict[str, int], seed: int, out: Path) -> int:
     """Random-init Llama (fp32, safetensors) saved beside its tokenizer, so the directory alone loads everything."""
-    from dpokit.tiny import tiny_llama
+    from dpokit.models.tiny import tiny_llama
 
     model = tiny_llama(tokenizer, seed=seed, **shape)
     model.save_pretrained(out, safe_serialization=True)
@@ -129,8 +129,8 @@ def save_smollm2(out: Path, ref_out: Path) -> int:
     perturbed copy for the parity check. Returns the parameter count (the tied embedding / LM head counted once)."""
     import torch
 
-    from dpokit.config import ModelConfig
-    from dpokit.models import load_model, load_tokenizer
+    from dpokit.models.loading import load_model, load_tokenizer
+    from dpokit.trainer.config import ModelConfig
 
     model, tokenizer = load_model(SMOLLM2, ModelConfig()), load_tokenizer(SMOLLM2)
     for path in (out, ref_out):

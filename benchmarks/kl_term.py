@@ -6,7 +6,7 @@
 Builds the demo's task and πref exactly as `dpokit demo` does (review corpus, BPE tokenizer, SFT of a random tiny
 Llama), samples the preference pairs once, then trains one run per (β, λ) from πref, the same steps, batches and
 seed: `sigmoid + λ*kl` (λ = 0: `sigmoid` alone). Each run ends with the frontier's held-out evaluation: the mean
-sequence KL(π‖πref) of completions sampled from π (`dpokit.eval.kl`, nats per completion) and the mean VADER
+sequence KL(π‖πref) of completions sampled from π (`dpokit.lm.sequence_kl`, nats per completion) and the mean VADER
 reward. Prints a table and writes OUT/kl_term.json; `tests/integration/test_kl_term_demo.py` runs the tiny size.
 """
 
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from dpokit.demo import SIZES, build_sft_model, demo_prompts
-from dpokit.eval.frontier import run_frontier
-from dpokit.eval.frontier_config import FrontierConfig, MethodSpec
-from dpokit.eval.rewards import load_reward
+from dpokit.experiments.demo import SIZES, build_sft_model, demo_prompts
+from dpokit.experiments.frontier import run_frontier
+from dpokit.experiments.frontier_config import FrontierConfig, MethodSpec
+from dpokit.rewards.sources import load_reward
 
 
 @dataclass

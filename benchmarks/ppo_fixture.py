@@ -1,7 +1,7 @@
 """The PPO benchmark's fixture, built once and cached under benchmarks/.cache/ppo/: what both systems read.
 
 - **Tokenizer**: byte-level BPE (vocab 8192) trained on the HH dialogues, as the DPO benchmark's (fixture.py).
-- **Policy** (= πref = the start of training): `dpokit.tiny.tiny_llama` with fixture.py's shapes, random init, seed 0.
+- **Policy** (= πref, the start): `dpokit.models.tiny.tiny_llama`, fixture.py's shapes, random init (seed 0).
 - **Reward model**: a `LlamaForSequenceClassification` (one output) of the same shape, random init, seed 2, saved
   with the tokenizer. dpokit reads it as `reward.source=DIR` (a plain Hugging Face classifier: its classifier path);
   TRL as `reward_model`, and, as TRL's PPO example does, initialises its separate value model from it.
@@ -71,7 +71,7 @@ def save_reward_model(tokenizer, shape: dict[str, int], seed: int, out: Path) ->
     import torch
     from transformers import LlamaForSequenceClassification
 
-    from dpokit.tiny import tiny_llama
+    from dpokit.models.tiny import tiny_llama
 
     config = tiny_llama(tokenizer, **shape).config
     config.num_labels = 1

@@ -61,7 +61,7 @@ class Window:
         self._labelled = False
 
     def install(self) -> None:
-        from dpokit.train import loop
+        from dpokit.trainer import loop
 
         inner = loop._step
 
@@ -149,8 +149,8 @@ def summarize(window: Window, vocab: int, top: int) -> dict:
 def run(args: argparse.Namespace) -> dict:
     import torch
 
-    from dpokit import config as config_io
-    from dpokit.train.loop import train
+    from dpokit.trainer import config as config_io
+    from dpokit.trainer.loop import train
 
     if args.threads:
         torch.set_num_threads(args.threads)

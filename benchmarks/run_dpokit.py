@@ -1,4 +1,4 @@
-"""dpokit side of the TRL comparison: N optimizer steps through `dpokit.train.loop.train`, one JSON line out.
+"""dpokit side of the TRL comparison: N optimizer steps through `dpokit.trainer.loop.train`, one JSON line out.
 
 Step times are dpokit's own `step_time_s` from metrics.jsonl (forward, backward, clip, optimizer step; batch
 collation excluded, as the TRL runner's callback excludes it). Modes are presets of config overrides; `--set` adds
@@ -61,8 +61,8 @@ def overrides(args: argparse.Namespace, fix: fixture.Fixture, workdir: Path) -> 
 def run(args: argparse.Namespace) -> RunResult:
     import torch
 
-    from dpokit import config as config_io
-    from dpokit.train.loop import train
+    from dpokit.trainer import config as config_io
+    from dpokit.trainer.loop import train
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -96,7 +96,7 @@ def _record_steps() -> _StepRecorder:
     Measurement only: the wrapped function runs unchanged. If the loop stops calling a module-level `train_step`,
     nothing is recorded and setup falls back to total time minus the step times.
     """
-    from dpokit.train import loop
+    from dpokit.trainer import loop
 
     recorder = _StepRecorder()
     recorder.pair_tokens = []

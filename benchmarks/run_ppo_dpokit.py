@@ -30,7 +30,7 @@ METRICS = ("reward", "kl", "response_length", "policy_loss", "value_loss", "clip
 
 
 def ppo_config(args: argparse.Namespace, fix: ppo_fixture.PPOFixture, out_dir: str):
-    from dpokit.eval.rewards import RewardConfig
+    from dpokit.rewards.sources import RewardConfig
     from dpokit.rlhf.ppo_config import PPOConfig
 
     return PPOConfig(

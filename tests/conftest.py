@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dpokit.tiny import tiny_llama, train_bpe_tokenizer
+from dpokit.models.tiny import tiny_llama, train_bpe_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 HH_PATH = Path(os.environ.get("DPOKIT_SHARED_DATA", REPO.parent / "shared" / "data")) / "hh_harmless_test.jsonl.gz"

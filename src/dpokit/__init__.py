@@ -11,21 +11,14 @@ The Python API (`dpokit.api`; README, "Python API"):
 
 from __future__ import annotations
 
-import importlib
-
-from dpokit.errors import ConfigError, DataError, DpokitError
-
-# The subpackage dpokit.train is loaded before the function `train` is bound to this name: importing a submodule
-# binds its name on the parent only when it first loads, so the function is not replaced later.
-importlib.import_module("dpokit.train")
-
-from dpokit.api import bon, evaluate, generate, perplexity, ppo, rm, sft, train, winrate  # noqa: E402
-from dpokit.config import Config  # noqa: E402
-from dpokit.eval.judges import JudgeConfig  # noqa: E402
-from dpokit.eval.winrate_config import WinrateConfig  # noqa: E402
-from dpokit.rlhf.bon import BonConfig  # noqa: E402
-from dpokit.rlhf.ppo_config import PPOConfig  # noqa: E402
-from dpokit.rlhf.reward_config import RewardModelConfig  # noqa: E402
+from dpokit.api import bon, evaluate, generate, perplexity, ppo, rm, sft, train, winrate
+from dpokit.core.errors import ConfigError, DataError, DpokitError
+from dpokit.eval.judges import JudgeConfig
+from dpokit.eval.winrate_config import WinrateConfig
+from dpokit.rlhf.bon import BonConfig
+from dpokit.rlhf.ppo_config import PPOConfig
+from dpokit.rlhf.reward_config import RewardModelConfig
+from dpokit.trainer.config import Config
 
 __version__ = "0.1.0"
 __all__ = [

@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from dpokit import config as config_io
-from dpokit.config import Config
-from dpokit.errors import ConfigError
+from dpokit.core.errors import ConfigError
+from dpokit.trainer import config as config_io
+from dpokit.trainer.config import Config
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from dpokit.rlhf.ppo_config import PPOConfig
     from dpokit.rlhf.ppo_trainer import PPOSummary
     from dpokit.rlhf.reward_config import RewardModelConfig
-    from dpokit.train.loop import Callback, RunSummary
+    from dpokit.trainer.loop import Callback, RunSummary
 
 
 def train(config: Config, callback: Callback | None = None) -> RunSummary:
@@ -43,7 +43,7 @@ def train(config: Config, callback: Callback | None = None) -> RunSummary:
         config: the run; `model.name_or_path`, `data.path` and `train.output_dir` are required.
         callback: `callback(step, policy)` at every `train.eval_every` steps and after the last (see train.loop).
     """
-    from dpokit.train.loop import train as run_training
+    from dpokit.trainer.loop import train as run_training
 
     return run_training(config, callback=callback)
 
@@ -63,10 +63,10 @@ def evaluate(config: Config) -> dict[str, float]:
     """Preference metrics (loss, reward accuracy and margins, log-probs) of `model.name_or_path` on `data.path`,
     against `reference.name_or_path` (or a copy of the policy's own weights), in dataset order, without training."""
     from dpokit.losses import objective_from_config
-    from dpokit.models import default_device
-    from dpokit.pipeline import batches, load_all
-    from dpokit.train.step import Trainee
-    from dpokit.train.step import evaluate as run_eval
+    from dpokit.models.loading import default_device
+    from dpokit.trainer.assembly import batches, load_all
+    from dpokit.trainer.step import Trainee
+    from dpokit.trainer.step import evaluate as run_eval
 
     config_io.validate(config, require=("model.name_or_path", "data.path"))
     objective, params = objective_from_config(config)
@@ -101,7 +101,7 @@ def perplexity(models: str | Mapping[str, str | ModelSpec], texts: str | HeldOut
     import os
 
     from dpokit.eval.perplexity import HeldOut, ModelSpec, PerplexitySettings, read_held_out, score_models
-    from dpokit.models import load_tokenizer
+    from dpokit.models.loading import load_tokenizer
 
     settings = PerplexitySettings(max_length, batch_size)
     settings.check()
@@ -144,8 +144,8 @@ def generate(model: str, prompts: Sequence[str | list[dict]], *, num_samples: in
         One {"prompt", "completion"} per completion, all of a prompt's samples together, in prompt order.
     """
     from dpokit.data.chat import has_template
-    from dpokit.eval.sampling import SamplingSettings, sample
-    from dpokit.models import default_device, load_model, load_tokenizer
+    from dpokit.lm.sampling import SamplingSettings, sample
+    from dpokit.models.loading import default_device, load_model, load_tokenizer
 
     if not prompts:
         raise ConfigError("nothing to complete: no prompts were given")
@@ -178,7 +178,7 @@ def bon(config: BonConfig, *, prompts: Sequence[str | list[dict]] | None = None,
     """
     from dpokit.data.chat import has_template
     from dpokit.data.prompts import read_prompts
-    from dpokit.models import default_device, load_model, load_tokenizer
+    from dpokit.models.loading import default_device, load_model, load_tokenizer
     from dpokit.rlhf.bon import best_of_n
 
     config_io.validate(config, require=("model",) if prompts is not None else ("model", "prompts"))

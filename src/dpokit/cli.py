@@ -9,8 +9,8 @@ import types
 import typing
 from dataclasses import dataclass
 
-from dpokit.config import Config, describe_keys, field_of
-from dpokit.errors import DpokitError
+from dpokit.core.errors import DpokitError
+from dpokit.trainer.config import Config, describe_keys, field_of
 
 # flag -> dotted config key, for `train` and `sft`; each flag's type and help come from the key's field
 TRAIN_FLAGS = {
@@ -60,10 +60,11 @@ PPO_FLAGS = {
 RM_FLAGS = {name: key for name, key in TRAIN_FLAGS.items() if not key.startswith("loss.")}
 
 KEY_COMMANDS = {
-    "train": KeyCommand("dpokit.config:Config", TRAIN_FLAGS, "train a policy with DPO (or another preference loss)",
-                        "train.resume", "loss.beta=0.5"),
-    "sft": KeyCommand("dpokit.config:Config", TRAIN_FLAGS, "Preferred-FT: fine-tune on the chosen responses (builds "
-                      "πref when no SFT model exists)", "train.resume", "train.lr=1e-5"),
+    "train": KeyCommand("dpokit.trainer.config:Config", TRAIN_FLAGS,
+                        "train a policy with DPO (or another preference loss)", "train.resume", "loss.beta=0.5"),
+    "sft": KeyCommand("dpokit.trainer.config:Config", TRAIN_FLAGS,
+                      "Preferred-FT: fine-tune on the chosen responses (builds πref when no SFT model exists)",
+                      "train.resume", "train.lr=1e-5"),
     "rm": KeyCommand("dpokit.rlhf.reward_config:RewardModelConfig", RM_FLAGS, "train a Bradley-Terry reward model on "
                      "preference data: a scalar head on each response's last token, rewards centred on the training "
                      "data", "train.resume", "train.lr=1e-5"),
@@ -225,7 +226,7 @@ def losses_help() -> str:
 
 
 def frontier_yaml_help() -> str:
-    from dpokit.eval.frontier_config import FrontierFile
+    from dpokit.experiments.frontier_config import FrontierFile
 
     return "frontier YAML keys, default, meaning (methods[i] are the keys of each methods entry):\n" + describe_keys(
         FrontierFile) + "\n"

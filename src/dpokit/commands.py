@@ -8,10 +8,10 @@ import os
 from pathlib import Path
 
 from dpokit import api
-from dpokit import config as config_io
-from dpokit.config import Config
-from dpokit.errors import ConfigError
+from dpokit.core.errors import ConfigError
 from dpokit.losses import objective_from_config
+from dpokit.trainer import config as config_io
+from dpokit.trainer.config import Config
 
 
 def train(command: str, yaml_path: str | None, flags: dict, overrides: list[str]) -> int:
@@ -69,7 +69,7 @@ def _perplexity(cfg: Config, held_out: list) -> dict:
     import sys
 
     from dpokit.eval.perplexity import ModelSpec, table
-    from dpokit.models import load_tokenizer
+    from dpokit.models.loading import load_tokenizer
 
     m = cfg.model
     tokenizer = load_tokenizer(m.tokenizer or m.name_or_path, m.trust_remote_code, None if m.tokenizer else m.gguf_file)
@@ -86,13 +86,13 @@ def demo(args: argparse.Namespace) -> int:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     size = "quick" if args.quick else "full"
     if args.task == "hh":
-        from dpokit.demo_hh import run_hh_demo
+        from dpokit.experiments.demo_hh import run_hh_demo
 
         run_hh_demo(args.output_dir or "dpokit-demo-hh", size, args.seed, args.data, args.judge, args.threads)
         return 0
     if args.data or args.judge:
         raise ConfigError("--data and --judge belong to --task hh")
-    from dpokit.demo import run_demo
+    from dpokit.experiments.demo import run_demo
 
     run_demo(args.output_dir or "dpokit-demo", size=size, seed=args.seed, threads=args.threads or 1)
     return 0
@@ -120,10 +120,10 @@ def _emit(text: str, output: str | None) -> None:
 
 
 def frontier(config_path: str, output_dir: str | None) -> int:
-    from dpokit.eval.frontier import run_frontier
-    from dpokit.eval.frontier_config import load_frontier_config
-    from dpokit.eval.report import console_summary, write_outputs
-    from dpokit.eval.rewards import RewardConfig
+    from dpokit.experiments.frontier import run_frontier
+    from dpokit.experiments.frontier_config import load_frontier_config
+    from dpokit.experiments.report import console_summary, write_outputs
+    from dpokit.rewards.sources import RewardConfig
 
     file = load_frontier_config(config_path, output_dir)
     cfg = file.experiment()  # reads the prompts: a missing file fails before the reward loads

@@ -84,7 +84,7 @@ def test_generate_with_and_without_the_chat_template(model_dir, tmp_path):
 
 def test_the_api_names_stay_functions_after_the_training_modules_load():
     """`dpokit.train` is the function, although a subpackage dpokit/train/ exists and loads during training."""
-    code = ("import dpokit, dpokit.train.loop, dpokit.train.setup; "
+    code = ("import dpokit, dpokit.trainer.loop, dpokit.trainer.run; "
             "print(all(callable(f) for f in (dpokit.train, dpokit.sft, dpokit.evaluate, dpokit.generate)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["True"]

@@ -9,8 +9,8 @@ import pytest
 
 import dpokit
 from dpokit.cli import main
-from dpokit.config import describe_keys
 from dpokit.rlhf.bon import BonConfig, analytic_kl
+from dpokit.trainer.config import describe_keys
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

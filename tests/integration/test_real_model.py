@@ -60,8 +60,8 @@ def test_a_reward_model_scores_message_prompts_with_the_ids_training_gave_them()
     sampled reply to a message prompt must give the same token ids, SmolLM2's ChatML closing tokens included."""
     from dpokit.data.formats import FormatOptions, parse_record
     from dpokit.data.tokenize import TokenizeSettings, tokenize_examples
-    from dpokit.models import load_tokenizer
-    from dpokit.rlhf.reward_model import tokenize_for_scoring
+    from dpokit.models.loading import load_tokenizer
+    from dpokit.rewards.reward_model import tokenize_for_scoring
 
     tokenizer = load_tokenizer("smollm2-135m-instruct")
     prompt = [{"role": "user", "content": "How do I boil an egg?"}]

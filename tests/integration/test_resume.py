@@ -10,7 +10,7 @@ import pytest
 from interrupt import sigterm_after
 
 from dpokit.cli import main
-from dpokit.errors import DpokitError
+from dpokit.core.errors import DpokitError
 
 DETERMINISTIC = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
                  "logps/chosen", "logps/rejected", "grad_norm", "lr", "num_pairs")
@@ -61,8 +61,8 @@ def test_resume_without_a_checkpoint_is_a_clear_error(model_dir, hh_path, tmp_pa
 
 def test_non_finite_loss_stops_naming_the_step_and_pairs(model_dir, hh_path, tmp_path):
     out = tmp_path / "nan"
-    from dpokit.config import build_config, parse_overrides
-    from dpokit.train.loop import train
+    from dpokit.trainer.config import build_config, parse_overrides
+    from dpokit.trainer.loop import train
 
     overrides = parse_overrides(["data.limit=16", "data.on_bad_record=skip", "train.optimizer=adamw",
                                  "train.lr=1e20", "train.max_steps=5", "train.progress=false", "data.max_length=96"])

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from dpokit.cli import main
-from dpokit.errors import ConfigError
-from dpokit.train.trackers import PACKAGES, TRACKERS, check_report_to
+from dpokit.core.errors import ConfigError
+from dpokit.trainer.trackers import PACKAGES, TRACKERS, check_report_to
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from dpokit.config import build_config
-from dpokit.train.loop import train
-from dpokit.train.optim import lr_factor
+from dpokit.trainer.config import build_config
+from dpokit.trainer.loop import train
+from dpokit.trainer.optim import lr_factor
 
 
 def run(model_dir, hh_path, out, **overrides):

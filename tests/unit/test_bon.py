@@ -11,9 +11,9 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from dpokit.core.errors import ConfigError
 from dpokit.data.tokenize import encode_prompts
-from dpokit.errors import ConfigError
-from dpokit.eval.sampling import SamplingSettings
+from dpokit.lm.sampling import SamplingSettings
 from dpokit.rlhf.bon import (
     BestOfN,
     BonConfig,
@@ -200,7 +200,7 @@ def test_rows_and_summary_agree_with_the_samples(known_model):
     ({"max_new_tokens": 0}, "config key 'max_new_tokens' must be >= 1"),
 ])
 def test_config_ranges_are_checked(values, message):
-    from dpokit import config as config_io
+    from dpokit.trainer import config as config_io
 
     with pytest.raises(ConfigError, match=message):
         config_io.validate(config_io.load(BonConfig(model="m", prompts="p.txt"), None, values))

@@ -17,7 +17,7 @@ import pytest
 
 from dpokit.data import chat, load_examples
 from dpokit.data.tokenize import TokenizeSettings, tokenize_examples
-from dpokit.tiny import train_bpe_tokenizer
+from dpokit.models.tiny import train_bpe_tokenizer
 
 LLAMA3 = (
     "<|begin_of_text|>{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"

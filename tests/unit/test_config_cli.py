@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from dpokit.cli import main
-from dpokit.config import Config, build_config, describe_keys, parse_overrides, save, validate
-from dpokit.errors import ConfigError
+from dpokit.core.errors import ConfigError
+from dpokit.trainer.config import Config, build_config, describe_keys, parse_overrides, save, validate
 
 
 def test_layers_apply_in_order(tmp_path):

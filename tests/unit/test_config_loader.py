@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-import dpokit.config
 import dpokit.losses.objective
+import dpokit.trainer.config
 from dpokit.cli import TRAIN_FLAGS, build_parser, frontier_yaml_help, main
-from dpokit.config import Config, build_config, describe_keys, field_of, load, setting, validate
-from dpokit.errors import ConfigError
-from dpokit.eval.frontier import method_config
-from dpokit.eval.frontier_config import FrontierConfig, FrontierFile, MethodSpec, load_frontier_config
-from dpokit.eval.preferences import PreferenceFiles, PreferenceStats
+from dpokit.core.errors import ConfigError
+from dpokit.experiments.frontier import method_config
+from dpokit.experiments.frontier_config import FrontierConfig, FrontierFile, MethodSpec, load_frontier_config
 from dpokit.losses import LOSSES, LossParams, objective_from_config
+from dpokit.rewards.preferences import PreferenceFiles, PreferenceStats
+from dpokit.trainer.config import Config, build_config, describe_keys, field_of, load, setting, validate
 
 
 def _train_parser() -> argparse.ArgumentParser:
@@ -216,5 +216,5 @@ def test_a_new_command_gets_loading_checks_and_help_from_its_dataclass(tmp_path:
 
 
 def test_config_docstring_examples():
-    result = doctest.testmod(dpokit.config, verbose=False)
+    result = doctest.testmod(dpokit.trainer.config, verbose=False)
     assert result.attempted > 0 and result.failed == 0

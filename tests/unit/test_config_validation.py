@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import transformers
 
-import dpokit.train.loop  # noqa: F401  (imports every module train() reaches, so the tripwire can reach their names)
-from dpokit.config import Config, build_config
-from dpokit.errors import ConfigError
-from dpokit.train.loop import train
+import dpokit.trainer.loop  # noqa: F401  (imports every module train() reaches, so the tripwire can reach their names)
+from dpokit.core.errors import ConfigError
+from dpokit.trainer.config import Config, build_config
+from dpokit.trainer.loop import train
 
 
 class ModelLoaded(Exception):

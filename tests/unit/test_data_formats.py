@@ -12,11 +12,11 @@ import datasets
 import pandas as pd
 import pytest
 
+from dpokit.core.errors import ConfigError, DataError
 from dpokit.data import SKIP_HINT, LoadResult, Skip, load_examples, ranked_to_pairs, split_examples
 from dpokit.data.formats import EMPTY, IDENTICAL, PROMPTS_DISAGREE
 from dpokit.data.records import Example
-from dpokit.errors import ConfigError, DataError
-from dpokit.tiny import EOS, train_bpe_tokenizer
+from dpokit.models.tiny import EOS, train_bpe_tokenizer
 
 HH = Path("/work/shared/data/hh_harmless_test.jsonl.gz")
 MARKER = "\n\nAssistant:"

@@ -10,8 +10,8 @@ import datasets
 import pandas as pd
 import pytest
 
+from dpokit.core.errors import DataError
 from dpokit.data.sources import RawRecord, read_records
-from dpokit.errors import DataError
 
 PAIR = {"prompt": "p", "chosen": "c", "rejected": "r"}
 

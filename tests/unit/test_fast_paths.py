@@ -11,9 +11,9 @@ import torch
 from dpokit.data.collate import collate
 from dpokit.data.packing import pack
 from dpokit.data.tokenize import TokenizedExample
-from dpokit.logprobs import chunked_token_logps, sequence_logps
+from dpokit.lm.logprobs import chunked_token_logps, sequence_logps
 from dpokit.losses import LossInputs, LossParams, parse_objective
-from dpokit.tiny import tiny_llama
+from dpokit.models.tiny import tiny_llama
 
 EOS, PAD = 0, 1
 
@@ -108,7 +108,7 @@ def test_chunked_token_logps_matches_full_logits_in_value_and_gradient():
 
 def test_check_layout_falls_back_to_plain_when_the_fast_path_disagrees(tokenizer):
     """A head the fast path misreads (here: a softcap the Llama forward does not apply) is caught at start-up."""
-    from dpokit.pipeline import Layout, check_layout
+    from dpokit.trainer.assembly import Layout, check_layout
 
     model = tiny_llama(tokenizer, hidden_size=36, num_layers=1, num_heads=3, seed=5)
     examples = make_examples(ODD_PAIRS)
@@ -152,7 +152,7 @@ def _architectures():
 @pytest.mark.parametrize("arch", sorted(_architectures()))
 def test_fast_path_holds_across_architectures(arch):
     """Learned/rotary/partial-rotary positions, GQA, parallel blocks: packed log-probs equal plain ones."""
-    from dpokit.pipeline import Layout, check_layout
+    from dpokit.trainer.assembly import Layout, check_layout
 
     torch.manual_seed(0)
     model = _architectures()[arch]().eval()
@@ -162,7 +162,7 @@ def test_fast_path_holds_across_architectures(arch):
 
 
 def test_check_layout_falls_back_when_the_fast_forward_raises(tokenizer, monkeypatch):
-    import dpokit.pipeline as pipeline
+    import dpokit.trainer.assembly as pipeline
     from dpokit.data.packing import PackedBatch
 
     real = pipeline.sequence_logps

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from dpokit.errors import ConfigError
-from dpokit.eval import frontier
-from dpokit.eval.frontier_config import KINDS, FrontierConfig, MethodSpec, load_frontier_config, rlhf_methods
-from dpokit.eval.frontier_rlhf import ppo_config, split_pairs
+from dpokit.core.errors import ConfigError
+from dpokit.experiments import frontier
+from dpokit.experiments.frontier_config import KINDS, FrontierConfig, MethodSpec, load_frontier_config, rlhf_methods
+from dpokit.experiments.frontier_rlhf import ppo_config, split_pairs
 
 
 def experiment(*methods: MethodSpec, **kwargs) -> FrontierConfig:

@@ -30,10 +30,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from dpokit.core.errors import DataError
 from dpokit.data import load_examples
 from dpokit.data.formats import DEFAULT_PROMPT_MARKER as MARKER
-from dpokit.errors import DataError
-from dpokit.tiny import EOS, train_bpe_tokenizer
+from dpokit.models.tiny import EOS, train_bpe_tokenizer
 
 FUZZ = settings(max_examples=30, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -14,7 +14,7 @@ MODULES = sorted(m.name for m in pkgutil.walk_packages(dpokit.__path__, "dpokit.
 
 
 def test_the_package_has_its_modules():
-    assert {"dpokit.api", "dpokit.cli", "dpokit.data.chat", "dpokit.train.loop"} <= set(MODULES)
+    assert {"dpokit.api", "dpokit.cli", "dpokit.data.chat", "dpokit.trainer.loop"} <= set(MODULES)
 
 
 @pytest.mark.parametrize("name", MODULES)

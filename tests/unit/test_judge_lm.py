@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dpokit.core.errors import ConfigError
 from dpokit.data.chat import render_prompt
-from dpokit.errors import ConfigError
 from dpokit.eval.judge_lm import LocalLMJudge, letter_ids
 from dpokit.eval.judge_prompts import BUILTIN
 from dpokit.eval.judges import Comparison, JudgeConfig
-from dpokit.tiny import tiny_llama, train_bpe_tokenizer
+from dpokit.models.tiny import tiny_llama, train_bpe_tokenizer
 from judge_checks import check_letter_orders  # tests/judge_checks.py
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -88,7 +88,7 @@ def test_left_padded_batches_equal_the_plain_forward_one_prompt_at_a_time(tiny_j
 
 
 def test_the_letters_are_the_tokens_the_template_opens_a_reply_with(tmp_path):
-    chatml_like = train_bpe_tokenizer(TEXTS, vocab_size=300)  # dpokit.tiny's template: "<|assistant|>\n" + reply
+    chatml_like = train_bpe_tokenizer(TEXTS, vocab_size=300)  # dpokit.models.tiny's template: "<|assistant|>\n" + reply
     prompt = render_prompt(chatml_like, "Which? State only A or B.")
     assert [chatml_like.decode([t]) for t in letter_ids(chatml_like, prompt)] == ["A", "B"]
     open_ended = train_bpe_tokenizer(TEXTS, vocab_size=300)

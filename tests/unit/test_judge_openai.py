@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from dpokit.errors import ConfigError, DataError
+from dpokit.core.errors import ConfigError, DataError
 from dpokit.eval.judge_openai import JudgeError, OpenAIJudge
 from dpokit.eval.judges import Comparison, JudgeConfig
 from openai_server import OpenAIServer, always, garbage, prefers, responses

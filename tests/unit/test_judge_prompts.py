@@ -8,7 +8,7 @@ import importlib
 
 import pytest
 
-from dpokit.errors import ConfigError, DataError
+from dpokit.core.errors import ConfigError, DataError
 from dpokit.eval.judge_prompts import BUILTIN, load_prompt, parse_choice, prompt_text, template_label
 
 DIALOGUE = "More helpful"

@@ -21,8 +21,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from dpokit.eval.kl import sequence_kl, token_kl
-from dpokit.eval.sampling import SamplingSettings, sample_ids
+from dpokit.lm.sampling import SamplingSettings, sample_ids
+from dpokit.lm.sequence_kl import sequence_kl, token_kl
 
 VOCAB, EOS, PAD, MAX_NEW = 6, 0, 1, 3
 PROMPTS = ([2, 3], [4])  # different lengths: sampling left-pads, the KL forward right-pads

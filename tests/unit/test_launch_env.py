@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from dpokit.errors import ConfigError
-from dpokit.train.launch import fsdp_from_accelerate, zero_from_accelerate
+from dpokit.core.errors import ConfigError
+from dpokit.trainer.launch import fsdp_from_accelerate, zero_from_accelerate
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dpokit.errors import ConfigError
+from dpokit.core.errors import ConfigError
 from dpokit.losses import (
     LOSSES,
     LossInputs,

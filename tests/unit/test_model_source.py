@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from dpokit.config import Config, build_config, validate
-from dpokit.errors import ConfigError
-from dpokit.model_source import PACKAGED, ModelSource, resolve_model
+from dpokit.core.errors import ConfigError
+from dpokit.core.model_source import PACKAGED, ModelSource, resolve_model
+from dpokit.trainer.config import Config, build_config, validate
 
 SMOL = "smollm2-135m-instruct"
 SMOL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

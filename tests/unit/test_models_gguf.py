@@ -15,9 +15,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from dpokit.config import ModelConfig
-from dpokit.model_source import resolve_model
-from dpokit.models import load_model, load_tokenizer
+from dpokit.core.model_source import resolve_model
+from dpokit.models.loading import load_model, load_tokenizer
+from dpokit.trainer.config import ModelConfig
 
 SMOL = "smollm2-135m-instruct"
 pytestmark = pytest.mark.usefixtures("one_thread")

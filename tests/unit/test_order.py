@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from dpokit.train.order import batch_indices
+from dpokit.trainer.order import batch_indices
 
 
 def take(stream, n):

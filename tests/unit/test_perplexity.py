@@ -11,11 +11,11 @@ import pytest
 import torch
 from tokenizers.processors import TemplateProcessing
 
+from dpokit.core.errors import ConfigError, DataError
 from dpokit.data.chat import render
 from dpokit.data.tokenize import encode_documents
-from dpokit.errors import ConfigError, DataError
 from dpokit.eval.perplexity import Document, perplexity, read_held_out, windows
-from dpokit.tiny import tiny_llama, train_bpe_tokenizer
+from dpokit.models.tiny import tiny_llama, train_bpe_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

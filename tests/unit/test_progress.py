@@ -6,7 +6,7 @@ import io
 
 from tqdm.auto import tqdm
 
-from dpokit.progress import Lines, progress
+from dpokit.core.progress import Lines, progress
 
 
 class Terminal(io.StringIO):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from dpokit.core.errors import DataError
 from dpokit.data.prompts import read_prompts
-from dpokit.errors import DataError
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dpokit.config import Config
-from dpokit.errors import ConfigError
+from dpokit.core.errors import ConfigError
+from dpokit.lm.reference import AdapterOff, FrozenModel
 from dpokit.losses import parse_objective
-from dpokit.pipeline import PreparedData, ReferencePlan, build_policy, build_reference, load_all, plan_reference
-from dpokit.reference import AdapterOff, FrozenModel
+from dpokit.trainer.assembly import PreparedData, ReferencePlan, build_policy, build_reference, load_all, plan_reference
+from dpokit.trainer.config import Config
 
 OTHER = "other-reference"
 COPY, ADAPTER = ReferencePlan("copy"), ReferencePlan("adapter")

@@ -10,17 +10,17 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
-from dpokit import config as config_io
+from dpokit.core.errors import ConfigError
 from dpokit.data.collate import collate
 from dpokit.data.packing import pack
 from dpokit.data.tokenize import TokenizedExample
-from dpokit.errors import ConfigError
 from dpokit.losses import LossInputs, LossOutput, objective_from_config
 from dpokit.losses.listwise import plackett_luce_loss
-from dpokit.pipeline import Layout, check_layout
+from dpokit.rewards.reward_model import last_token_positions, response_lengths, rewards
 from dpokit.rlhf.reward_config import RewardModelConfig
-from dpokit.rlhf.reward_model import last_token_positions, response_lengths, rewards
 from dpokit.rlhf.reward_train import RewardEngine, RewardMetrics
+from dpokit.trainer import config as config_io
+from dpokit.trainer.assembly import Layout, check_layout
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

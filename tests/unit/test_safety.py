@@ -13,11 +13,11 @@ import pytest
 import torch
 import transformers
 
-import dpokit.models
-from dpokit.config import Config, ModelConfig
-from dpokit.errors import ConfigError
-from dpokit.models import load_model, load_tokenizer
-from dpokit.tiny import tiny_llama, train_bpe_tokenizer
+import dpokit.models.loading
+from dpokit.core.errors import ConfigError
+from dpokit.models.loading import load_model, load_tokenizer
+from dpokit.models.tiny import tiny_llama, train_bpe_tokenizer
+from dpokit.trainer.config import Config, ModelConfig
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_transformers_refuses_it_too_when_the_local_check_is_bypassed(
 ) -> None:
     """The second line of defence, and what hub checkpoints get: transformers 5.23 with use_safetensors=True and only
     a .bin raises OSError ("no file named model.safetensors"), which load_model turns into a ConfigError."""
-    monkeypatch.setattr(dpokit.models, "_refuse_pickle_only", lambda name: None)
+    monkeypatch.setattr(dpokit.models.loading, "_refuse_pickle_only", lambda name: None)
     refused = r"model\.safetensors.*only safetensors weights load unless model\.allow_pickle"
     with pytest.raises(ConfigError, match=refused):
         load_model(str(pickle_dir), ModelConfig())

@@ -8,10 +8,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
-from dpokit.errors import ConfigError, DataError
-from dpokit.eval.rewards import load_reward
-from dpokit.eval.sampling import SamplingSettings, left_pad, sample, sample_ids
-from dpokit.tiny import tiny_llama, train_bpe_tokenizer
+from dpokit.core.errors import ConfigError, DataError
+from dpokit.lm.sampling import SamplingSettings, left_pad, sample, sample_ids
+from dpokit.models.tiny import tiny_llama, train_bpe_tokenizer
+from dpokit.rewards.sources import load_reward
 
 TEXTS = ["the acting was great. i loved it.", "the plot was dull, but the music was lovely.",
          "it is about a chef who opens a restaurant.", "what a terrible film!"] * 20
@@ -159,8 +159,8 @@ def test_chat_preferences_hold_the_templates_text_and_train_on_the_sampled_ids(r
     from dpokit.data import load_examples
     from dpokit.data.chat import render_prompt
     from dpokit.data.tokenize import TokenizeSettings, tokenize_examples
-    from dpokit.eval.preferences import build_preferences
-    from dpokit.eval.rewards import Reward
+    from dpokit.rewards.preferences import build_preferences
+    from dpokit.rewards.sources import Reward
 
     prompts = ["the plot", "what a"]
     length = Reward("length", lambda p, c: [float(len(x)) for x in c])

@@ -18,10 +18,10 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from dpokit.data.collate import collate
 from dpokit.data.packing import pack
 from dpokit.data.tokenize import TokenizedExample
-from dpokit.logprobs import head_logits, kl_sequence_logps, response_hidden, sequence_logps
+from dpokit.lm.logprobs import head_logits, kl_sequence_logps, response_hidden, sequence_logps
+from dpokit.lm.reference import AdapterOff, FrozenModel
+from dpokit.lm.token_kl import ReferenceStates
 from dpokit.losses import LossInputs, LossParams, parse_objective, token_kl_loss
-from dpokit.reference import AdapterOff, FrozenModel
-from dpokit.token_kl import ReferenceStates
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -192,7 +192,7 @@ def test_neither_head_sees_more_than_a_chunk_of_tokens(packed):
 def test_the_trainer_adds_the_kl_term_and_logs_its_value(packed):
     """train_step and evaluate with "sigmoid + 0.5*kl": at the start πθ = πref, so kl/token = 0 and the loss is DPO's
     log 2; after a step, kl/token equals the full-vocabulary KL and the loss is DPO's plus 0.5·kl/token."""
-    from dpokit.train.step import Trainee, evaluate, train_step
+    from dpokit.trainer.step import Trainee, evaluate, train_step
 
     policy = llama(9)
     reference = FrozenModel(copy.deepcopy(policy))

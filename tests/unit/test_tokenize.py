@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from dpokit.core.errors import DataError
 from dpokit.data.records import Example
 from dpokit.data.tokenize import TokenizeSettings, tokenize_examples
-from dpokit.errors import DataError
-from dpokit.tiny import train_bpe_tokenizer
+from dpokit.models.tiny import train_bpe_tokenizer
 
 
 @pytest.fixture(scope="module")

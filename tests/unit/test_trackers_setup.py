@@ -8,12 +8,12 @@ import json
 
 import pytest
 
-from dpokit.config import Config, validate
-from dpokit.errors import ConfigError
+from dpokit.core.errors import ConfigError
 from dpokit.rlhf.ppo_config import PPOConfig
-from dpokit.train import trackers
-from dpokit.train.dist import Single
-from dpokit.train.trackers import Tracking, metrics_writer
+from dpokit.trainer import trackers
+from dpokit.trainer.config import Config, validate
+from dpokit.trainer.dist import Single
+from dpokit.trainer.trackers import Tracking, metrics_writer
 
 
 def test_docstring_examples():

@@ -15,10 +15,10 @@ from dpokit.data.collate import collate
 from dpokit.data.records import Example
 from dpokit.data.tokenize import TokenizeSettings, tokenize_examples
 from dpokit.losses import LossParams, parse_objective
-from dpokit.tiny import tiny_llama
-from dpokit.train.dist import Single
-from dpokit.train.optim import NonFiniteError
-from dpokit.train.step import Trainee, train_step
+from dpokit.models.tiny import tiny_llama
+from dpokit.trainer.dist import Single
+from dpokit.trainer.optim import NonFiniteError
+from dpokit.trainer.step import Trainee, train_step
 
 PAIRS = [
     ("\n\nHuman: how do I bake bread?\n\nAssistant:", " Mix flour, water and yeast, then bake it.", " No."),
@@ -92,8 +92,8 @@ def test_an_infinite_gradient_with_a_finite_loss_stops_before_the_step(setup):
 
 DEEPSPEED_SCRIPT = """
 import os, torch, deepspeed
-from dpokit.train.dist import deepspeed_step
-from dpokit.train.optim import NonFiniteError
+from dpokit.trainer.dist import deepspeed_step
+from dpokit.trainer.optim import NonFiniteError
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="{port}", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
 torch.distributed.init_process_group("gloo")
 for stage in (2, 3):

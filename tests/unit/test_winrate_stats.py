@@ -66,7 +66,7 @@ def test_position_bias_rate_is_over_the_comparisons_with_two_parsed_orders():
 
 def test_a_reward_judge_scores_each_distinct_response_once():
     from dpokit.eval.judges import Comparison, RewardJudge
-    from dpokit.eval.rewards import Reward
+    from dpokit.rewards.sources import Reward
 
     asked: list[tuple] = []
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Any, NamedTuple
 
+from dpokit.core.errors import ConfigError, DataError
 from dpokit.data.formats import (
     DEFAULT_PROMPT_MARKER,
     FORMATS,
@@ -28,7 +29,6 @@ from dpokit.data.formats import (
 )
 from dpokit.data.records import Example
 from dpokit.data.sources import RawRecord, read_records
-from dpokit.errors import ConfigError, DataError
 
 BAD_RECORD_POLICIES = ("error", "skip")
 SKIP_HINT = "data.on_bad_record=skip counts and skips such records (and reports them)"

@@ -19,10 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from dpokit.core.errors import ConfigError
 from dpokit.data import chat
 from dpokit.data.records import Example
 from dpokit.data.sources import json_type, printable
-from dpokit.errors import ConfigError
 
 FORMATS = ("auto", "explicit", "implicit", "conversational", "ranked", "unpaired")
 DEFAULT_PROMPT_MARKER = "\n\nAssistant:"

@@ -10,9 +10,9 @@ from __future__ import annotations
 from contextlib import closing
 from pathlib import Path
 
+from dpokit.core.errors import DataError
 from dpokit.data.formats import BadRecord, messages
 from dpokit.data.sources import RawRecord, read_records
-from dpokit.errors import DataError
 
 Prompt = str | list[dict]
 

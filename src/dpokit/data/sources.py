@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dpokit.errors import DataError
+from dpokit.core.errors import DataError
 
 FILE_SUFFIXES = (".jsonl.gz", ".jsonl", ".json", ".parquet", ".csv")
 

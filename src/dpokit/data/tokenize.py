@@ -21,10 +21,10 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from dpokit.core.errors import DataError
+from dpokit.core.progress import transient
 from dpokit.data import SKIP_HINT, Skip, chat
 from dpokit.data.records import Example
-from dpokit.errors import DataError
-from dpokit.progress import transient
 
 
 @dataclass(frozen=True)

@@ -22,14 +22,14 @@ from typing import Any, NamedTuple
 
 import torch
 
-from dpokit.config import ModelConfig
+from dpokit.core.errors import ConfigError
+from dpokit.core.progress import transient
 from dpokit.data.chat import TemplateError, has_template, render_prompt, render_reply
 from dpokit.data.tokenize import encode_prompts
-from dpokit.errors import ConfigError
 from dpokit.eval.judge_prompts import JudgePrompt, load_prompt
 from dpokit.eval.judges import Comparison, JudgeConfig, Judgment, Order, combine
-from dpokit.models import default_device, load_model, load_tokenizer
-from dpokit.progress import transient
+from dpokit.models.loading import default_device, load_model, load_tokenizer
+from dpokit.trainer.config import ModelConfig
 
 PROBE = ("Say hi.", "Hi!", "Hello.")  # any pair: only the end of the rendered prompt decides the letters' tokens
 

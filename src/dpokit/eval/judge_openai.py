@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from dpokit.errors import ConfigError, DataError, DpokitError
+from dpokit.core.errors import ConfigError, DataError, DpokitError
+from dpokit.core.progress import progress
 from dpokit.eval.judge_prompts import Choice, load_prompt
 from dpokit.eval.judges import Comparison, JudgeConfig, Judgment, Order, combine
-from dpokit.progress import progress
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")

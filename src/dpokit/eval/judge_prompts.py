@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from dpokit.core.errors import ConfigError, DataError
 from dpokit.data.chat import plain_text
-from dpokit.errors import ConfigError, DataError
 
 Choice = Literal["A", "B"]
 PLACEHOLDERS = ("prompt", "a", "b")

@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from dpokit.config import setting
-from dpokit.errors import ConfigError
-from dpokit.eval.rewards import Reward, RewardConfig
+from dpokit.core.errors import ConfigError
+from dpokit.rewards.sources import Reward, RewardConfig
+from dpokit.trainer.config import setting
 
 TEMPLATES = ("dialogue", "summarization")
 Verdict = Literal["model", "baseline", "tie"]

@@ -32,14 +32,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dpokit.config import ModelConfig
+from dpokit.core.errors import ConfigError, DataError
+from dpokit.core.progress import transient
 from dpokit.data import chat
 from dpokit.data.formats import BadRecord, messages
 from dpokit.data.sources import RawRecord, json_type, read_records
 from dpokit.data.tokenize import encode_documents
-from dpokit.errors import ConfigError, DataError
-from dpokit.logprobs import chunked_token_logps
-from dpokit.progress import transient
+from dpokit.lm.logprobs import chunked_token_logps
+from dpokit.trainer.config import ModelConfig
 
 Messages = list[dict[str, Any]]
 WINDOWS = ("documents longer than max_length are scored in windows of max_length tokens that overlap by one token: "
@@ -297,12 +297,12 @@ class ModelSpec:
     settings: ModelConfig = field(default_factory=ModelConfig)
 
     def load(self) -> torch.nn.Module:
-        from dpokit.models import load_model
+        from dpokit.models.loading import load_model
 
         return load_model(self.path, self.settings, gguf_file=self.gguf_file)
 
     def load_tokenizer(self) -> Any:
-        from dpokit.models import load_tokenizer
+        from dpokit.models.loading import load_tokenizer
 
         return load_tokenizer(self.path, self.settings.trust_remote_code, self.gguf_file)
 
@@ -329,7 +329,9 @@ def score_models(models: Mapping[str, ModelSpec], held_out: Sequence[HeldOut], t
     settings.check()
     if not models:
         raise ConfigError("no models to score")
-    from dpokit.models import default_device  # dpokit.models loads transformers: imported when models are scored
+    from dpokit.models.loading import (
+        default_device,  # dpokit.models.loading loads transformers: imported when models are scored
+    )
 
     device = default_device()
     results: dict[str, list[PerplexityResult]] = {}

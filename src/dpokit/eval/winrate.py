@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
-from dpokit import config as config_io
-from dpokit.errors import ConfigError
+from dpokit.core.errors import ConfigError
 from dpokit.eval.judges import Comparison, Judge, Judgment, Prompt
 from dpokit.eval.winrate_config import PromptSet, WinrateConfig, named, read_prompt_set
+from dpokit.trainer import config as config_io
 
 Z95 = 1.959963984540054
 
@@ -238,7 +238,7 @@ class _Sampler:
         return out
 
     def _sample(self, loaded: LoadedModel, prompt_set: PromptSet, temperature: float, seed: int) -> _Drawn:
-        from dpokit.eval.sampling import SamplingSettings, sample
+        from dpokit.lm.sampling import SamplingSettings, sample
 
         per_prompt = 1 if temperature == 0 else self.cfg.num_samples
         settings = SamplingSettings(self.cfg.max_new_tokens, temperature, self.cfg.top_p, self.cfg.batch_size)
@@ -280,7 +280,7 @@ def load_for_sampling(name: str, path: str, chat: bool | None) -> LoadedModel:
     """A model and its tokenizer, on the default device, with whether prompts go through its chat template
     (`chat` None: when it has one)."""
     from dpokit.data.chat import has_template
-    from dpokit.models import default_device, load_model, load_tokenizer
+    from dpokit.models.loading import default_device, load_model, load_tokenizer
 
     tokenizer = load_tokenizer(path)
     if chat and not has_template(tokenizer):

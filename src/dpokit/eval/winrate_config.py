@@ -18,16 +18,16 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dpokit.config import _check_model_dir, setting
+from dpokit.core.errors import ConfigError, DataError
+from dpokit.core.model_source import PACKAGED
 from dpokit.data.chat import hh_messages
 from dpokit.data.formats import DEFAULT_PROMPT_MARKER, BadRecord, after_last_marker, messages
 from dpokit.data.prompts import prompt_of, read_prompts
 from dpokit.data.sources import RawRecord, read_records
-from dpokit.errors import ConfigError, DataError
 from dpokit.eval.judges import JudgeConfig, Prompt
-from dpokit.model_source import PACKAGED
-from dpokit.train.trackers import HELP as TRACKING_HELP
-from dpokit.train.trackers import check_report_to
+from dpokit.trainer.config import _check_model_dir, setting
+from dpokit.trainer.trackers import HELP as TRACKING_HELP
+from dpokit.trainer.trackers import check_report_to
 
 DEFAULT_TEMPERATURES = (0.0, 0.25, 0.5, 0.75, 1.0)
 

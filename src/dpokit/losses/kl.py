@@ -6,7 +6,7 @@ other token). The `kl` term measures, at every response position of the batch, t
 
     KL_t = Σ_v πθ(v | x, y_<t) · [log πθ(v | x, y_<t) − log πref(v | x, y_<t)]      (exact, over the vocabulary)
 
-The trainer computes the per-token KL_t through its chunked LM head (`dpokit.logprobs`) and hands the loss each
+The trainer computes the per-token KL_t through its chunked LM head (`dpokit.lm.logprobs`) and hands the loss each
 response's sum over its tokens, (B, K); this file only averages them.
 """
 

@@ -7,12 +7,12 @@ import re
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
-from dpokit.errors import ConfigError
+from dpokit.core.errors import ConfigError
 from dpokit.losses.base import LossInputs, LossOutput, LossParams, LossSpec
 from dpokit.losses.registry import LOSSES
 
-if TYPE_CHECKING:  # dpokit.config imports this package; the config is only read here
-    from dpokit.config import Config
+if TYPE_CHECKING:  # dpokit.trainer.config imports this package; the config is only read here
+    from dpokit.trainer.config import Config
 
 _TERM = re.compile(r"^\s*(?:(?P<weight>[^*]+?)\s*\*\s*)?(?P<name>[A-Za-z_]\w*)\s*$")
 
@@ -130,7 +130,7 @@ def _require(ok: bool, key: str, condition: str, value: float) -> None:
 def validate_params(objective: Objective, params: LossParams) -> None:
     """Checks the ranges of the hyper-parameters, then each term's own requirements (cdpo: 0 < ε < 0.5).
 
-    The only place these ranges are checked: `dpokit.config.validate` reaches them through `LossConfig.build`.
+    The only place these ranges are checked: `dpokit.trainer.config.validate` reaches them through `LossConfig.build`.
 
     Raises:
         ConfigError: naming the key, e.g. "config key 'loss.beta' must be > 0, got -1.0".

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from torch import Tensor
 
-from dpokit.errors import ConfigError
+from dpokit.core.errors import ConfigError
 from dpokit.losses.base import (
     LossInputs,
     LossOutput,

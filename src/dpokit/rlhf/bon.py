@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from dpokit.config import _check_model_dir, setting
-from dpokit.errors import ConfigError
-from dpokit.eval.rewards import Reward, RewardConfig
+from dpokit.core.errors import ConfigError
+from dpokit.rewards.sources import Reward, RewardConfig
+from dpokit.trainer.config import _check_model_dir, setting
 
 if TYPE_CHECKING:
-    from dpokit.eval.sampling import Samples, SamplingSettings
+    from dpokit.lm.sampling import Samples, SamplingSettings
 
 Prompt = str | list[dict]
 
@@ -167,7 +167,7 @@ def best_of_n(model: torch.nn.Module, tokenizer, prompts: Sequence[Prompt], rewa
     Returns:
         Every sample with its reward, and the chosen index per prompt (ties: the earliest sample).
     """
-    from dpokit.eval.sampling import sample
+    from dpokit.lm.sampling import sample
 
     if n < 1:
         raise ConfigError(f"n must be >= 1, got {n}")
@@ -260,7 +260,7 @@ class BonConfig:
         _check_model_dir("model", self.model, self.gguf_file)  # the check `dpokit train` makes of its model
 
     def sampling(self) -> SamplingSettings:
-        from dpokit.eval.sampling import SamplingSettings
+        from dpokit.lm.sampling import SamplingSettings
 
         return SamplingSettings(self.max_new_tokens, self.temperature, 1.0, self.batch_size)
 

@@ -1,14 +1,14 @@
-"""`dpokit ppo`'s settings: one dataclass read by the loader every command uses (`dpokit.config.load`)."""
+"""`dpokit ppo`'s settings: one dataclass read by the loader every command uses (`dpokit.trainer.config.load`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dpokit.config import _check_local_path, _check_model_dir, setting
-from dpokit.errors import ConfigError
-from dpokit.eval.rewards import RewardConfig
-from dpokit.train.trackers import HELP as TRACKING_HELP
-from dpokit.train.trackers import check_report_to
+from dpokit.core.errors import ConfigError
+from dpokit.rewards.sources import RewardConfig
+from dpokit.trainer.config import _check_local_path, _check_model_dir, setting
+from dpokit.trainer.trackers import HELP as TRACKING_HELP
+from dpokit.trainer.trackers import check_report_to
 
 
 @dataclass

@@ -29,25 +29,25 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from dpokit import config as config_io
-from dpokit.config import ModelConfig, TrainConfig
+from dpokit.core.errors import ConfigError, DpokitError
+from dpokit.core.progress import progress
 from dpokit.data.chat import has_template
 from dpokit.data.prompts import Prompt, read_prompts
-from dpokit.errors import ConfigError, DpokitError
-from dpokit.eval.rewards import Reward
-from dpokit.eval.sampling import SamplingSettings, sample
-from dpokit.models import load_model, load_tokenizer
-from dpokit.progress import progress
+from dpokit.lm.sampling import SamplingSettings, sample
+from dpokit.models.loading import load_model, load_tokenizer
+from dpokit.rewards.sources import Reward
 from dpokit.rlhf import ppo
 from dpokit.rlhf.ppo_config import PPOConfig
 from dpokit.rlhf.rollout import ActorCritic, Reference, Rollout, Rows, advantages_of, response_outputs, score_tokens
-from dpokit.train import checkpoint as ckpt
-from dpokit.train.dist import Parallel
-from dpokit.train.loop import Interrupted, StopSignals, save_model
-from dpokit.train.metrics import trim_jsonl
-from dpokit.train.optim import NonFiniteError, build_optimizer
-from dpokit.train.setup import say
-from dpokit.train.trackers import TrackedWriter, Tracking, metrics_writer
+from dpokit.trainer import checkpoint as ckpt
+from dpokit.trainer import config as config_io
+from dpokit.trainer.config import ModelConfig, TrainConfig
+from dpokit.trainer.dist import Parallel
+from dpokit.trainer.loop import Interrupted, StopSignals, save_model
+from dpokit.trainer.metrics import trim_jsonl
+from dpokit.trainer.optim import NonFiniteError, build_optimizer
+from dpokit.trainer.run import say
+from dpokit.trainer.trackers import TrackedWriter, Tracking, metrics_writer
 
 PPOCallback = Callable[[int, torch.nn.Module], dict[str, float] | None]
 

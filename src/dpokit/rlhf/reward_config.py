@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dpokit.config import Config, DataConfig, LossConfig, ModelConfig, ReferenceConfig, TrainConfig
-from dpokit.errors import ConfigError
+from dpokit.core.errors import ConfigError
+from dpokit.trainer.config import Config, DataConfig, LossConfig, ModelConfig, ReferenceConfig, TrainConfig
 
 
 @dataclass

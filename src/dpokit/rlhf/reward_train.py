@@ -26,22 +26,30 @@ from typing import Any
 
 import torch
 
-from dpokit import config as config_io
-from dpokit.config import Config, DataConfig
 from dpokit.data.collate import Batch
 from dpokit.data.packing import PackedBatch
-from dpokit.logprobs import SequenceLogps
+from dpokit.lm.logprobs import SequenceLogps
 from dpokit.losses import LossOutput, Objective, objective_from_config
-from dpokit.models import load_tokenizer
-from dpokit.pipeline import Layout, PreparedData, autocast_for, batches, build_policy, check_layout, prepare_data
+from dpokit.models.loading import load_tokenizer
+from dpokit.rewards.reward_model import MARKER, check_head, response_lengths, reward_settings, rewards
 from dpokit.rlhf.reward_config import RewardModelConfig
-from dpokit.rlhf.reward_model import MARKER, check_head, response_lengths, reward_settings, rewards
-from dpokit.train.dist import Parallel
-from dpokit.train.loop import Callback, RunSummary, run_training
-from dpokit.train.metrics import PreferenceMetrics
-from dpokit.train.optim import build_optimizer, build_scheduler
-from dpokit.train.setup import Run, say, total_steps
-from dpokit.train.step import Trainee
+from dpokit.trainer import config as config_io
+from dpokit.trainer.assembly import (
+    Layout,
+    PreparedData,
+    autocast_for,
+    batches,
+    build_policy,
+    check_layout,
+    prepare_data,
+)
+from dpokit.trainer.config import Config, DataConfig
+from dpokit.trainer.dist import Parallel
+from dpokit.trainer.loop import Callback, RunSummary, run_training
+from dpokit.trainer.metrics import PreferenceMetrics
+from dpokit.trainer.optim import build_optimizer, build_scheduler
+from dpokit.trainer.run import Run, say, total_steps
+from dpokit.trainer.step import Trainee
 
 
 class RewardEngine(torch.nn.Module):

@@ -1,0 +1,159 @@
+"""The reference policy πref behind one interface: `logps(batch) -> (B, K)` log-probs, never with gradients.
+
+Three implementations, interchangeable (tests check they agree):
+- `FrozenModel`: a separate frozen copy of the starting weights (eval mode, no grad).
+- `AdapterOff`: with LoRA, the policy itself with its adapter disabled: no second copy in memory.
+Both compute through `engine`, a `PolicyLogps` over their model; under FSDP it is the sharded (root) module, whose
+forward every process must join, so it is swapped in after sharding.
+- `Cached`: log-probs computed once over the whole dataset and stored on disk, keyed by the reference weights, the
+  token ids (so data and tokenization settings) and the precision; a β sweep or a second epoch never recomputes them.
+
+The two live ones also give `states(batch)`: their hidden states at the response tokens and their LM head, from which
+the policy's chunked head computes the token KL of the `kl` loss term (`dpokit.lm.token_kl`). A cache holds log-probs
+only, so `pipeline.plan_reference` refuses it for that term.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from dpokit.core.progress import transient
+from dpokit.data.collate import Batch
+from dpokit.data.packing import PackedBatch
+from dpokit.data.tokenize import TokenizedExample
+from dpokit.lm.logprobs import PolicyLogps, head_logits, response_hidden
+from dpokit.lm.token_kl import ReferenceStates
+
+CACHE_FORMAT = "dpokit-reference-logps-v1"
+
+
+class Reference(Protocol):
+    def logps(self, batch: Batch) -> Tensor:
+        """(B, K) summed response log-probs under πref."""
+        ...
+
+
+class FrozenModel:
+    def __init__(self, model: torch.nn.Module, autocast=contextlib.nullcontext, chunk_size: int = 1024):
+        self.model = model.eval().requires_grad_(False)
+        self.autocast = autocast
+        self.engine: torch.nn.Module = PolicyLogps(self.model, chunk_size)
+
+    @torch.no_grad()
+    def logps(self, batch: Batch) -> Tensor:
+        with self.autocast():
+            return self.engine(batch).logps
+
+    @torch.no_grad()
+    def states(self, batch: Batch | PackedBatch) -> ReferenceStates:
+        """Hidden states at `batch`'s response tokens, (M, H), and the head that turns them into logits."""
+        with self.autocast():
+            hidden, _ = response_hidden(self.model, batch)
+        return ReferenceStates(hidden, functools.partial(head_logits, self.model))
+
+
+class AdapterOff:
+    """The peft policy with its adapter disabled (and in eval mode) for the duration of the forward."""
+
+    def __init__(self, peft_model: torch.nn.Module, autocast=contextlib.nullcontext, chunk_size: int = 1024):
+        self.model = peft_model
+        self.autocast = autocast
+        self.engine: torch.nn.Module = PolicyLogps(peft_model, chunk_size)
+
+    @torch.no_grad()
+    def logps(self, batch: Batch) -> Tensor:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self.model.disable_adapter(), self.autocast():
+                return self.engine(batch).logps
+        finally:
+            self.model.train(was_training)
+
+    @torch.no_grad()
+    def states(self, batch: Batch | PackedBatch) -> ReferenceStates:
+        """As `FrozenModel.states`, adapter off; the head too runs with the adapter off (LoRA may target it)."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self.model.disable_adapter(), self.autocast():
+                hidden, _ = response_hidden(self.model, batch)
+        finally:
+            self.model.train(was_training)
+        return ReferenceStates(hidden, self._head_logits)
+
+    @torch.no_grad()
+    def _head_logits(self, hidden: Tensor) -> Tensor:
+        with self.model.disable_adapter():
+            return head_logits(self.model, hidden)
+
+
+class Cached:
+    """Looks reference log-probs up by dataset index in a (N, K) table."""
+
+    def __init__(self, table: Tensor):
+        self.table = table
+
+    def logps(self, batch: Batch) -> Tensor:
+        rows = self.table[batch.indices]
+        if torch.isnan(rows).any():
+            missing = batch.indices[torch.isnan(rows).any(-1)].tolist()
+            raise KeyError(f"no cached reference log-probs for dataset indices {missing}")
+        return rows.to(batch.input_ids.device)
+
+
+def cache_key(model: torch.nn.Module, examples: Iterable[TokenizedExample], precision: str) -> str:
+    """Hash of everything the cached numbers depend on: weights, token ids (data + tokenization), precision."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{CACHE_FORMAT}|{precision}".encode())
+    for name, tensor in sorted((_base_name(n), t) for n, t in model.state_dict().items() if "lora_" not in n):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    for ex in examples:
+        h.update(repr((ex.index, ex.prompt_ids, ex.response_ids)).encode())
+    return h.hexdigest()
+
+
+def _base_name(name: str) -> str:
+    """A parameter's name in the plain model: peft prefixes `base_model.model.` and wraps layers in `base_layer`.
+
+    LoRA weights are skipped by the caller: a LoRA policy's reference is its base weights (adapter off).
+    """
+    return name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+
+
+def precompute(
+    reference: Reference,
+    batches: Iterable[Batch],
+    cache_path: str | Path,
+    num_examples: int,
+    num_responses: int,
+    progress: bool = True,
+) -> Cached:
+    """Runs `reference` over every batch once and writes the (N, K) table atomically (temp file + rename)."""
+    table = torch.full((num_examples, num_responses), float("nan"))
+    for batch in transient(batches, "reference log-probs", progress):
+        table[batch.indices] = reference.logps(batch).float().cpu()
+    path = Path(cache_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    save_file({"logps": table}, str(tmp), metadata={"format": CACHE_FORMAT})
+    os.replace(tmp, path)
+    return Cached(table)
+
+
+def load_cached(cache_path: str | Path) -> Cached | None:
+    path = Path(cache_path)
+    if not path.is_file():
+        return None
+    return Cached(load_file(str(path))["logps"])

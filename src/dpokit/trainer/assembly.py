@@ -1,0 +1,301 @@
+"""Config -> the pieces a run needs: examples fitted to the objective, token ids, batches, models, reference.
+
+Shared by `dpokit train`, `sft` and `eval`, so each command is only parse -> build -> run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from dpokit.core.errors import ConfigError
+from dpokit.data import LoadResult, load_examples, ranked_to_pairs, split_examples
+from dpokit.data.collate import Batch, collate
+from dpokit.data.packing import PackedBatch, pack
+from dpokit.data.records import Example
+from dpokit.data.tokenize import TokenizedExample, TokenizeSettings, tokenize_examples
+from dpokit.lm.logprobs import sequence_logps
+from dpokit.lm.reference import AdapterOff, Cached, FrozenModel, Reference, cache_key, load_cached, precompute
+from dpokit.losses import Objective
+from dpokit.models.loading import apply_lora, load_model, load_tokenizer
+from dpokit.trainer.config import Config
+
+
+@dataclass
+class PreparedData:
+    train: list[TokenizedExample]
+    eval: list[TokenizedExample]
+    notes: list[str] = field(default_factory=list)  # what was loaded, skipped, converted, truncated
+
+
+def prepare_data(cfg: Config, tokenizer, objective: Objective) -> PreparedData:
+    """Loads, validates, splits, fits to the objective (pairs / ranked / unpaired) and tokenizes."""
+    notes: list[str] = []
+    loaded = _load(cfg, cfg.data.path, tokenizer, notes)
+    train, held_out = loaded.examples, []
+    if cfg.data.eval_path:
+        held_out = _load(cfg, cfg.data.eval_path, tokenizer, notes).examples
+    elif cfg.data.eval_fraction > 0:
+        train, held_out = split_examples(train, cfg.data.eval_fraction, cfg.train.seed)
+    settings = TokenizeSettings(cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.prompt_truncation,
+                                cfg.data.on_bad_record)
+    out = PreparedData([], [], notes)
+    for name, examples in (("train", train), ("eval", held_out)):
+        if not examples:
+            continue
+        examples = fit_to_objective(examples, objective, notes)
+        result = tokenize_examples(examples, tokenizer, settings, progress=cfg.train.progress)
+        notes.append(f"{name}: {result.report()}")
+        setattr(out, name, result.examples)
+    if not out.train:
+        raise ConfigError(f"no training examples left in {cfg.data.path}")
+    return out
+
+
+def _load(cfg: Config, path: str, tokenizer, notes: list[str]) -> LoadResult:
+    result = load_examples(path, format=cfg.data.format, on_bad_record=cfg.data.on_bad_record,
+                           prompt_marker=cfg.data.prompt_marker, tokenizer=tokenizer, split=cfg.data.split,
+                           limit=cfg.data.limit)
+    notes.append(result.report())
+    return result
+
+
+def fit_to_objective(
+    examples: list[Example], objective: Objective, notes: list[str]
+) -> list[Example]:
+    """Reshapes examples to what the objective consumes, saying what it did."""
+    unpaired = [ex for ex in examples if ex.label is not None]
+    if unpaired and not objective.unpaired:
+        raise ConfigError(f"loss '{objective}' needs preference pairs, but the data is unpaired (prompt/completion/"
+                          f"label, e.g. {unpaired[0].where}); use loss.name=kto")
+    if objective.chosen_only:  # Preferred-FT reads only the best response: the others are not computed
+        return [replace(ex, responses=ex.responses[:1]) for ex in examples]
+    if objective.unpaired and not unpaired:
+        notes.append(f"{objective}: each pair becomes a desirable (chosen) and an undesirable (rejected) example")
+        return [replace(ex, responses=(r,), label=k == 0) for ex in examples for k, r in
+                enumerate((ex.responses[0], ex.responses[-1]))]
+    if not objective.ranked and any(len(ex.responses) > 2 for ex in examples):
+        pairs = [p for ex in examples for p in (ranked_to_pairs(ex) if len(ex.responses) > 2 else [ex])]
+        notes.append(f"{objective}: ranked lists expanded into {len(pairs):,} pairs")
+        return pairs
+    if objective.ranked and len({len(ex.responses) for ex in examples}) > 1:
+        counts = sorted({len(ex.responses) for ex in examples})
+        raise ConfigError(
+            f"loss '{objective}' needs the same number of ranked responses in every example; got {counts}"
+        )
+    return examples
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How tokenized examples become a batch: plain padded rows (all False), or packed (see data/packing.py)."""
+
+    packing: bool = False
+    shared_prompt: bool = False
+    row_length: int | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Layout:
+        return cls(cfg.train.packing, cfg.train.shared_prompt, cfg.train.row_length or cfg.data.max_length)
+
+    @property
+    def plain(self) -> bool:
+        return not (self.packing or self.shared_prompt)
+
+    def __call__(self, examples: list[TokenizedExample], pad_id: int, unpaired: bool) -> Batch | PackedBatch:
+        if self.plain:
+            return collate(examples, pad_id, unpaired)
+        return pack(examples, pad_id, shared_prompt=self.shared_prompt, packing=self.packing, unpaired=unpaired,
+                    row_length=self.row_length)
+
+
+def batches(examples: list[TokenizedExample], batch_size: int, pad_id: int, unpaired: bool,
+            order: list[int] | None = None, layout: Layout = Layout()) -> Iterator[Batch | PackedBatch]:
+    """Batches of `batch_size` examples (the last may be smaller), in `order` or in dataset order."""
+    order = list(range(len(examples))) if order is None else order
+    for start in range(0, len(order), batch_size):
+        yield layout([examples[i] for i in order[start:start + batch_size]], pad_id, unpaired)
+
+
+@torch.no_grad()
+def check_layout(model: torch.nn.Module, examples: list[TokenizedExample], layout: Layout, pad_id: int,
+                 unpaired: bool, chunk_size: int,
+                 outputs: Callable[[torch.nn.Module, Batch | PackedBatch], torch.Tensor] | None = None,
+                 ) -> tuple[Layout, str | None]:
+    """Runs a few examples through the fast and the plain path; falls back to plain if they disagree.
+
+    Packing relies on the architecture honouring `position_ids` and a 4D attention mask, and on the LM head being
+    the whole map from hidden states to logits. Llama-family models do; this check catches one that does not.
+    `outputs(model, batch)` is what is compared, (B, K): by default the response log-probs (a reward model's
+    rewards in `dpokit rm`).
+    """
+    if layout.plain:
+        return layout, None
+    outputs = outputs or (lambda m, batch: sequence_logps(m, batch, chunk_size).logps)
+    sample = examples[:2] if not unpaired else examples[:3]
+    was_training = model.training
+    model.eval()
+    try:
+        plain = outputs(model, Layout()(sample, pad_id, unpaired))
+        try:
+            fast = outputs(model, layout(sample, pad_id, unpaired))
+        except Exception as err:  # any architecture-specific refusal of position_ids / 4D masks means: use plain
+            return Layout(), (f"packed/shared-prompt forward failed for this model ({type(err).__name__}: {err}); "
+                              "using plain padded batches")
+    finally:
+        model.train(was_training)
+    tolerance = 1e-3 if next(model.parameters()).dtype == torch.float32 else 5e-2
+    error = ((fast - plain).abs() / (1 + plain.abs())).max().item()
+    if error <= tolerance:
+        return layout, None
+    return Layout(), (f"packed/shared-prompt outputs differ from the plain forward by {error:.2g} (relative) for "
+                      f"this model; using plain padded batches (set train.packing=false train.shared_prompt=false "
+                      "to silence this)")
+
+
+def autocast_for(precision: str, device: torch.device):
+    if precision == "bf16":
+        return functools.partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def build_policy(cfg: Config, device: torch.device, head: str = "causal-lm") -> torch.nn.Module:
+    """The model being trained, on `device`: loaded with `head` (models.HEADS), checkpointing and LoRA as set."""
+    model = load_model(cfg.model.name_or_path, cfg.model, cfg.model.gguf_file, head)
+    if cfg.model.gradient_checkpointing:
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if cfg.model.lora.enabled:
+        model = apply_lora(model, cfg.model.lora)
+    return model.to(device)
+
+
+@dataclass(frozen=True)
+class ReferencePlan:
+    """Which reference a run uses, decided from `reference.mode` alone, before any model loads.
+
+    Attributes:
+        live: "copy" (a frozen model), "adapter" (the LoRA policy with its adapter off), or None (no reference).
+        weights: with "copy", the weights to load; None means a copy of the policy's starting weights.
+        cached: log-probs computed once by the live reference and read from disk (`reference.mode=precomputed`).
+    """
+
+    live: str | None
+    weights: str | None = None
+    cached: bool = False
+
+
+def plan_reference(cfg: Config, objective: Objective) -> ReferencePlan:
+    """`reference.mode` -> the reference, refusing settings that contradict it (ConfigError, before any load).
+
+    - auto: with LoRA, the adapter switched off (a copy of reference.name_or_path when that is set); else copy.
+    - copy: a frozen copy of reference.name_or_path, or of the policy's starting weights.
+    - adapter: the LoRA policy with its adapter off; refused without LoRA or with reference.name_or_path.
+    - precomputed: log-probs of what auto picks, computed once and cached on disk (not for unpaired losses, nor for
+      a loss that needs the reference's token distributions: `kl`).
+    - none: no reference; refused with reference.name_or_path or with a loss that needs a reference.
+    A loss that needs no reference (or loss.reference_free=true) takes auto or none only.
+    """
+    mode, name, lora = cfg.reference.mode, cfg.reference.name_or_path, cfg.model.lora.enabled
+    if name and mode in ("adapter", "none"):
+        raise ConfigError(f"reference.mode={mode} contradicts reference.name_or_path={name!r}: the reference is "
+                          + ("the LoRA policy with its adapter off" if mode == "adapter" else "switched off")
+                          + "; use reference.mode=copy to load it, or unset reference.name_or_path")
+    if mode == "adapter" and not lora:
+        raise ConfigError("reference.mode=adapter needs model.lora.enabled=true (the reference is the policy with its "
+                          "LoRA adapter switched off)")
+    if not objective.needs_reference:
+        if mode not in ("auto", "none"):
+            why = "loss.reference_free=true" if objective.reference_free else f"loss '{objective}' uses none"
+            raise ConfigError(f"reference.mode={mode}, but {why}: leave reference.mode at auto or set it to none")
+        return ReferencePlan(None)
+    if mode == "none":
+        raise ConfigError(f"loss '{objective}' needs a reference model; set reference.mode (auto, copy, adapter, "
+                          "precomputed) or loss.reference_free=true")
+    if mode == "precomputed" and objective.needs_reference_distributions:
+        raise ConfigError(f"reference.mode=precomputed caches the reference's log-probs only, but loss '{objective}' "
+                          "needs its next-token distributions at every response token (the kl term): use "
+                          "reference.mode=auto, copy or adapter")
+    if mode == "precomputed" and objective.unpaired:
+        raise ConfigError("reference.mode=precomputed does not support unpaired (KTO) losses: their mismatched "
+                          "completions change with every batch")
+    adapter = mode == "adapter" or (mode in ("auto", "precomputed") and lora and not name)
+    return ReferencePlan("adapter" if adapter else "copy", None if adapter else name, cached=mode == "precomputed")
+
+
+def build_reference(cfg: Config, policy: torch.nn.Module, objective: Objective, data: PreparedData,
+                    pad_id: int, device: torch.device, layout: Layout = Layout(),
+                    ) -> tuple[Reference | None, Reference | None]:
+    """The reference for training and for evaluation data (they differ only when log-probs are cached)."""
+    plan = plan_reference(cfg, objective)
+    if plan.live is None:
+        return None, None
+    autocast, chunk = autocast_for(cfg.train.precision, device), cfg.train.logps_chunk_size
+    if plan.live == "adapter":
+        live: Reference = AdapterOff(policy, autocast, chunk)
+    elif plan.weights is not None or cfg.model.lora.enabled:  # a LoRA policy is no copy of its starting weights
+        model = (load_model(plan.weights, cfg.model) if plan.weights
+                 else load_model(cfg.model.name_or_path, cfg.model, cfg.model.gguf_file))
+        live = FrozenModel(model.to(device), autocast, chunk)
+    else:
+        live = FrozenModel(copy.deepcopy(policy), autocast, chunk)
+    if not plan.cached:
+        return live, live
+    return tuple(_cached(cfg, live, examples, pad_id, layout) if examples else None
+                 for examples in (data.train, data.eval))
+
+
+def _cached(cfg: Config, live: Reference, examples: list[TokenizedExample], pad_id: int, layout: Layout) -> Cached:
+    key = cache_key(live.model, examples, cfg.train.precision)
+    path = Path(cfg.reference.cache_dir).expanduser() / f"{key}.safetensors"
+    cached = load_cached(path)
+    if cached is not None:
+        return cached
+    size = cfg.train.eval_batch_size or cfg.train.batch_size
+    k = len(examples[0].response_ids)
+    rows = batches(examples, size, pad_id, False, layout=layout)
+    return precompute(live, rows, path, max(ex.index for ex in examples) + 1, k, progress=cfg.train.progress)
+
+
+@dataclass
+class Loaded:
+    """What every command that runs models builds first, in the same way."""
+
+    tokenizer: object
+    data: PreparedData
+    policy: torch.nn.Module
+    layout: Layout
+    train_ref: Reference | None
+    eval_ref: Reference | None
+
+
+def load_all(cfg: Config, objective: Objective, device: torch.device, say,
+             reference_first=contextlib.nullcontext) -> Loaded:
+    """Tokenizer, data, policy, the batch layout this model supports, and the reference, telling `say` the notes.
+
+    `reference_first`: a context for building the reference (with several processes, the main one first, so a
+    precomputed reference is computed once and then loaded by the others).
+    """
+    plan_reference(cfg, objective)  # contradictory reference settings fail now, before anything loads
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, cfg.model.trust_remote_code,
+                               None if cfg.model.tokenizer else cfg.model.gguf_file)
+    data = prepare_data(cfg, tokenizer, objective)
+    for note in data.notes:
+        say(note)
+    policy = build_policy(cfg, device)
+    pad, chunk = tokenizer.pad_token_id, cfg.train.logps_chunk_size
+    layout, warning = check_layout(policy, data.train, Layout.from_config(cfg), pad, objective.unpaired, chunk)
+    if warning:
+        say(f"warning: {warning}")
+    with reference_first():
+        train_ref, eval_ref = build_reference(cfg, policy, objective, data, pad, device, layout)
+    return Loaded(tokenizer, data, policy, layout, train_ref, eval_ref)

@@ -1,0 +1,288 @@
+"""Checkpoints that resume a run exactly: weights, optimizer, scheduler, every RNG, data position, metrics.
+
+Layout: `<output_dir>/checkpoints/step-00000012/` holding
+- `model.safetensors`: the trainable weights (all of them, or only the LoRA adapter's),
+- `optimizer.pt`: optimizer + scheduler state, loaded with `torch.load(weights_only=True)` (no arbitrary unpickling),
+- `rng.pt`: Python, NumPy and torch (CPU and CUDA) generator states, same loader,
+- `state.json`: step, the metrics.jsonl line count at that step, and `shards`.
+Sharded (FSDP), every process writes its own part instead: `model-rank00001.safetensors`, `optimizer-rank00001.pt`,
+`rng-rank00001.pt` (`shards` = the number of processes), and a resume needs the same number of processes. DeepSpeed
+ZeRO: the main process writes the whole trainable weights (gathered under ZeRO-3) to `model.safetensors`, every
+process its partition of the optimizer state and its RNG (`zero_stage` records the stage). Replicated runs (one
+process, DDP) write one copy from the main process (`shards` = 0), resumable with any number of processes.
+A checkpoint is written into a temporary directory and renamed into place, so a crash mid-write never leaves a
+half checkpoint that `--resume latest` would pick; the newest `keep` checkpoints are kept. With several processes,
+the directory must be on a filesystem they all see.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch.distributed.tensor import DTensor
+
+from dpokit.core.errors import ConfigError
+from dpokit.trainer.dist import Single
+
+PREFIX = "step-"
+
+
+@dataclass
+class TrainState:
+    step: int  # optimizer steps completed
+    metrics_lines: int  # lines of metrics.jsonl written up to and including this step
+    shards: int = 0  # processes that each wrote their own part (sharded training); 0: one whole copy
+    zero_stage: int = 0  # DeepSpeed ZeRO stage of the run that wrote it; 0: not DeepSpeed
+
+
+def checkpoint_dir(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters that change during training (the whole model, or just the adapter), contiguous on CPU.
+
+    Sharded parameters give this process's part.
+    """
+    return {n: _local(p.detach()).cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(output_dir: str | Path, model: torch.nn.Module, optimizer, scheduler, state: TrainState,
+                    keep: int, group: Single) -> Path:
+    """Writes a checkpoint; with several processes every one of them must call this (it has barriers)."""
+    root = checkpoint_dir(output_dir)
+    final = root / f"{PREFIX}{state.step:08d}"
+    tmp = root / f".tmp-{PREFIX}{state.step:08d}"  # one name for all processes: each writes its part into it
+    if group.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    group.barrier()
+    _writer(group)(tmp, model, optimizer, scheduler, group)
+    group.barrier()
+    if group.is_main:
+        state.shards = group.world if _per_process(group) else 0
+        state.zero_stage = _zero_stage(group)
+        (tmp / "state.json").write_text(json.dumps(asdict(state)))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    group.barrier()
+    return final
+
+
+def _writer(group: Single) -> Callable[..., None]:
+    """What this process writes, by how the run holds its state: DeepSpeed's partitions, FSDP's shards, or replicas."""
+    if group.deepspeed is not None:
+        return _write_zero
+    return _write_shard if group.sharded else _write_replica
+
+
+def _write_replica(tmp: Path, model: torch.nn.Module, optimizer, scheduler, group: Single) -> None:
+    """One process or DDP: the main process writes one whole copy, the others nothing (`shards` = 0)."""
+    if group.is_main:
+        save_file(trainable_state(model), str(tmp / "model.safetensors"))
+        _write_rest(tmp, "", optimizer.state_dict(), scheduler)
+
+
+def _write_shard(tmp: Path, model: torch.nn.Module, optimizer, scheduler, group: Single) -> None:
+    """FSDP: every process writes its own part of the weights and of the optimizer state."""
+    suffix = _suffix(group)
+    save_file(trainable_state(model), str(tmp / f"model{suffix}.safetensors"))
+    _write_rest(tmp, suffix, _local_tensors(optimizer.state_dict()), scheduler)
+
+
+def _write_zero(tmp: Path, model: torch.nn.Module, optimizer, scheduler, group: Single) -> None:
+    """DeepSpeed: the main process writes the whole trainable weights (gathered under ZeRO-3, a collective), every
+    process the torch optimizer state of its own partition."""
+    weights = group.full_state(model, trainable_only=True)
+    if group.is_main:
+        save_file(weights, str(tmp / "model.safetensors"))
+    _write_rest(tmp, _suffix(group), _partition_state(group.deepspeed), scheduler)
+
+
+def _write_rest(tmp: Path, suffix: str, optimizer_state: dict, scheduler) -> None:
+    """Optimizer + scheduler, and the RNG states, of this process."""
+    torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict()}, tmp / f"optimizer{suffix}.pt")
+    torch.save(_rng_state(), tmp / f"rng{suffix}.pt")
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    root = checkpoint_dir(output_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.name.startswith(PREFIX) and (p / "state.json").is_file())
+
+
+def resolve(output_dir: str | Path, resume: str) -> Path:
+    """`latest` -> the newest complete checkpoint of the run; otherwise a checkpoint directory path."""
+    if resume == "latest":
+        found = list_checkpoints(output_dir)
+        if not found:
+            raise ConfigError(f"train.resume=latest: no checkpoint in {checkpoint_dir(output_dir)}")
+        return found[-1]
+    path = Path(resume).expanduser()
+    if not (path / "state.json").is_file():
+        raise ConfigError(f"train.resume: {path} is not a dpokit checkpoint (no state.json)")
+    return path
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, group: Single) -> TrainState:
+    """Restores what `save_checkpoint` wrote into model, optimizer, scheduler and the RNGs; returns its state.
+
+    Raises:
+        ConfigError: the checkpoint was written by another layout (replicated, sharded, ZeRO stage, process count)
+            or for another model.
+    """
+    state = TrainState(**json.loads((path / "state.json").read_text()))
+    wanted = (group.world if _per_process(group) else 0, _zero_stage(group))
+    if (state.shards, state.zero_stage) != wanted:
+        raise ConfigError(f"checkpoint {path} was written by {_kind(state.shards, state.zero_stage)}, but this run "
+                          f"is {_kind(*wanted)}; resume {_how(state.shards, state.zero_stage)}")
+    suffix, zero = _suffix(group), group.deepspeed
+    weights = load_file(str(path / ("model.safetensors" if zero is not None else f"model{suffix}.safetensors")))
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
+    if missing or set(weights) - set(params):
+        raise ConfigError(f"checkpoint {path} does not match this model (e.g. {(missing or sorted(weights))[0]})")
+    saved = torch.load(path / f"optimizer{suffix}.pt", weights_only=True)
+    load = _load_zero if zero is not None else _load_local
+    load(model, optimizer, weights, saved["optimizer"], group)
+    scheduler.load_state_dict(saved["scheduler"])
+    _set_rng_state(torch.load(path / f"rng{suffix}.pt", weights_only=True))
+    return state
+
+
+def _load_zero(model: torch.nn.Module, optimizer, weights: dict, optimizer_state: dict, group: Single) -> None:
+    """Whole weights into the DeepSpeed model, then this process's optimizer partition."""
+    group.load_weights(model, weights)
+    group.deepspeed.optimizer.refresh_fp32_params()  # the fp32 partition from the weights just loaded (exact)
+    _load_partition_state(group.deepspeed, optimizer_state)
+
+
+def _load_local(model: torch.nn.Module, optimizer, weights: dict, optimizer_state: dict, group: Single) -> None:
+    """This process's weights (whole, or its FSDP shard) and optimizer state."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            _local(params[name]).copy_(value)
+    optimizer.load_state_dict(_shard_like_params(optimizer_state, optimizer))
+
+
+def _partition_state(zero) -> dict:
+    """The state of the torch optimizer DeepSpeed runs over this process's fp32 partitions, in partition order
+    (its `state_dict()` cannot be used: DeepSpeed swaps partitions in and out of the optimizer's groups)."""
+    inner = zero.optimizer.optimizer
+    return {
+        "groups": [{k: v for k, v in group.items() if k != "params"} for group in inner.param_groups],
+        "state": [dict(inner.state.get(part, {})) for part in _fp32_partitions(zero)],
+    }
+
+
+def _load_partition_state(zero, saved: dict) -> None:
+    inner, parts = zero.optimizer.optimizer, _fp32_partitions(zero)
+    if len(parts) != len(saved["state"]) or len(inner.param_groups) != len(saved["groups"]):
+        raise ConfigError("the checkpoint's optimizer partitions do not match this run's (another DeepSpeed config?)")
+    for group, hyper in zip(inner.param_groups, saved["groups"], strict=True):
+        group.update(hyper)
+    for part, state in zip(parts, saved["state"], strict=True):
+        inner.state[part] = {k: v.to(part.device) if k != "step" and torch.is_tensor(v) else v
+                             for k, v in state.items()}
+
+
+def _fp32_partitions(zero) -> list[torch.Tensor]:
+    """DeepSpeed's fp32 master partitions of this process, the tensors its torch optimizer updates."""
+    if zero.zero_optimization_stage() == 3:
+        return list(zero.optimizer.fp32_partitioned_groups_flat)
+    return list(zero.optimizer.single_partition_of_fp32_groups)
+
+
+def _per_process(group: Single) -> bool:
+    """Whether every process writes (and reads back) its own part: sharded weights or partitioned optimizer state."""
+    return group.sharded or group.deepspeed is not None
+
+
+def _zero_stage(group: Single) -> int:
+    return group.deepspeed.zero_optimization_stage() if group.deepspeed is not None else 0
+
+
+def _suffix(group: Single) -> str:
+    return f"-rank{group.rank:05d}" if _per_process(group) else ""
+
+
+def _kind(shards: int, zero_stage: int) -> str:
+    if zero_stage:
+        return f"{shards} processes under DeepSpeed ZeRO-{zero_stage}"
+    return f"{shards} sharded processes" if shards else "replicated (one process or DDP)"
+
+
+def _how(shards: int, zero_stage: int) -> str:
+    if zero_stage:
+        return f"with {shards} processes and the same DeepSpeed config (ZeRO-{zero_stage})"
+    if shards:
+        return f"with {shards} processes and FSDP (train.fsdp=true or the same accelerate config)"
+    return "without FSDP or DeepSpeed (any number of processes)"
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's part of a sharded tensor; a plain tensor as it is."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def _local_tensors(optimizer_state: dict) -> dict:
+    """The optimizer state with every sharded tensor replaced by this process's part (plain tensors save and load
+    with weights_only; the sharding is the parameters', restored by `_shard_like_params`)."""
+    state = {i: {k: _local(v) for k, v in per_param.items()} for i, per_param in optimizer_state["state"].items()}
+    return {**optimizer_state, "state": state}
+
+
+def _shard_like_params(optimizer_state: dict, optimizer: torch.optim.Optimizer) -> dict:
+    """Saved local parts back into tensors sharded like their parameters (the optimizer's step mixes the two)."""
+    ids = [i for group in optimizer_state["param_groups"] for i in group["params"]]
+    params = dict(zip(ids, [p for group in optimizer.param_groups for p in group["params"]], strict=True))
+    state = {}
+    for i, per_param in optimizer_state["state"].items():
+        param = params[i]
+        state[i] = {k: _like(v, param) if k != "step" else v for k, v in per_param.items()}
+    return {**optimizer_state, "state": state}
+
+
+def _like(value, param: torch.Tensor):
+    if not (isinstance(param, DTensor) and isinstance(value, torch.Tensor) and value.shape == param.to_local().shape):
+        return value
+    return DTensor.from_local(value.to(param.device), param.device_mesh, param.placements, run_check=False,
+                              shape=param.shape, stride=param.stride())
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(_tuples(state["python"]))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), *rest))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(value):
+    """random.setstate needs tuples; a weights-only load may give lists back."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list | tuple) else value

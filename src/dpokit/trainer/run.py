@@ -1,0 +1,96 @@
+"""Everything a training run needs, built from the config in one place: data, policy, reference, optimizer."""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from dpokit.core.errors import ConfigError
+from dpokit.lm.logprobs import PolicyLogps
+from dpokit.losses import objective_from_config
+from dpokit.trainer import config as config_io
+from dpokit.trainer.assembly import Layout, PreparedData, autocast_for, load_all
+from dpokit.trainer.config import Config
+from dpokit.trainer.dist import Parallel
+from dpokit.trainer.optim import build_optimizer, build_scheduler
+from dpokit.trainer.step import Trainee
+
+
+@dataclass
+class Run:
+    cfg: Config
+    out_dir: Path
+    tokenizer: object
+    data: PreparedData
+    layout: Layout
+    trainee: Trainee  # policy + reference of the training data
+    eval_trainee: Trainee  # the same policy; the reference of the eval data (differs only when cached)
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    steps: int
+    parallel: Parallel
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def policy(self) -> torch.nn.Module:
+        return self.trainee.policy
+
+
+def total_steps(cfg: Config, num_train: int, world: int = 1) -> int:
+    if cfg.train.max_steps is not None:
+        return cfg.train.max_steps
+    per_step = cfg.train.batch_size * cfg.train.grad_accum * world
+    return max(1, math.ceil(cfg.train.epochs * num_train / per_step))
+
+
+def build_run(cfg: Config) -> Run:
+    """Validates the config (before anything loads), then loads data and models and builds the optimizer."""
+    config_io.validate(cfg, require=("model.name_or_path", "data.path", "train.output_dir"))
+    objective, params = objective_from_config(cfg)
+    torch.manual_seed(cfg.train.seed)
+    parallel = Parallel(fsdp=cfg.train.fsdp)
+    if parallel.sharded and objective.needs_reference_distributions:
+        raise ConfigError(f"loss '{objective}' computes both models' LM heads inside the policy's forward, which "
+                          "FSDP / ZeRO-3 sharding does not support yet: train it on one process or with DDP / ZeRO-1/2")
+    out_dir = Path(cfg.train.output_dir)
+    if parallel.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        config_io.save(cfg, out_dir / "config.yaml")
+    device = parallel.device
+    tell = say if parallel.is_main else _quiet
+
+    # a precomputed reference is computed once by the main process, then loaded by the others
+    loaded = load_all(cfg, objective, device, tell, parallel.main_process_first)
+    tokenizer, data, policy, layout = loaded.tokenizer, loaded.data, loaded.policy, loaded.layout
+    chunk = cfg.train.logps_chunk_size
+    policy.train()
+    engine, optimizer = parallel.wrap(PolicyLogps(policy, chunk), loaded.train_ref,
+                                      lambda params: build_optimizer(params, cfg.train), cfg.train)
+    autocast = autocast_for(cfg.train.precision, device)
+    steps = total_steps(cfg, len(data.train), parallel.world)
+
+    def trainee(reference) -> Trainee:
+        return Trainee(policy=policy, reference=reference, objective=objective, params=params, autocast=autocast,
+                       chunk_size=chunk, engine=engine, parallel=parallel)
+
+    return Run(
+        cfg=cfg, out_dir=out_dir, tokenizer=tokenizer, data=data, layout=layout,
+        trainee=trainee(loaded.train_ref), eval_trainee=trainee(loaded.eval_ref),
+        optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg.train, steps), steps=steps,
+        parallel=parallel, notes=data.notes,
+    )
+
+
+def say(message: str) -> None:
+    """A message for the person running the job, on stderr, between progress-bar redraws."""
+    tqdm.write(message, file=sys.stderr)
+
+
+def _quiet(message: str) -> None:
+    """Processes other than the main one keep quiet: one copy of every message."""
+
