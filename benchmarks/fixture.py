@@ -129,8 +129,8 @@ def save_smollm2(out: Path, ref_out: Path) -> int:
     perturbed copy for the parity check. Returns the parameter count (the tied embedding / LM head counted once)."""
     import torch
 
+    from dpokit.core.sections import ModelConfig
     from dpokit.models.loading import load_model, load_tokenizer
-    from dpokit.trainer.config import ModelConfig
 
     model, tokenizer = load_model(SMOLLM2, ModelConfig()), load_tokenizer(SMOLLM2)
     for path in (out, ref_out):

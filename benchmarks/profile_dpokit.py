@@ -149,7 +149,8 @@ def summarize(window: Window, vocab: int, top: int) -> dict:
 def run(args: argparse.Namespace) -> dict:
     import torch
 
-    from dpokit.trainer import config as config_io
+    from dpokit.core import settings as config_io
+    from dpokit.trainer.config import build_config
     from dpokit.trainer.loop import train
 
     if args.threads:
@@ -160,7 +161,7 @@ def run(args: argparse.Namespace) -> dict:
     window.install()
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
         items = run_dpokit.overrides(args, fix, Path(tmp))
-        cfg = config_io.build_config(None, config_io.parse_overrides(items))
+        cfg = build_config(None, config_io.parse_overrides(items))
         train(cfg)
     vocab = json.loads((Path(fix.model) / "config.json").read_text())["vocab_size"]
     result = summarize(window, vocab, args.top)

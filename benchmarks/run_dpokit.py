@@ -61,7 +61,8 @@ def overrides(args: argparse.Namespace, fix: fixture.Fixture, workdir: Path) -> 
 def run(args: argparse.Namespace) -> RunResult:
     import torch
 
-    from dpokit.trainer import config as config_io
+    from dpokit.core import settings as config_io
+    from dpokit.trainer.config import build_config
     from dpokit.trainer.loop import train
 
     if args.threads:
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> RunResult:
     fix = fixture.build(args.small, args.model)
     with tempfile.TemporaryDirectory(prefix="bench-dpokit-") as tmp:
         items = overrides(args, fix, Path(tmp))
-        cfg = config_io.build_config(None, config_io.parse_overrides(items))
+        cfg = build_config(None, config_io.parse_overrides(items))
         recorder = _record_steps()
         start = time.perf_counter()
         summary = train(cfg)

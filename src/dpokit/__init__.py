@@ -15,7 +15,7 @@ from dpokit.api import bon, evaluate, generate, perplexity, ppo, rm, sft, train,
 from dpokit.core.errors import ConfigError, DataError, DpokitError
 from dpokit.eval.judges import JudgeConfig
 from dpokit.eval.winrate_config import WinrateConfig
-from dpokit.rlhf.bon import BonConfig
+from dpokit.rlhf.bon_config import BonConfig
 from dpokit.rlhf.ppo_config import PPOConfig
 from dpokit.rlhf.reward_config import RewardModelConfig
 from dpokit.trainer.config import Config

@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from dpokit.core import settings as config_io
 from dpokit.core.errors import ConfigError
-from dpokit.trainer import config as config_io
 from dpokit.trainer.config import Config
 
 if TYPE_CHECKING:
@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from dpokit.eval.perplexity import HeldOut, ModelSpec
     from dpokit.eval.winrate import WinrateResult
     from dpokit.eval.winrate_config import WinrateConfig
-    from dpokit.rlhf.bon import BestOfN, BonConfig
+    from dpokit.rlhf.bon import BestOfN
+    from dpokit.rlhf.bon_config import BonConfig
     from dpokit.rlhf.ppo_config import PPOConfig
     from dpokit.rlhf.ppo_trainer import PPOSummary
     from dpokit.rlhf.reward_config import RewardModelConfig
@@ -52,7 +53,7 @@ def sft(config: Config) -> RunSummary:
     """Preferred-FT: the `sft` loss on each example's preferred response, no reference (`dpokit sft`)."""
     from dpokit.losses import objective_from_config
 
-    objective, _ = objective_from_config(config)
+    objective, _ = objective_from_config(config.loss)
     if not objective.chosen_only:
         raise ConfigError(f"dpokit sft trains a chosen-only loss ('sft'); for '{config.loss.name}' use dpokit train "
                           "(dpokit.train in Python)")
@@ -62,21 +63,9 @@ def sft(config: Config) -> RunSummary:
 def evaluate(config: Config) -> dict[str, float]:
     """Preference metrics (loss, reward accuracy and margins, log-probs) of `model.name_or_path` on `data.path`,
     against `reference.name_or_path` (or a copy of the policy's own weights), in dataset order, without training."""
-    from dpokit.losses import objective_from_config
-    from dpokit.models.loading import default_device
-    from dpokit.trainer.assembly import batches, load_all
-    from dpokit.trainer.step import Trainee
-    from dpokit.trainer.step import evaluate as run_eval
+    from dpokit.trainer.run import evaluate_policy
 
-    config_io.validate(config, require=("model.name_or_path", "data.path"))
-    objective, params = objective_from_config(config)
-    device = default_device()
-    loaded = load_all(config, objective, device, _stderr)
-    trainee = Trainee(loaded.policy.eval(), loaded.train_ref, objective, params,
-                      chunk_size=config.train.logps_chunk_size)
-    rows = batches(loaded.data.train, config.train.batch_size, loaded.tokenizer.pad_token_id, objective.unpaired,
-                   layout=loaded.layout)
-    return run_eval(trainee, rows)
+    return evaluate_policy(config, say=_stderr)
 
 
 def perplexity(models: str | Mapping[str, str | ModelSpec], texts: str | HeldOut | Sequence[str | HeldOut], *,
@@ -143,9 +132,9 @@ def generate(model: str, prompts: Sequence[str | list[dict]], *, num_samples: in
     Returns:
         One {"prompt", "completion"} per completion, all of a prompt's samples together, in prompt order.
     """
-    from dpokit.data.chat import has_template
-    from dpokit.lm.sampling import SamplingSettings, sample
-    from dpokit.models.loading import default_device, load_model, load_tokenizer
+    from dpokit.core.sections import SamplingSettings
+    from dpokit.lm.sampling import sample
+    from dpokit.models.sampling import load_for_sampling
 
     if not prompts:
         raise ConfigError("nothing to complete: no prompts were given")
@@ -153,13 +142,9 @@ def generate(model: str, prompts: Sequence[str | list[dict]], *, num_samples: in
         raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
     settings = SamplingSettings(max_new_tokens, temperature, top_p, batch_size)
     settings.check()
-    tokenizer = load_tokenizer(model)
-    if chat and not has_template(tokenizer):
-        raise ConfigError(f"chat=True, but the tokenizer of {model} has no chat template")
-    policy = load_model(model, config_io.ModelConfig())
-    policy.to(default_device())
-    use_chat = has_template(tokenizer) if chat is None else chat
-    samples = sample(policy, tokenizer, list(prompts), settings, seed, num_samples, progress=progress, chat=use_chat)
+    policy = load_for_sampling(model, chat)
+    samples = sample(policy.model, policy.tokenizer, list(prompts), settings, seed, num_samples, progress=progress,
+                     chat=policy.chat)
     return [{"prompt": p, "completion": c} for p, c in zip(samples.prompts, samples.completions, strict=True)]
 
 
@@ -176,9 +161,8 @@ def bon(config: BonConfig, *, prompts: Sequence[str | list[dict]] | None = None,
     Returns:
         `rlhf.bon.BestOfN`: every sample with its reward, the chosen index per prompt; `.summary()`, `.rows()`.
     """
-    from dpokit.data.chat import has_template
     from dpokit.data.prompts import read_prompts
-    from dpokit.models.loading import default_device, load_model, load_tokenizer
+    from dpokit.models.sampling import load_for_sampling
     from dpokit.rlhf.bon import best_of_n
 
     config_io.validate(config, require=("model",) if prompts is not None else ("model", "prompts"))
@@ -186,13 +170,9 @@ def bon(config: BonConfig, *, prompts: Sequence[str | list[dict]] | None = None,
     if not prompt_list:
         raise ConfigError("nothing to complete: no prompts were given")
     score = config.reward.load() if reward is None else reward  # loaded before the model: its errors come first
-    tokenizer = load_tokenizer(config.model, gguf_file=config.gguf_file)
-    if config.chat and not has_template(tokenizer):
-        raise ConfigError(f"config key 'chat' is true, but the tokenizer of {config.model} has no chat template")
-    policy = load_model(config.model, config_io.ModelConfig(), gguf_file=config.gguf_file)
-    policy.to(default_device())
-    chat = has_template(tokenizer) if config.chat is None else config.chat
-    result = best_of_n(policy, tokenizer, prompt_list, score, config.n, config.sampling(), config.seed, chat, progress)
+    policy = load_for_sampling(config.model, config.chat, gguf_file=config.gguf_file, key="config key 'chat'")
+    result = best_of_n(policy.model, policy.tokenizer, prompt_list, score, config.n, config.sampling(), config.seed,
+                       policy.chat, progress)
     if config.output:
         result.write_jsonl(config.output)
     return result

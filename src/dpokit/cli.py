@@ -10,7 +10,8 @@ import typing
 from dataclasses import dataclass
 
 from dpokit.core.errors import DpokitError
-from dpokit.trainer.config import Config, describe_keys, field_of
+from dpokit.core.settings import describe_keys, field_of
+from dpokit.trainer.config import Config
 
 # flag -> dotted config key, for `train` and `sft`; each flag's type and help come from the key's field
 TRAIN_FLAGS = {
@@ -68,8 +69,8 @@ KEY_COMMANDS = {
     "rm": KeyCommand("dpokit.rlhf.reward_config:RewardModelConfig", RM_FLAGS, "train a Bradley-Terry reward model on "
                      "preference data: a scalar head on each response's last token, rewards centred on the training "
                      "data", "train.resume", "train.lr=1e-5"),
-    "bon": KeyCommand("dpokit.rlhf.bon:BonConfig", BON_FLAGS, "Best-of-N: n samples per prompt from a model, each "
-                      "scored by a reward, the best kept (JSON lines); prints mean rewards and the analytic KL "
+    "bon": KeyCommand("dpokit.rlhf.bon_config:BonConfig", BON_FLAGS, "Best-of-N: n samples per prompt from a model, "
+                      "each scored by a reward, the best kept (JSON lines); prints mean rewards and the analytic KL "
                       "log N - (N-1)/N", example="temperature=0.7"),
     "ppo": KeyCommand("dpokit.rlhf.ppo_config:PPOConfig", PPO_FLAGS, "PPO-RLHF (the DPO paper's baseline): rollouts "
                       "from the policy, a reward model (PPO) or any reward (PPO-GT), per-token KL penalty, value head, "

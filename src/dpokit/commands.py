@@ -8,17 +8,17 @@ import os
 from pathlib import Path
 
 from dpokit import api
+from dpokit.core import settings as config_io
 from dpokit.core.errors import ConfigError
 from dpokit.losses import objective_from_config
-from dpokit.trainer import config as config_io
-from dpokit.trainer.config import Config
+from dpokit.trainer.config import Config, build_config
 
 
 def train(command: str, yaml_path: str | None, flags: dict, overrides: list[str]) -> int:
     base = Config()
     if command == "sft":  # Preferred-FT: NLL on the chosen responses, no reference model
         base.loss.name, base.reference.mode = "sft", "none"
-    cfg = config_io.build_config(yaml_path, flags, config_io.parse_overrides(overrides), base=base)
+    cfg = build_config(yaml_path, flags, config_io.parse_overrides(overrides), base=base)
     summary = api.sft(cfg) if command == "sft" else api.train(cfg)
     if summary.replica_digests is not None and os.environ.get("RANK", "0") != "0":
         return 0  # one report per job, from the main process
@@ -45,7 +45,7 @@ def evaluate(args: argparse.Namespace) -> int:
     held_out = _held_out(args)  # read first: a bad text source fails before any model loads
     result: dict = {}
     if args.data:
-        objective, _ = objective_from_config(cfg)
+        objective, _ = objective_from_config(cfg.loss)
         if objective.needs_reference and not args.reference:
             raise ConfigError(f"loss '{objective}' compares against a reference: pass --reference (or "
                               "loss.reference_free=true)")
@@ -139,7 +139,8 @@ def bon(yaml_path: str | None, flags: dict, overrides: list[str]) -> int:
     """Best-of-N: the JSONL goes to `output` (or stdout, with the summary on stderr); the summary is printed."""
     import sys
 
-    from dpokit.rlhf.bon import BonConfig, summary_text
+    from dpokit.rlhf.bon import summary_text
+    from dpokit.rlhf.bon_config import BonConfig
 
     cfg = config_io.load(BonConfig(), yaml_path, flags, config_io.parse_overrides(overrides))
     result = api.bon(cfg, progress=True)

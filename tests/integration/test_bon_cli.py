@@ -9,8 +9,9 @@ import pytest
 
 import dpokit
 from dpokit.cli import main
-from dpokit.rlhf.bon import BonConfig, analytic_kl
-from dpokit.trainer.config import describe_keys
+from dpokit.core.settings import describe_keys
+from dpokit.rlhf.bon import analytic_kl
+from dpokit.rlhf.bon_config import BonConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

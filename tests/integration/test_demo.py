@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 
 from dpokit.cli import main
+from dpokit.core.sections import ModelConfig, SamplingSettings
 from dpokit.experiments.demo import TINY, run_demo
 from dpokit.experiments.frontier import EVAL_SEED_OFFSET
 from dpokit.experiments.frontier_config import KINDS
-from dpokit.lm.sampling import SamplingSettings, sample
+from dpokit.lm.sampling import sample
 from dpokit.models.loading import load_model, load_tokenizer
 from dpokit.rewards.sources import load_reward
 from dpokit.rlhf.bon import analytic_kl
-from dpokit.trainer.config import ModelConfig
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -179,7 +179,8 @@ def test_a_training_callback_is_refused_when_the_policy_is_sharded(model_dir, hh
     script = tmp_path / "with_callback.py"
     script.write_text(f"""
 import sys
-from dpokit.trainer.config import build_config, parse_overrides
+from dpokit.core.settings import parse_overrides
+from dpokit.trainer.config import build_config
 from dpokit.core.errors import ConfigError
 from dpokit.trainer.loop import train
 cfg = build_config(None, {{"model.name_or_path": {str(model_dir)!r}, "data.path": {str(hh_path)!r},

@@ -61,7 +61,8 @@ def test_resume_without_a_checkpoint_is_a_clear_error(model_dir, hh_path, tmp_pa
 
 def test_non_finite_loss_stops_naming_the_step_and_pairs(model_dir, hh_path, tmp_path):
     out = tmp_path / "nan"
-    from dpokit.trainer.config import build_config, parse_overrides
+    from dpokit.core.settings import parse_overrides
+    from dpokit.trainer.config import build_config
     from dpokit.trainer.loop import train
 
     overrides = parse_overrides(["data.limit=16", "data.on_bad_record=skip", "train.optimizer=adamw",

@@ -18,12 +18,12 @@ from transformers import AutoModelForSequenceClassification, PreTrainedTokenizer
 
 import dpokit
 from dpokit.cli import main
+from dpokit.core.settings import describe_keys
 from dpokit.data import load_examples, split_examples
 from dpokit.models.loading import load_tokenizer
 from dpokit.models.tiny import tiny_llama
 from dpokit.rewards.reward_model import MARKER, tokenize_for_scoring
 from dpokit.rewards.sources import load_reward
-from dpokit.trainer.config import describe_keys
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -12,11 +12,10 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from dpokit.core.errors import ConfigError
+from dpokit.core.sections import SamplingSettings
 from dpokit.data.tokenize import encode_prompts
-from dpokit.lm.sampling import SamplingSettings
 from dpokit.rlhf.bon import (
     BestOfN,
-    BonConfig,
     analytic_kl,
     best_of_n,
     best_of_n_probs,
@@ -27,6 +26,7 @@ from dpokit.rlhf.bon import (
     select_best,
     summary_text,
 )
+from dpokit.rlhf.bon_config import BonConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -195,12 +195,12 @@ def test_rows_and_summary_agree_with_the_samples(known_model):
 
 
 @pytest.mark.parametrize(("values", "message"), [
-    ({"n": 0}, "config key 'n' must be >= 1"),
+    ({"n": 0}, "config key 'n' must be > 0, got 0"),
     ({"temperature": 0.0}, "config key 'temperature' must be > 0"),
-    ({"max_new_tokens": 0}, "config key 'max_new_tokens' must be >= 1"),
+    ({"max_new_tokens": 0}, "config key 'max_new_tokens' must be > 0, got 0"),
 ])
 def test_config_ranges_are_checked(values, message):
-    from dpokit.trainer import config as config_io
+    from dpokit.core import settings as config_io
 
     with pytest.raises(ConfigError, match=message):
         config_io.validate(config_io.load(BonConfig(model="m", prompts="p.txt"), None, values))

@@ -10,7 +10,8 @@ import pytest
 
 from dpokit.cli import main
 from dpokit.core.errors import ConfigError
-from dpokit.trainer.config import Config, build_config, describe_keys, parse_overrides, save, validate
+from dpokit.core.settings import describe_keys, parse_overrides, save, validate
+from dpokit.trainer.config import Config, build_config
 
 
 def test_layers_apply_in_order(tmp_path):
@@ -58,7 +59,7 @@ def test_bad_values_fail_validation(values, message):
 
 
 def test_every_key_is_documented():
-    text = describe_keys()
+    text = describe_keys(Config)
     for section in ("model", "reference", "data", "loss", "train"):
         for key in vars(getattr(Config(), section)):
             assert f"{section}.{key}" in text

@@ -13,15 +13,17 @@ from pathlib import Path
 
 import pytest
 
+import dpokit.core.settings
 import dpokit.losses.objective
 import dpokit.trainer.config
 from dpokit.cli import TRAIN_FLAGS, build_parser, frontier_yaml_help, main
 from dpokit.core.errors import ConfigError
+from dpokit.core.settings import describe_keys, field_of, load, setting, validate
 from dpokit.experiments.frontier import method_config
 from dpokit.experiments.frontier_config import FrontierConfig, FrontierFile, MethodSpec, load_frontier_config
 from dpokit.losses import LOSSES, LossParams, objective_from_config
 from dpokit.rewards.preferences import PreferenceFiles, PreferenceStats
-from dpokit.trainer.config import Config, build_config, describe_keys, field_of, load, setting, validate
+from dpokit.trainer.config import Config, build_config
 
 
 def _train_parser() -> argparse.ArgumentParser:
@@ -70,9 +72,9 @@ def test_loss_params_built_from_the_config_carry_every_field():
     """Every LossParams field is a config key with help, and reaches the loss: distinct values set by key come back."""
     values = {spec.name: 0.01 * (i + 2) for i, spec in enumerate(dataclasses.fields(LossParams))}
     cfg = build_config(None, {f"loss.{name}": value for name, value in values.items()})
-    _, params = objective_from_config(cfg)
+    _, params = objective_from_config(cfg.loss)
     assert type(params) is LossParams and dataclasses.asdict(params) == values
-    keys = describe_keys()
+    keys = describe_keys(Config)
     for spec in dataclasses.fields(LossParams):
         assert f"loss.{spec.name}" in keys and spec.metadata["help"] in keys
 
@@ -216,5 +218,5 @@ def test_a_new_command_gets_loading_checks_and_help_from_its_dataclass(tmp_path:
 
 
 def test_config_docstring_examples():
-    result = doctest.testmod(dpokit.trainer.config, verbose=False)
+    result = doctest.testmod(dpokit.core.settings, verbose=False)
     assert result.attempted > 0 and result.failed == 0

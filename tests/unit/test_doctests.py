@@ -6,13 +6,13 @@ import doctest
 
 import pytest
 
+import dpokit.core.paths
 import dpokit.data.collate
 import dpokit.data.packing
-import dpokit.data.sources
 import dpokit.eval.perplexity
 
 
-@pytest.mark.parametrize("module", [dpokit.data.collate, dpokit.data.packing, dpokit.data.sources,
+@pytest.mark.parametrize("module", [dpokit.core.paths, dpokit.data.collate, dpokit.data.packing,
                                     dpokit.eval.perplexity])
 def test_docstring_examples(module):
     result = doctest.testmod(module, verbose=False)

@@ -8,6 +8,7 @@ import itertools
 import pytest
 import torch
 
+from dpokit.data.batching import Layout
 from dpokit.data.collate import collate
 from dpokit.data.packing import pack
 from dpokit.data.tokenize import TokenizedExample
@@ -108,7 +109,8 @@ def test_chunked_token_logps_matches_full_logits_in_value_and_gradient():
 
 def test_check_layout_falls_back_to_plain_when_the_fast_path_disagrees(tokenizer):
     """A head the fast path misreads (here: a softcap the Llama forward does not apply) is caught at start-up."""
-    from dpokit.trainer.assembly import Layout, check_layout
+    from dpokit.data.batching import Layout
+    from dpokit.trainer.assembly import check_layout
 
     model = tiny_llama(tokenizer, hidden_size=36, num_layers=1, num_heads=3, seed=5)
     examples = make_examples(ODD_PAIRS)
@@ -152,7 +154,8 @@ def _architectures():
 @pytest.mark.parametrize("arch", sorted(_architectures()))
 def test_fast_path_holds_across_architectures(arch):
     """Learned/rotary/partial-rotary positions, GQA, parallel blocks: packed log-probs equal plain ones."""
-    from dpokit.trainer.assembly import Layout, check_layout
+    from dpokit.data.batching import Layout
+    from dpokit.trainer.assembly import check_layout
 
     torch.manual_seed(0)
     model = _architectures()[arch]().eval()
@@ -174,5 +177,5 @@ def test_check_layout_falls_back_when_the_fast_forward_raises(tokenizer, monkeyp
 
     monkeypatch.setattr(pipeline, "sequence_logps", refuses_packed)
     model = tiny_llama(tokenizer, hidden_size=36, num_layers=1, num_heads=3, seed=5)
-    layout, warning = pipeline.check_layout(model, make_examples(ODD_PAIRS), pipeline.Layout(True, True), PAD, False, 8)
+    layout, warning = pipeline.check_layout(model, make_examples(ODD_PAIRS), Layout(True, True), PAD, False, 8)
     assert layout.plain and "ValueError: 4D masks are not supported" in warning

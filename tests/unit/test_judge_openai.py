@@ -12,6 +12,7 @@ import pytest
 from dpokit.core.errors import ConfigError, DataError
 from dpokit.eval.judge_openai import JudgeError, OpenAIJudge
 from dpokit.eval.judges import Comparison, JudgeConfig
+from dpokit.eval.judging import load_judge
 from openai_server import OpenAIServer, always, garbage, prefers, responses
 
 pytest.importorskip("openai")
@@ -25,7 +26,7 @@ QUESTIONS = [
 
 def judge_for(server: OpenAIServer, cache=None, **settings) -> OpenAIJudge:
     config = JudgeConfig(source="openai:judge-model", base_url=server.url, **settings)
-    judge = config.load(cache=cache)
+    judge = load_judge(config, cache=cache)
     judge.show_progress = False
     return judge
 
@@ -123,13 +124,13 @@ def test_a_remote_api_without_a_key_is_refused_before_any_request(monkeypatch):
     config = JudgeConfig(source="openai:gpt-4", base_url="https://api.example.com/v1", api_key_env="NO_SUCH_KEY_VAR")
     with pytest.raises(ConfigError, match="no API key for https://api.example.com/v1: set the environment variable "
                                           "NO_SUCH_KEY_VAR"):
-        config.load()
+        load_judge(config)
 
 
 def test_the_base_url_defaults_to_OPENAI_BASE_URL(monkeypatch):
     with OpenAIServer(prefers("Paris")) as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.url)
-        judge = JudgeConfig(source="openai:judge-model").load()
+        judge = load_judge(JudgeConfig(source="openai:judge-model"))
         judge.show_progress = False
         assert judge.judge(QUESTIONS[:1])[0].verdict == "model" and server.requests == 2
 
@@ -157,7 +158,7 @@ def test_a_torn_last_cache_line_is_asked_again_and_a_bad_line_elsewhere_is_an_er
     lines = cache.read_text().splitlines()
     cache.write_text("\n".join([lines[0], "{not json", *lines[1:]]) + "\n")
     with pytest.raises(DataError, match=r"judge_cache.jsonl:2: not a judge-cache line"):
-        JudgeConfig(source="openai:m", base_url="http://127.0.0.1:9/v1").load(cache=str(cache))
+        load_judge(JudgeConfig(source="openai:m", base_url="http://127.0.0.1:9/v1"), cache=str(cache))
 
 
 def test_no_more_requests_in_flight_than_the_concurrency():

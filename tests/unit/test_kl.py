@@ -21,7 +21,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from dpokit.lm.sampling import SamplingSettings, sample_ids
+from dpokit.core.sections import SamplingSettings
+from dpokit.lm.sampling import sample_ids
 from dpokit.lm.sequence_kl import sequence_kl, token_kl
 
 VOCAB, EOS, PAD, MAX_NEW = 6, 0, 1, 3

@@ -7,13 +7,13 @@ import copy
 import pytest
 import torch
 
+from dpokit.core.sections import LoraConfig, ModelConfig
 from dpokit.data.collate import collate
 from dpokit.data.records import Example
 from dpokit.data.tokenize import TokenizeSettings, tokenize_examples
 from dpokit.lm.logprobs import selected_token_logps, sequence_logps
 from dpokit.lm.reference import AdapterOff, FrozenModel, cache_key, load_cached, precompute
 from dpokit.models.loading import apply_lora, load_model
-from dpokit.trainer.config import LoraConfig, ModelConfig
 
 PAIRS = [
     ("\n\nHuman: how do I bake bread?\n\nAssistant:", " Mix flour, water and yeast, then bake it.", " No."),

@@ -15,7 +15,8 @@ import pytest
 
 from dpokit.core.errors import ConfigError
 from dpokit.core.model_source import PACKAGED, ModelSource, resolve_model
-from dpokit.trainer.config import Config, build_config, validate
+from dpokit.core.settings import validate
+from dpokit.trainer.config import Config, build_config
 
 SMOL = "smollm2-135m-instruct"
 SMOL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

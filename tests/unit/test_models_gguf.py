@@ -16,8 +16,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dpokit.core.model_source import resolve_model
+from dpokit.core.sections import ModelConfig
 from dpokit.models.loading import load_model, load_tokenizer
-from dpokit.trainer.config import ModelConfig
 
 SMOL = "smollm2-135m-instruct"
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -154,9 +154,9 @@ def test_docstring_examples(module):
 
 
 def test_config_refuses_bad_settings_naming_the_key(tmp_path):
+    from dpokit.core import settings as config_io
     from dpokit.core.errors import ConfigError
     from dpokit.rlhf.ppo_config import PPOConfig
-    from dpokit.trainer import config as config_io
 
     prompts = tmp_path / "p.txt"
     prompts.write_text("hi\n")

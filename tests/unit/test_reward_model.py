@@ -10,7 +10,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
+from dpokit.core import settings as config_io
 from dpokit.core.errors import ConfigError
+from dpokit.data.batching import Layout
 from dpokit.data.collate import collate
 from dpokit.data.packing import pack
 from dpokit.data.tokenize import TokenizedExample
@@ -19,8 +21,7 @@ from dpokit.losses.listwise import plackett_luce_loss
 from dpokit.rewards.reward_model import last_token_positions, response_lengths, rewards
 from dpokit.rlhf.reward_config import RewardModelConfig
 from dpokit.rlhf.reward_train import RewardEngine, RewardMetrics
-from dpokit.trainer import config as config_io
-from dpokit.trainer.assembly import Layout, check_layout
+from dpokit.trainer.assembly import check_layout
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -126,7 +127,7 @@ def test_packed_rewards_hold_across_architectures(arch):
 def test_the_objective_is_bradley_terry_and_the_metrics_add_up():
     """Pairs r = [[2, 0], [1, 3]]: losses −log σ(2) and −log σ(−2); accuracy 1/2; margin (2 + (−2)) / 2 = 0;
     rewards 2, 0, 1, 3: mean 1.5, std sqrt(((.5)² + (1.5)² + (.5)² + (1.5)²) / 4) = sqrt(1.25)."""
-    objective, params = objective_from_config(RewardModelConfig().as_train_config())
+    objective, params = objective_from_config(RewardModelConfig().as_train_config().loss)
     assert not objective.needs_reference and objective.ranked and params.beta == 1.0
     r = torch.tensor([[2.0, 0.0], [1.0, 3.0]])
     out = objective(LossInputs(policy_logps=r, num_tokens=torch.ones(2, 2)), params)

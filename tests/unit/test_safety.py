@@ -15,9 +15,10 @@ import transformers
 
 import dpokit.models.loading
 from dpokit.core.errors import ConfigError
+from dpokit.core.sections import ModelConfig
 from dpokit.models.loading import load_model, load_tokenizer
 from dpokit.models.tiny import tiny_llama, train_bpe_tokenizer
-from dpokit.trainer.config import Config, ModelConfig
+from dpokit.trainer.config import Config
 
 
 @pytest.fixture(scope="module")

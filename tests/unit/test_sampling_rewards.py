@@ -9,7 +9,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 from dpokit.core.errors import ConfigError, DataError
-from dpokit.lm.sampling import SamplingSettings, left_pad, sample, sample_ids
+from dpokit.core.sections import SamplingSettings
+from dpokit.lm.sampling import left_pad, sample, sample_ids
 from dpokit.models.tiny import tiny_llama, train_bpe_tokenizer
 from dpokit.rewards.sources import load_reward
 

@@ -9,9 +9,10 @@ import json
 import pytest
 
 from dpokit.core.errors import ConfigError
+from dpokit.core.settings import validate
 from dpokit.rlhf.ppo_config import PPOConfig
 from dpokit.trainer import trackers
-from dpokit.trainer.config import Config, validate
+from dpokit.trainer.config import Config
 from dpokit.trainer.dist import Single
 from dpokit.trainer.trackers import Tracking, metrics_writer
 

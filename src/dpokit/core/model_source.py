@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from dpokit.core.errors import ConfigError
-from dpokit.data.sources import looks_local
+from dpokit.core.paths import looks_local
 
 GGUF_INSTALL = "pip install gguf"
 
@@ -109,3 +109,19 @@ def _refuse_second_file(name_or_path: str, gguf_file: str | None) -> None:
         raise ConfigError(
             f"'{name_or_path}' already names its GGUF file; gguf_file ({gguf_file}) is for a directory or hub repo"
         )
+
+
+def check_model_dir(key: str, value: str | None, gguf_file: str | None = None) -> None:
+    """A local model path must be a directory (what save_pretrained writes); a hub name is left to transformers.
+    GGUF sources (a .gguf file, a directory + gguf_file, a packaged short name) are checked by `resolve_model`."""
+    if not value:
+        return
+    try:
+        if resolve_model(value, gguf_file).gguf_file:
+            return
+    except ConfigError as err:
+        raise ConfigError(f"config key '{key}': {err}") from None
+    path = Path(value).expanduser()
+    if (looks_local(value) or path.exists()) and not path.is_dir():
+        problem = "is a file, not a model directory" if path.exists() else "no such directory"
+        raise ConfigError(f"config key '{key}': {problem}: {value}")

@@ -78,3 +78,14 @@ def transient(items: Iterable[T], desc: str, enabled: bool = True, total: int | 
 def _is_terminal(stream: TextIO) -> bool:
     isatty = getattr(stream, "isatty", None)
     return bool(isatty and isatty())
+
+
+def say(message: str) -> None:
+    """A message for the person running the job, on stderr, between progress-bar redraws."""
+    tqdm.write(message, file=sys.stderr)
+
+
+def report(message: str) -> None:
+    """A line of a report printed as the run goes (the frontier's and the demos' tables), on stdout, between
+    progress-bar redraws."""
+    tqdm.write(message)

@@ -106,7 +106,7 @@ def _type_names(allowed: tuple[type, ...]) -> str:
 def check_tree(node: Any, prefix: str = "") -> None:
     """What `apply` checks, for settings built or changed in Python: no unknown attribute (`cfg.loss.betta = 0.5`
     would otherwise be ignored), every value of its annotated type (a numeric string is not a number here), and
-    every value among its field's `choices`."""
+    every value among its field's `choices` and within its range."""
     fields = {f.name: f for f in dataclasses.fields(node)}
     for name in vars(node):
         if name not in fields:
@@ -119,6 +119,21 @@ def check_tree(node: Any, prefix: str = "") -> None:
         choices = fields[name].metadata.get("choices", ())
         if choices and value not in choices:
             raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}; got {value!r}")
+        check_range(key, value, fields[name].metadata.get("range", {}))
+
+
+_RANGE_TESTS = {"gt": (">", lambda v, b: v > b), "ge": (">=", lambda v, b: v >= b), "le": ("<=", lambda v, b: v <= b)}
+
+
+def check_range(key: str, value: Any, bounds: dict[str, float]) -> None:
+    """`value` within the field's `bounds` (`setting(..., gt=0)`); null passes (the type decides whether it may
+    be null). One wording for every range: "config key 'train.lr' must be > 0, got 0.0"."""
+    if value is None or isinstance(value, bool):
+        return
+    for op, bound in bounds.items():
+        sign, test = _RANGE_TESTS[op]
+        if not test(value, bound):
+            raise ConfigError(f"config key '{key}' must be {sign} {bound}, got {value!r}")
 
 
 def _check_value(key: str, value: Any, hint: Any) -> None:

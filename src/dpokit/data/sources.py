@@ -22,12 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dpokit.core.errors import DataError
-
-FILE_SUFFIXES = (".jsonl.gz", ".jsonl", ".json", ".parquet", ".csv")
-
-# Suffixes that mark a path as a local file even though we cannot read it: a missing "data.txt" should say
-# "no such file", not send the name to the hub.
-_FILE_LIKE_SUFFIXES = {".txt", ".tsv", ".gz", ".arrow", ".xlsx", ".yaml", ".yml", ".zip", ".tar", ".pkl"}
+from dpokit.core.paths import FILE_SUFFIXES, looks_local
 
 # CSV cells are strings; these fields hold lists in every format that has them, so a cell starting with "[" is JSON.
 _CSV_LIST_FIELDS = {"responses", "scores"}
@@ -96,24 +91,6 @@ def read_records(path: str, split: str = "train") -> Iterator[RawRecord]:
 def _file_suffix(path: str) -> str | None:
     lower = path.lower()
     return next((s for s in FILE_SUFFIXES if lower.endswith(s)), None)
-
-
-def looks_local(path: str) -> bool:
-    """True if `path` cannot be a hub name ("name" or "owner/name"), so a missing one is simply a missing file.
-
-    The one rule for data and model paths alike (config checks use it too).
-
-    >>> [looks_local(p) for p in ("org/data", "./data", "a/b/c", "~/x", "hh.jsonl.gz", "notes.txt")]
-    [False, True, True, True, True, True]
-    """
-    lower = path.lower()
-    return (
-        os.path.isabs(path)
-        or path.startswith((".", "~"))
-        or path.replace(os.sep, "/").count("/") > 1
-        or Path(lower).suffix in _FILE_LIKE_SUFFIXES
-        or lower.endswith(FILE_SUFFIXES)
-    )
 
 
 def printable(text: str) -> str:

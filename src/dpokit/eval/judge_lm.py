@@ -24,12 +24,12 @@ import torch
 
 from dpokit.core.errors import ConfigError
 from dpokit.core.progress import transient
+from dpokit.core.sections import ModelConfig
 from dpokit.data.chat import TemplateError, has_template, render_prompt, render_reply
 from dpokit.data.tokenize import encode_prompts
 from dpokit.eval.judge_prompts import JudgePrompt, load_prompt
 from dpokit.eval.judges import Comparison, JudgeConfig, Judgment, Order, combine
 from dpokit.models.loading import default_device, load_model, load_tokenizer
-from dpokit.trainer.config import ModelConfig
 
 PROBE = ("Say hi.", "Hi!", "Hello.")  # any pair: only the end of the rendered prompt decides the letters' tokens
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from dpokit.core.errors import ConfigError
-from dpokit.rewards.sources import Reward, RewardConfig
-from dpokit.trainer.config import setting
+from dpokit.core.settings import setting
+from dpokit.rewards.sources import Reward
 
 TEMPLATES = ("dialogue", "summarization")
 Verdict = Literal["model", "baseline", "tie"]
@@ -204,20 +204,3 @@ class JudgeConfig:
         if self.concurrency < 1 or self.max_retries < 0 or self.max_tokens < 1 or self.batch_size < 1:
             raise ConfigError("judge.concurrency, judge.max_tokens and judge.batch_size must be >= 1, "
                               "judge.max_retries >= 0")
-
-    def load(self, cache: str | None = None) -> Judge:
-        """The judge, ready to ask (a model is loaded now: its errors surface before any sampling).
-
-        Args:
-            cache: openai: where answers are cached when `self.cache` is unset.
-        """
-        self.check()
-        if self.kind == "openai":
-            from dpokit.eval.judge_openai import OpenAIJudge
-
-            return OpenAIJudge(self, self.cache or cache)
-        if self.kind == "lm":
-            from dpokit.eval.judge_lm import LocalLMJudge
-
-            return LocalLMJudge(self)
-        return RewardJudge(RewardConfig(self.source, self.label, self.text).load())

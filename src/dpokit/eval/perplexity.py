@@ -34,12 +34,13 @@ from torch import Tensor
 
 from dpokit.core.errors import ConfigError, DataError
 from dpokit.core.progress import transient
+from dpokit.core.sections import ModelConfig
 from dpokit.data import chat
 from dpokit.data.formats import BadRecord, messages
 from dpokit.data.sources import RawRecord, json_type, read_records
 from dpokit.data.tokenize import encode_documents
 from dpokit.lm.logprobs import chunked_token_logps
-from dpokit.trainer.config import ModelConfig
+from dpokit.models.loading import default_device, load_model, load_tokenizer
 
 Messages = list[dict[str, Any]]
 WINDOWS = ("documents longer than max_length are scored in windows of max_length tokens that overlap by one token: "
@@ -297,12 +298,10 @@ class ModelSpec:
     settings: ModelConfig = field(default_factory=ModelConfig)
 
     def load(self) -> torch.nn.Module:
-        from dpokit.models.loading import load_model
 
         return load_model(self.path, self.settings, gguf_file=self.gguf_file)
 
     def load_tokenizer(self) -> Any:
-        from dpokit.models.loading import load_tokenizer
 
         return load_tokenizer(self.path, self.settings.trust_remote_code, self.gguf_file)
 
@@ -329,9 +328,6 @@ def score_models(models: Mapping[str, ModelSpec], held_out: Sequence[HeldOut], t
     settings.check()
     if not models:
         raise ConfigError("no models to score")
-    from dpokit.models.loading import (
-        default_device,  # dpokit.models.loading loads transformers: imported when models are scored
-    )
 
     device = default_device()
     results: dict[str, list[PerplexityResult]] = {}

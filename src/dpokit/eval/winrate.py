@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from dpokit.core.errors import ConfigError
+from dpokit.core import settings as config_io
+from dpokit.core.sections import SamplingSettings
 from dpokit.eval.judges import Comparison, Judge, Judgment, Prompt
+from dpokit.eval.judging import load_judge
 from dpokit.eval.winrate_config import PromptSet, WinrateConfig, named, read_prompt_set
-from dpokit.trainer import config as config_io
+from dpokit.lm.sampling import sample
+from dpokit.models.sampling import SamplingModel, load_for_sampling
 
 Z95 = 1.959963984540054
 
@@ -173,7 +174,7 @@ def run_winrate(cfg: WinrateConfig, judge: Judge | None = None, say: Callable[[s
     """
     config_io.validate(cfg, require=("output_dir",))
     if judge is None:
-        judge = cfg.judge.load(cache=str(Path(cfg.output_dir) / "judge_cache.jsonl"))
+        judge = load_judge(cfg.judge, cache=str(Path(cfg.output_dir) / "judge_cache.jsonl"))
     agreement = None
     if cfg.agreement:
         agreement = judge_agreement(judge, cfg.agreement, cfg.agreement_limit)
@@ -224,7 +225,8 @@ class _Sampler:
     def comparisons(self, model_spec: str) -> dict[tuple[str, float], list[tuple[int, int, Comparison]]]:
         """(prompt set, temperature) -> [(prompt index, sample index, comparison)] for one model."""
         cfg = self.cfg
-        loaded = load_for_sampling(*named(model_spec), cfg.chat)
+        name, path = named(model_spec)
+        loaded = load_for_sampling(path, cfg.chat, name=name)
         sets = self.prompt_sets(loaded.chat)
         out = {}
         for prompt_set in sets:
@@ -237,8 +239,7 @@ class _Sampler:
         del loaded
         return out
 
-    def _sample(self, loaded: LoadedModel, prompt_set: PromptSet, temperature: float, seed: int) -> _Drawn:
-        from dpokit.lm.sampling import SamplingSettings, sample
+    def _sample(self, loaded: SamplingModel, prompt_set: PromptSet, temperature: float, seed: int) -> _Drawn:
 
         per_prompt = 1 if temperature == 0 else self.cfg.num_samples
         settings = SamplingSettings(self.cfg.max_new_tokens, temperature, self.cfg.top_p, self.cfg.batch_size)
@@ -254,7 +255,7 @@ class _Sampler:
         t = temperature if self.cfg.baseline_temperature is None else self.cfg.baseline_temperature
         key = (prompt_set.name, t)
         if key not in self._baseline:  # a different seed from the models': independent draws, not the same ones
-            loaded = load_for_sampling("baseline", self.cfg.baseline, self.cfg.chat)
+            loaded = load_for_sampling(self.cfg.baseline, self.cfg.chat, name="baseline")
             base_set = next(s for s in self.prompt_sets(loaded.chat) if s.name == prompt_set.name)
             drawn = self._sample(loaded, base_set, t, self.cfg.seed + 1_000_003)
             self._baseline[key] = drawn.completions
@@ -262,32 +263,10 @@ class _Sampler:
 
 
 @dataclass
-class LoadedModel:
-    name: str
-    model: torch.nn.Module
-    tokenizer: Any
-    chat: bool
-
-
-@dataclass
 class _Drawn:
     prompts: list[Prompt]
     completions: list[str]
     per_prompt: int
-
-
-def load_for_sampling(name: str, path: str, chat: bool | None) -> LoadedModel:
-    """A model and its tokenizer, on the default device, with whether prompts go through its chat template
-    (`chat` None: when it has one)."""
-    from dpokit.data.chat import has_template
-    from dpokit.models.loading import default_device, load_model, load_tokenizer
-
-    tokenizer = load_tokenizer(path)
-    if chat and not has_template(tokenizer):
-        raise ConfigError(f"chat is true, but the tokenizer of {path} has no chat template")
-    model = load_model(path, config_io.ModelConfig())
-    model.to(default_device())
-    return LoadedModel(name, model, tokenizer, has_template(tokenizer) if chat is None else chat)
 
 
 def _fit(baselines: list[str], have: int, want: int) -> list[str]:

@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dpokit.core.errors import ConfigError, DataError
-from dpokit.core.model_source import PACKAGED
+from dpokit.core.model_source import PACKAGED, check_model_dir
+from dpokit.core.settings import setting
 from dpokit.data.chat import hh_messages
 from dpokit.data.formats import DEFAULT_PROMPT_MARKER, BadRecord, after_last_marker, messages
 from dpokit.data.prompts import prompt_of, read_prompts
 from dpokit.data.sources import RawRecord, read_records
 from dpokit.eval.judges import JudgeConfig, Prompt
-from dpokit.trainer.config import _check_model_dir, setting
 from dpokit.trainer.trackers import HELP as TRACKING_HELP
 from dpokit.trainer.trackers import check_report_to
 
@@ -80,7 +80,7 @@ class WinrateConfig:
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit must be >= 1, got {self.limit}")
         for spec in self.models + ([self.baseline] if self.baseline_is_model else []):
-            _check_model_dir("models" if spec in self.models else "baseline", named(spec)[1])
+            check_model_dir("models" if spec in self.models else "baseline", named(spec)[1])
         names = [named(m)[0] for m in self.models]
         if len(set(names)) < len(names):
             raise ConfigError(f"two models share a name ({', '.join(names)}): name them with name=path")

@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
 from dpokit.eval.winrate import Cell, WinrateResult  # noqa: E402
+from dpokit.trainer.trackers import Tracking, open_trackers
 
 STYLES = ("-", "--", ":", "-.")
 
@@ -118,7 +119,6 @@ def console_summary(result: WinrateResult, paths: dict[str, Path]) -> str:
 def log_to_trackers(result: WinrateResult, cfg: Any) -> None:
     """Each win rate to the trackers `cfg.report_to` names, as `win_rate/<model>/<prompt set>` at step
     round(100 x temperature), and the agreement as `judge/agreement` at step 0; the settings as hyper-parameters."""
-    from dpokit.trainer.trackers import Tracking, open_trackers
 
     trackers = open_trackers(Tracking.of(cfg), cfg.output_dir, result.settings)
     try:

@@ -28,8 +28,11 @@ from dpokit.experiments.demo_task import corpus, split_prefix
 from dpokit.experiments.frontier import FrontierResult, run_frontier
 from dpokit.experiments.frontier_config import FrontierConfig, MethodSpec, paper_methods, rlhf_methods
 from dpokit.experiments.report import console_summary, write_outputs
+from dpokit.models.tiny import tiny_llama, train_bpe_tokenizer
 from dpokit.rewards.sources import load_reward
 from dpokit.trainer.config import Config
+from dpokit.trainer.launch import deepspeed_unprobed
+from dpokit.trainer.loop import train
 
 
 @dataclass(frozen=True)
@@ -170,9 +173,6 @@ def details(settings: DemoSize, sft: SftModel, train_prompts: list[str], eval_pr
 
 def build_sft_model(out: Path, settings: DemoSize, seed: int) -> SftModel:
     """Corpus -> tokenizer + random Llama (out/base) -> dpokit SFT on (prefix, continuation) -> out/sft."""
-    from dpokit.models.tiny import tiny_llama, train_bpe_tokenizer
-    from dpokit.trainer.launch import deepspeed_unprobed
-    from dpokit.trainer.loop import train
 
     reviews = corpus(settings.reviews, seed)
     tokenizer = train_bpe_tokenizer([r.text for r in reviews], vocab_size=settings.vocab_size)

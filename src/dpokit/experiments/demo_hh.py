@@ -24,7 +24,25 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from dpokit.core.errors import ConfigError, DataError
+from dpokit.core.sections import ModelConfig, SamplingSettings
 from dpokit.data.chat import hh_messages
+from dpokit.eval.judges import Comparison, JudgeConfig
+from dpokit.eval.judging import load_judge
+from dpokit.eval.perplexity import Document, HeldOut, ModelSpec, PerplexitySettings, score_models
+from dpokit.eval.winrate import judge_agreement, judge_cell, run_winrate
+from dpokit.eval.winrate_config import WinrateConfig, read_prompt_set
+from dpokit.experiments.demo import torch_threads
+from dpokit.experiments.demo_hh_report import write_report
+from dpokit.models.loading import load_model, load_tokenizer
+from dpokit.models.sampling import load_for_sampling
+from dpokit.rewards.sources import load_reward
+from dpokit.rlhf import reward_train
+from dpokit.rlhf.bon import best_of_n
+from dpokit.rlhf.reward_config import RewardModelConfig
+from dpokit.trainer import loop
+from dpokit.trainer.config import Config
+from dpokit.trainer.launch import deepspeed_unprobed
+from dpokit.trainer.run import evaluate_policy
 
 HH_FILE = "hh_harmless_test.jsonl.gz"
 REF_MODEL = "smollm2-135m-instruct"
@@ -160,9 +178,6 @@ class Timer:
 
 def save_reference(out: Path) -> Path:
     """πref once as plain safetensors (the GGUF file is unpacked a single time, not by every stage)."""
-    from dpokit.models.loading import load_model, load_tokenizer
-    from dpokit.trainer.config import ModelConfig
-    from dpokit.trainer.launch import deepspeed_unprobed
 
     path = out / "models" / "ref"
     if (path / "model.safetensors").is_file():
@@ -176,7 +191,6 @@ def save_reference(out: Path) -> Path:
 
 def train_config(size: HHSize, model: Path, data: Path, out: Path, steps: int, lr: float, seed: int):
     """The shared training settings of every stage (conversational data, AdamW, short warmup, no eval)."""
-    from dpokit.trainer.config import Config
 
     cfg = Config()
     cfg.model.name_or_path, cfg.data.path, cfg.data.format = str(model), str(data), "conversational"
@@ -193,58 +207,43 @@ def trained(out: Path) -> bool:
 
 
 def train_reward_model(size: HHSize, ref: Path, data: Path, out: Path, seed: int) -> Path:
-    import dpokit
-
     if trained(out):
         return out
-    from dpokit.rlhf.reward_config import RewardModelConfig
 
     base = train_config(size, ref, data, out, size.rm_steps, size.rm_lr, seed)
     cfg = RewardModelConfig(model=base.model, data=base.data, train=base.train)
-    dpokit.rm(cfg)
+    reward_train.train_reward_model(cfg)
     return out
 
 
 def train_policy(size: HHSize, ref: Path, data: Path, out: Path, seed: int, loss: str) -> Path:
     """DPO (`sigmoid`, against πref) or Preferred-FT (`sft`, no reference), from πref."""
-    import dpokit
-
     if trained(out):
         return out
     cfg = train_config(size, ref, data, out, size.sft_steps if loss == "sft" else size.dpo_steps, size.lr, seed)
     cfg.loss.name, cfg.loss.beta = loss, size.beta
     if loss == "sft":
         cfg.reference.mode = "none"
-        dpokit.sft(cfg)
-    else:
-        dpokit.train(cfg)
+    loop.train(cfg)
     return out
 
 
 def implicit_accuracy(size: HHSize, policy: Path, ref: Path, data: Path) -> dict[str, float]:
     """Held-out preference metrics of `policy` against πref: the implicit reward β·log πθ/πref's accuracy (a tie,
     as for πref against itself, counts as no win) and margin."""
-    import dpokit
-
     cfg = train_config(size, policy, data, policy / "eval", 1, 1e-6, 0)
     cfg.reference.name_or_path, cfg.loss.beta = str(ref), size.beta
     cfg.train.shuffle, cfg.train.progress = False, False
-    metrics = dpokit.evaluate(cfg)
+    metrics = evaluate_policy(cfg)
     return {"accuracy": metrics["rewards/accuracies"], "margin": metrics["rewards/margins"]}
 
 
 def bon_cells(size: HHSize, ref: Path, reward_dir: Path, held: Path, judge, seed: int):
     """Best-of-N at each temperature: N samples of πref per held-out prompt, the best by the reward model trained on
     the preference split, judged against the chosen response like the trained policies."""
-    from dpokit.eval.judges import Comparison
-    from dpokit.eval.winrate import judge_cell, load_for_sampling
-    from dpokit.eval.winrate_config import read_prompt_set
-    from dpokit.lm.sampling import SamplingSettings
-    from dpokit.rewards.sources import load_reward
-    from dpokit.rlhf.bon import best_of_n
 
     reward = load_reward(str(reward_dir))
-    loaded = load_for_sampling("πref", str(ref), chat=True)
+    loaded = load_for_sampling(str(ref), chat=True, name="πref")
     prompts = read_prompt_set(str(held), "chosen", chat=True, limit=size.winrate_prompts)
     cells, rows = [], []
     for t in size.temperatures:
@@ -263,7 +262,6 @@ def bon_cells(size: HHSize, ref: Path, reward_dir: Path, held: Path, judge, seed
 def perplexities(size: HHSize, models: dict[str, Path], held: list[dict]) -> dict[str, dict[str, float]]:
     """Per-token NLL and perplexity of each model on the held-out chosen dialogues (rendered by the chat
     template): the capability check, before (πref) and after (each trained policy)."""
-    from dpokit.eval.perplexity import Document, HeldOut, ModelSpec, PerplexitySettings, score_models
 
     dialogues = [Document(r["prompt"] + r["chosen"], "held_out.jsonl", i + 1, "chosen")
                  for i, r in enumerate(held[:size.perplexity_docs])]
@@ -281,14 +279,12 @@ def run_hh_demo(output_dir: str, size: str = "full", seed: int = 0, data: str | 
         judge_source: None: the reward model trained on the judge split; else any `judge.source` (openai:MODEL...).
         threads: torch CPU threads while it runs (restored after); None keeps torch's setting.
     """
-    from dpokit.experiments.demo import torch_threads
 
     with torch_threads(threads):
         return _run_hh_demo(output_dir, size, seed, data, judge_source)
 
 
 def _run_hh_demo(output_dir: str, size: str, seed: int, data: str | None, judge_source: str | None) -> dict[str, Any]:
-    from dpokit.experiments.demo_hh_report import write_report
 
     settings, out, timer, start = SIZES[size], Path(output_dir), Timer(), time.perf_counter()
     splits = split_hh(find_hh_data(data), settings, seed)
@@ -325,20 +321,16 @@ def _run_hh_demo(output_dir: str, size: str, seed: int, data: str | None, judge_
 
 
 def _judge(source: str | None, judge_rm: Path, out: Path):
-    from dpokit.eval.judges import JudgeConfig
 
-    return JudgeConfig(source=source or str(judge_rm)).load(cache=str(out / "judge_cache.jsonl"))
+    return load_judge(JudgeConfig(source=source or str(judge_rm)), cache=str(out / "judge_cache.jsonl"))
 
 
 def _agreement(judge, held: Path, size: HHSize):
-    from dpokit.eval.winrate import judge_agreement
 
     return judge_agreement(judge, str(held), size.agreement_pairs)
 
 
 def _winrates(size: HHSize, policies: dict[str, Path], held: Path, judge, out: Path, seed: int):
-    from dpokit.eval.winrate import run_winrate
-    from dpokit.eval.winrate_config import WinrateConfig
 
     cfg = WinrateConfig(models=[f"{name}={path}" for name, path in policies.items()],
                         prompts=[f"held-out={held}"], baseline="chosen", temperatures=list(size.temperatures),

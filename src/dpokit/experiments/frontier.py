@@ -25,8 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+from dpokit.core import settings as config_io
 from dpokit.core.errors import DataError
-from dpokit.data.chat import has_template
+from dpokit.core.progress import report
+from dpokit.core.sections import SamplingSettings
 from dpokit.experiments import frontier_rlhf as rlhf
 from dpokit.experiments.frontier_config import FrontierConfig, MethodSpec
 from dpokit.experiments.frontier_eval import (  # noqa: F401  (EvalPoint, Evaluation, FrontierResult, RunResult: re-exported)
@@ -38,15 +40,13 @@ from dpokit.experiments.frontier_eval import (  # noqa: F401  (EvalPoint, Evalua
     MethodContext,
     Recorder,
     RunResult,
-    say,
 )
-from dpokit.lm.sampling import SamplingSettings
 from dpokit.losses import parse_objective
-from dpokit.models.loading import default_device, load_model, load_tokenizer
+from dpokit.models.sampling import load_for_sampling
 from dpokit.rewards.preferences import PreferenceFiles, PreferenceStats, build_preferences
 from dpokit.rewards.sources import Reward
-from dpokit.trainer import config as config_io
-from dpokit.trainer.config import Config, ModelConfig
+from dpokit.trainer.config import Config, build_config
+from dpokit.trainer.loop import train
 
 PREFERENCE_SEED_OFFSET = 1  # preference samples are drawn with seed + 1 (held-out evaluations: EVAL_SEED_OFFSET)
 
@@ -57,13 +57,12 @@ def run_frontier(cfg: FrontierConfig, reward: Reward) -> FrontierResult:
     cfg.check()
     out = Path(cfg.output_dir)
     check_methods(cfg)
-    device = default_device()
-    tokenizer = load_tokenizer(cfg.model)
-    reference = load_model(cfg.model, ModelConfig()).to(device).eval().requires_grad_(False)
+    loaded = load_for_sampling(cfg.model, cfg.chat)
+    tokenizer, chat = loaded.tokenizer, loaded.chat
+    reference = loaded.model.eval().requires_grad_(False)
     settings = SamplingSettings(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.sample_batch_size)
-    chat = has_template(tokenizer) if cfg.chat is None else cfg.chat
 
-    say(f"preference data: {cfg.samples_per_prompt} samples for each of {len(cfg.train_prompts)} prompts")
+    report(f"preference data: {cfg.samples_per_prompt} samples for each of {len(cfg.train_prompts)} prompts")
     files = build_preferences(reference, tokenizer, cfg.train_prompts, reward, cfg.samples_per_prompt, settings,
                               out / "data", seed=cfg.seed + PREFERENCE_SEED_OFFSET, progress=cfg.progress, chat=chat)
     if files.stats.pairs == 0:
@@ -72,7 +71,7 @@ def run_frontier(cfg: FrontierConfig, reward: Reward) -> FrontierResult:
     evaluator = Evaluator(reference, tokenizer, cfg.eval_prompts, reward, settings, cfg.eval_samples_per_prompt,
                           seed=cfg.seed + EVAL_SEED_OFFSET, chat=chat)
     at_start = evaluator(reference)
-    say(f"πref on {len(at_start.rewards)} held-out samples: reward {at_start.reward:.3f}, KL {at_start.kl:.3f}")
+    report(f"πref on {len(at_start.rewards)} held-out samples: reward {at_start.reward:.3f}, KL {at_start.kl:.3f}")
     context = MethodContext(cfg, files, evaluator, {"ground_truth": reward})
     learned = None
     if any(method.reward == "learned" for method in cfg.methods):
@@ -80,7 +79,7 @@ def run_frontier(cfg: FrontierConfig, reward: Reward) -> FrontierResult:
         context.rewards["learned"] = rlhf.load_learned_reward(learned)
     runs = []
     for i, method in enumerate(cfg.methods, start=1):
-        say(f"[{i}/{len(cfg.methods)}] {method.label} {method.setting}".rstrip())
+        report(f"[{i}/{len(cfg.methods)}] {method.label} {method.setting}".rstrip())
         runs.append(RUNNERS[method.kind].run(context, method))
     return FrontierResult(at_start, runs, files.stats, reward.name, cfg, time.perf_counter() - start, learned)
 
@@ -103,7 +102,7 @@ def method_config(cfg: FrontierConfig, method: MethodSpec, files: PreferenceFile
         layers["loss.beta"] = method.beta
     if method.alpha is not None:
         layers["loss.unlikelihood_alpha"] = method.alpha
-    run_cfg = config_io.build_config(None, layers, cfg.run, method.run)
+    run_cfg = build_config(None, layers, cfg.run, method.run)
     if "train.batch_size" not in method.run:
         per_example = 1 if chosen_only else files.samples_per_prompt if ranked else 2
         run_cfg.train.batch_size = max(1, round(2 * run_cfg.train.batch_size / per_example))
@@ -128,7 +127,6 @@ def check_loss_method(cfg: FrontierConfig, method: MethodSpec, placeholder: Pref
 
 def run_loss_method(context: MethodContext, method: MethodSpec) -> RunResult:
     """One `train()` run from πref; the callback evaluates it every train.eval_every steps and after the last."""
-    from dpokit.trainer.loop import train
 
     run_cfg, _ = method_config(context.cfg, method, context.files)
     run_dir = Path(run_cfg.train.output_dir)

@@ -12,10 +12,10 @@ import re
 from dataclasses import dataclass, fields
 from typing import Any
 
+from dpokit.core import settings as config_io
 from dpokit.core.errors import ConfigError
+from dpokit.core.settings import setting
 from dpokit.data.prompts import read_prompts
-from dpokit.trainer import config as config_io
-from dpokit.trainer.config import setting
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
+from dpokit.core.progress import report
+from dpokit.core.sections import SamplingSettings
 from dpokit.experiments.frontier_config import FrontierConfig, MethodSpec
-from dpokit.lm.sampling import Samples, SamplingSettings, sample
+from dpokit.lm.sampling import Samples, sample
 from dpokit.lm.sequence_kl import sequence_kl
 from dpokit.rewards.preferences import PreferenceFiles, PreferenceStats
 from dpokit.rewards.sources import Reward
@@ -100,7 +101,7 @@ class Recorder:
     def __call__(self, step: int, policy: torch.nn.Module) -> dict[str, float]:
         result = self.last = self.evaluator(policy)
         self.points.append(point(self.method, step, result))
-        say(f"  {self.unit} {step}: reward {result.reward:+.3f} ± {result.reward_se:.3f}, KL {result.kl:.2f} ± "
+        report(f"  {self.unit} {step}: reward {result.reward:+.3f} ± {result.reward_se:.3f}, KL {result.kl:.2f} ± "
             f"{result.kl_se:.2f}")
         return result.summary()
 
@@ -187,7 +188,3 @@ def standard_error(values: list[float]) -> float:
     mean = mean_of(values)
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
 
-
-def say(message: str) -> None:
-    """A progress line that does not break a progress bar."""
-    tqdm.write(message)

@@ -18,7 +18,9 @@ import random
 import time
 from pathlib import Path
 
+from dpokit.core import settings as config_io
 from dpokit.core.errors import ConfigError
+from dpokit.core.progress import report
 from dpokit.experiments.frontier_config import KINDS, FrontierConfig, MethodSpec
 from dpokit.experiments.frontier_eval import (
     EVAL_SEED_OFFSET,
@@ -29,13 +31,16 @@ from dpokit.experiments.frontier_eval import (
     RunResult,
     mean_of,
     point,
-    say,
     standard_error,
 )
 from dpokit.lm.sampling import Samples
 from dpokit.rewards.preferences import PreferenceFiles
 from dpokit.rewards.sources import Reward, load_reward
-from dpokit.trainer import config as config_io
+from dpokit.rlhf.bon import analytic_kl, best_of_n, chosen_indices
+from dpokit.rlhf.ppo_config import PPOConfig
+from dpokit.rlhf.ppo_trainer import train_ppo
+from dpokit.rlhf.reward_config import RewardModelConfig
+from dpokit.rlhf.reward_train import train_reward_model
 
 BON_SEED_OFFSET = EVAL_SEED_OFFSET + 1  # Best-of-N's draw on the held-out prompts: seed + 3
 RM_DEFAULTS = {  # the learned reward model's settings unless the frontier's `rm` sets them
@@ -47,24 +52,22 @@ FROM_FRONTIER = ("model", "prompts", "reward", "output_dir", "seed", "max_new_to
 
 def train_learned_reward(cfg: FrontierConfig, files: PreferenceFiles) -> RewardModelInfo:
     """Trains the one reward model of `reward: learned` methods (module docstring) into output_dir/reward_model."""
-    from dpokit.rlhf.reward_train import train_reward_model
 
     data = Path(cfg.output_dir) / "data"
     split = split_pairs(files.pairs_path, data / "rm_train.jsonl", data / "rm_eval.jsonl", cfg.rm_eval_fraction,
                         cfg.seed)
     rm_cfg = reward_model_config(cfg, data / "rm_train.jsonl", data / "rm_eval.jsonl")
-    say(f"reward model: {split['train_pairs']} pairs; {split['eval_pairs']} pairs of {split['eval_prompts']} "
+    report(f"reward model: {split['train_pairs']} pairs; {split['eval_pairs']} pairs of {split['eval_prompts']} "
         "held-out training prompts")
     summary = train_reward_model(rm_cfg)
     accuracy = (summary.final_eval or {}).get("rewards/accuracies", float("nan"))
-    say(f"reward model: held-out accuracy {accuracy:.3f} after {summary.steps} steps ({summary.seconds:.0f} s)")
+    report(f"reward model: held-out accuracy {accuracy:.3f} after {summary.steps} steps ({summary.seconds:.0f} s)")
     return RewardModelInfo(rm_cfg.train.output_dir, split["train_pairs"], split["eval_pairs"], split["eval_prompts"],
                            accuracy, summary.steps, summary.seconds)
 
 
 def reward_model_config(cfg: FrontierConfig, train_path: Path, eval_path: Path):
     """`dpokit rm` settings: `RM_DEFAULTS`, the shared run's data lengths, then the frontier's `rm` section."""
-    from dpokit.rlhf.reward_config import RewardModelConfig
 
     shared = {k: v for k, v in cfg.run.items() if k in ("data.max_length", "data.max_prompt_length")}
     layers = {"model.name_or_path": cfg.model, "data.path": str(train_path), "data.eval_path": str(eval_path),
@@ -96,7 +99,6 @@ def load_learned_reward(info: RewardModelInfo) -> Reward:
 def ppo_config(cfg: FrontierConfig, method: MethodSpec, prompts_path: str, chat: bool | None):
     """`dpokit ppo` settings of one method: the frontier's model, prompts, seed and budget, then the shared `ppo`
     section, the method's `run`, and its `beta` (the KL coefficient)."""
-    from dpokit.rlhf.ppo_config import PPOConfig
 
     for where, keys in (("ppo", cfg.ppo), (f"{method.label} run", method.run)):
         clash = sorted(k for k in keys if k.split(".")[0] in FROM_FRONTIER)
@@ -116,7 +118,6 @@ def check_ppo_method(cfg: FrontierConfig, method: MethodSpec, files: PreferenceF
 
 def run_ppo_method(context: MethodContext, method: MethodSpec) -> RunResult:
     """PPO from πref on the training prompts, evaluated every `ppo_eval_every` iterations and after the last."""
-    from dpokit.rlhf.ppo_trainer import train_ppo
 
     cfg = context.cfg
     prompts = Path(cfg.output_dir) / "data" / "train_prompts.jsonl"
@@ -139,7 +140,6 @@ def check_bon_method(cfg: FrontierConfig, method: MethodSpec, files: PreferenceF
 
 def run_bon_method(context: MethodContext, method: MethodSpec) -> RunResult:
     """Best-of-`method.n` by the method's reward on the shared draw, valued by the ground-truth reward."""
-    from dpokit.rlhf.bon import analytic_kl, chosen_indices
 
     start = time.perf_counter()
     draw, truth = bon_draw(context, method.reward)
@@ -151,7 +151,7 @@ def run_bon_method(context: MethodContext, method: MethodSpec) -> RunResult:
     lengths = [len(ids) for ids in chosen.completion_ids]
     result = Evaluation(mean_of(rewards), standard_error(rewards), kl, 0.0, mean_of(lengths), chosen, rewards,
                         [kl] * len(rows))
-    say(f"  best of {method.n}: reward {result.reward:+.3f} ± {result.reward_se:.3f} at KL {kl:.2f} (analytic)")
+    report(f"  best of {method.n}: reward {result.reward:+.3f} ± {result.reward_se:.3f} at KL {kl:.2f} (analytic)")
     path = Path(context.cfg.output_dir) / "data" / f"bon_{method.reward}.jsonl"
     return RunResult(method, str(path), [point(method, 0, result)], result, 0, time.perf_counter() - start)
 
@@ -163,13 +163,12 @@ def bon_draw(context: MethodContext, reward: str):
     Returns:
         (`rlhf.bon.BestOfN` with the selection reward's scores, flat ground-truth rewards in the draw's order).
     """
-    from dpokit.rlhf.bon import best_of_n
 
     if reward not in context.bon_draws:
         ev, cfg = context.evaluator, context.cfg
         n = max(m.n for m in cfg.methods if KINDS[m.kind].n and m.reward == reward)
         prompts = [p for p in ev.prompts for _ in range(ev.num_samples)]  # rows line up with the evaluator's
-        say(f"  Best-of-N draw: {n} samples of πref for each of {len(prompts)} held-out prompts, by the {reward} "
+        report(f"  Best-of-N draw: {n} samples of πref for each of {len(prompts)} held-out prompts, by the {reward} "
             "reward")
         draw = best_of_n(ev.reference, ev.tokenizer, prompts, context.rewards[reward], n, ev.settings,
                          seed=cfg.seed + BON_SEED_OFFSET, chat=ev.chat, progress=cfg.progress)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dpokit.experiments.frontier import Evaluation, FrontierResult
+from dpokit.experiments.frontier_analysis import FrontierComparison, best_within, headline, verdict
 from dpokit.experiments.frontier_config import KINDS
-from dpokit.experiments.report import Comparison, best_within, headline, verdict
 
 
-def markdown_report(result: FrontierResult, task: str, comparisons: list[Comparison], budgets: list[float],
+def markdown_report(result: FrontierResult, task: str, comparisons: list[FrontierComparison], budgets: list[float],
                     examples: int) -> str:
     sections = [
         "# Reward–KL frontier: DPO and baselines\n",
@@ -88,7 +88,7 @@ def _curves_note(result: FrontierResult) -> str:
     return f"{', '.join(untrained)} trains nothing, so it has no curve: its points are on the frontier only.\n"
 
 
-def _findings(result: FrontierResult, comparisons: list[Comparison]) -> str:
+def _findings(result: FrontierResult, comparisons: list[FrontierComparison]) -> str:
     lines = [f"- {line}" for line in verdict(comparisons)]
     ref = result.reference
     best = max((p for run in result.runs for p in run.points), key=lambda p: p.reward, default=None)

@@ -18,35 +18,9 @@ from transformers import GenerationConfig
 
 from dpokit.core.errors import ConfigError
 from dpokit.core.progress import transient
+from dpokit.core.sections import SamplingSettings
 from dpokit.data.chat import TemplateError, render_prompts, stop_ids
 from dpokit.data.tokenize import encode_prompts
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    """How completions are drawn.
-
-    Attributes:
-        max_new_tokens: completion budget; a completion that reaches it has no eos.
-        temperature: 1.0 samples the model's own distribution; 0 means greedy decoding.
-        top_p: nucleus sampling mass; 1.0 keeps the whole distribution.
-        batch_size: prompts per `generate` call.
-    """
-
-    max_new_tokens: int = 24
-    temperature: float = 1.0
-    top_p: float = 1.0
-    batch_size: int = 128
-
-    def check(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not self.temperature >= 0:
-            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 @dataclass

@@ -5,14 +5,10 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
 
 from dpokit.core.errors import ConfigError
 from dpokit.losses.base import LossInputs, LossOutput, LossParams, LossSpec
 from dpokit.losses.registry import LOSSES
-
-if TYPE_CHECKING:  # dpokit.trainer.config imports this package; the config is only read here
-    from dpokit.trainer.config import Config
 
 _TERM = re.compile(r"^\s*(?:(?P<weight>[^*]+?)\s*\*\s*)?(?P<name>[A-Za-z_]\w*)\s*$")
 
@@ -150,16 +146,17 @@ def validate_params(objective: Objective, params: LossParams) -> None:
             spec.check(p)
 
 
-def objective_from_config(config: Config) -> tuple[Objective, LossParams]:
-    """The objective of `config.loss` and a copy of its hyper-parameters, validated (no model loads before this).
+def objective_from_config(loss: LossParams) -> tuple[Objective, LossParams]:
+    """The objective of a config's `loss` section and a copy of its hyper-parameters, validated (no model loads
+    before this).
 
-    `config.loss` (`config.LossConfig`) extends `LossParams`, so the copy goes by LossParams' own fields: a new loss
-    hyper-parameter is one field there, and it is a config key, documented and copied with nothing else to edit.
+    `loss` (`trainer.config.LossConfig`: `name`, `reference_free` and the fields of `LossParams`) extends
+    `LossParams`, so the copy goes by LossParams' own fields: a new loss hyper-parameter
+    is one field there, and it is a config key, documented and copied with nothing else to edit.
 
     Raises:
         ConfigError: the loss expression or a hyper-parameter is invalid, naming the config key.
     """
-    loss = config.loss
     objective = parse_objective(loss.name, reference_free=loss.reference_free)
     params = LossParams(**{f.name: getattr(loss, f.name) for f in fields(LossParams)})
     validate_params(objective, params)

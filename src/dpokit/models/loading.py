@@ -25,7 +25,7 @@ from transformers import (
 from dpokit.core.errors import ConfigError
 from dpokit.core.model_source import ModelSource, resolve_model
 from dpokit.core.progress import transient
-from dpokit.trainer.config import LoraConfig, ModelConfig
+from dpokit.core.sections import LoraConfig, ModelConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # Weight files that are pickles (torch.save): loading one can run arbitrary code.

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
+from dpokit.core.sections import SamplingSettings
 from dpokit.data.chat import render_prompt, render_reply
-from dpokit.lm.sampling import SamplingSettings, sample
+from dpokit.lm.sampling import sample
 from dpokit.rewards.sources import Reward
 
 

@@ -31,13 +31,16 @@ import torch
 from torch import Tensor
 
 from dpokit.core.errors import ConfigError
+from dpokit.core.sections import ModelConfig
+from dpokit.data.batching import batches
 from dpokit.data.chat import TemplateError, render_prompt, render_reply
 from dpokit.data.collate import Batch
+from dpokit.data.config import DataConfig
 from dpokit.data.packing import PackedBatch
 from dpokit.data.records import Example
 from dpokit.data.tokenize import TokenizedExample, TokenizeSettings, tokenize_examples
 from dpokit.lm.logprobs import packed_hidden_states
-from dpokit.trainer.config import DataConfig, ModelConfig
+from dpokit.models.loading import default_device, load_model, load_tokenizer
 
 MARKER = "dpokit_reward"  # config.json key of a dpokit reward model: {"offset", "max_length", ...}
 
@@ -147,8 +150,6 @@ def reward_model_scores(path: str, batch_size: int = 32) -> Callable[[list[str],
 
     Loaded from safetensors only, remote code off, in eval mode; scored without gradients in padded batches.
     """
-    from dpokit.models.loading import default_device, load_model, load_tokenizer
-    from dpokit.trainer.assembly import batches
 
     if not is_reward_model(path):
         raise ConfigError(f"{path} is not a dpokit reward model (its config.json has no '{MARKER}' entry)")

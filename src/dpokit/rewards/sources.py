@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dpokit.core.errors import ConfigError, DataError
+from dpokit.core.settings import setting
 from dpokit.data.chat import plain_text
-from dpokit.trainer.config import setting
 
 ScoreFn = Callable[[list[str], list[str]], Sequence[float]]
 TEXT_MODES = ("completion", "full")
@@ -88,7 +88,8 @@ def load_reward(source: str, label: str | None = None, text: str = "completion")
         return Reward(f"vader({text})", _texts(text, vader_scores()))
     if ":" in source and not Path(source).exists():
         return Reward(source, load_callable(source))
-    from dpokit.rewards.reward_model import is_reward_model, reward_model_scores  # imports torch: only models need it
+    # loads transformers (slow): only a model source needs it, so `import dpokit` and the CLI's start stay quick
+    from dpokit.rewards.reward_model import is_reward_model, reward_model_scores
 
     if is_reward_model(source):
         return Reward(f"{source}(dpokit rm)", reward_model_scores(source))

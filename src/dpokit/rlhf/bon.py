@@ -19,18 +19,20 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from dpokit.core.errors import ConfigError
-from dpokit.rewards.sources import Reward, RewardConfig
-from dpokit.trainer.config import _check_model_dir, setting
+from dpokit.core.sections import SamplingSettings
+from dpokit.lm.sampling import sample
+from dpokit.rewards.sources import Reward
 
 if TYPE_CHECKING:
-    from dpokit.lm.sampling import Samples, SamplingSettings
+    from dpokit.core.sections import SamplingSettings
+    from dpokit.lm.sampling import Samples
 
 Prompt = str | list[dict]
 
@@ -167,7 +169,6 @@ def best_of_n(model: torch.nn.Module, tokenizer, prompts: Sequence[Prompt], rewa
     Returns:
         Every sample with its reward, and the chosen index per prompt (ties: the earliest sample).
     """
-    from dpokit.lm.sampling import sample
 
     if n < 1:
         raise ConfigError(f"n must be >= 1, got {n}")
@@ -228,41 +229,6 @@ def best_of_n_frontier(model: torch.nn.Module, tokenizer, prompts: Sequence[Prom
                        chat: bool = False) -> list[BonPoint]:
     """Best-of-N points for every N in `ns` (e.g. 4, 16, 64) from one draw of max(ns) samples per prompt."""
     return frontier_points(best_of_n(model, tokenizer, prompts, reward, max(ns), settings, seed, chat), ns)
-
-
-@dataclass
-class BonConfig:
-    """`dpokit bon`: each key's help is what `dpokit bon --help` prints."""
-
-    model: str = setting("", "required: πref, any model source: a directory, hub name, .gguf file or packaged short "
-                             "name (smollm2-135m-instruct)")
-    gguf_file: str | None = setting(None, "a .gguf file inside the `model` directory or hub repo to load from")
-    prompts: str = setting("", "required: .txt (one prompt per line), or JSONL/JSON/Parquet/CSV records with a "
-                               "\"prompt\" field (a string or a list of {role, content} messages)")
-    n: int = setting(16, "samples per prompt; the one with the highest reward is chosen (ties: the earliest)")
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    max_new_tokens: int = setting(64, "completion budget in tokens")
-    temperature: float = setting(1.0, "1 samples πref itself, which best-of-N and its analytic KL assume; another "
-                                      "value samples a tempered model, and the KL is then to that model")
-    seed: int = setting(0, "seeds the draw: same seed, same samples")
-    batch_size: int = setting(32, "sequences per generate call")
-    chat: bool | None = setting(None, "render prompts with the model's chat template (a prompt is one user message) "
-                                      "and stop at its end of turn; null: when the model has a template")
-    output: str | None = setting(None, "write the JSONL here (one line per prompt); null: print it")
-
-    def check(self) -> None:
-        for key in ("n", "max_new_tokens", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"config key '{key}' must be >= 1, got {getattr(self, key)}")
-        if not self.temperature > 0:
-            raise ConfigError(f"config key 'temperature' must be > 0 (0 is greedy: all n samples would be the "
-                              f"same), got {self.temperature}")
-        _check_model_dir("model", self.model, self.gguf_file)  # the check `dpokit train` makes of its model
-
-    def sampling(self) -> SamplingSettings:
-        from dpokit.lm.sampling import SamplingSettings
-
-        return SamplingSettings(self.max_new_tokens, self.temperature, 1.0, self.batch_size)
 
 
 def summary_text(result: BestOfN) -> str:

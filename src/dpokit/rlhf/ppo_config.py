@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dpokit.core.errors import ConfigError
+from dpokit.core.model_source import check_model_dir
+from dpokit.core.paths import check_local_path
+from dpokit.core.settings import setting
 from dpokit.rewards.sources import RewardConfig
-from dpokit.trainer.config import _check_local_path, _check_model_dir, setting
 from dpokit.trainer.trackers import HELP as TRACKING_HELP
 from dpokit.trainer.trackers import check_report_to
 
@@ -77,5 +79,5 @@ class PPOConfig:
             raise ConfigError(f"minibatch_size ({self.minibatch_size}) must divide rollout_batch_size "
                               f"({self.rollout_batch_size})")
         check_report_to("report_to", self.report_to)
-        _check_local_path("prompts", self.prompts)
-        _check_model_dir("model", self.model)
+        check_local_path("prompts", self.prompts)
+        check_model_dir("model", self.model)

@@ -29,24 +29,24 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from dpokit.core import settings as config_io
 from dpokit.core.errors import ConfigError, DpokitError
-from dpokit.core.progress import progress
-from dpokit.data.chat import has_template
+from dpokit.core.progress import progress, say
+from dpokit.core.sections import ModelConfig, SamplingSettings
 from dpokit.data.prompts import Prompt, read_prompts
-from dpokit.lm.sampling import SamplingSettings, sample
+from dpokit.lm.sampling import sample
 from dpokit.models.loading import load_model, load_tokenizer
+from dpokit.models.sampling import use_chat
 from dpokit.rewards.sources import Reward
 from dpokit.rlhf import ppo
 from dpokit.rlhf.ppo_config import PPOConfig
 from dpokit.rlhf.rollout import ActorCritic, Reference, Rollout, Rows, advantages_of, response_outputs, score_tokens
 from dpokit.trainer import checkpoint as ckpt
-from dpokit.trainer import config as config_io
-from dpokit.trainer.config import ModelConfig, TrainConfig
+from dpokit.trainer.config import TrainConfig
 from dpokit.trainer.dist import Parallel
 from dpokit.trainer.loop import Interrupted, StopSignals, save_model
 from dpokit.trainer.metrics import trim_jsonl
 from dpokit.trainer.optim import NonFiniteError, build_optimizer
-from dpokit.trainer.run import say
 from dpokit.trainer.trackers import TrackedWriter, Tracking, metrics_writer
 
 PPOCallback = Callable[[int, torch.nn.Module], dict[str, float] | None]
@@ -92,8 +92,7 @@ def build(cfg: PPOConfig, reward: Reward | None = None) -> PPORun:
         raise ConfigError(f"minibatch_size ({cfg.minibatch_size}) must be divisible by the number of processes "
                           f"({parallel.world})")
     tokenizer = load_tokenizer(cfg.model)
-    if cfg.chat and not has_template(tokenizer):
-        raise ConfigError(f"chat=true, but the tokenizer of {cfg.model} has no chat template")
+    chat = use_chat(tokenizer, cfg.chat, cfg.model)
     out_dir = Path(cfg.output_dir)
     if parallel.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -106,7 +105,6 @@ def build(cfg: PPOConfig, reward: Reward | None = None) -> PPORun:
     engine, optimizer = parallel.wrap(actor_critic, None, lambda _: build_optimizer(actor_critic.parameters(), adam),
                                       adam)
     kl = ppo.AdaptiveKL(cfg.beta, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target else ppo.FixedKL(cfg.beta)
-    chat = has_template(tokenizer) if cfg.chat is None else cfg.chat
     return PPORun(cfg, out_dir, tokenizer, prompts, reward, chat, actor_critic, engine, reference, optimizer, kl,
                   parallel)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dpokit.core.errors import ConfigError
-from dpokit.trainer.config import Config, DataConfig, LossConfig, ModelConfig, ReferenceConfig, TrainConfig
+from dpokit.core.sections import ModelConfig
+from dpokit.data.config import DataConfig
+from dpokit.trainer.config import Config, LossConfig, ReferenceConfig, TrainConfig
 
 
 @dataclass

@@ -26,29 +26,24 @@ from typing import Any
 
 import torch
 
+from dpokit.core import settings as config_io
+from dpokit.core.progress import say
+from dpokit.data.batching import Layout, batches
 from dpokit.data.collate import Batch
+from dpokit.data.config import DataConfig
 from dpokit.data.packing import PackedBatch
 from dpokit.lm.logprobs import SequenceLogps
 from dpokit.losses import LossOutput, Objective, objective_from_config
 from dpokit.models.loading import load_tokenizer
 from dpokit.rewards.reward_model import MARKER, check_head, response_lengths, reward_settings, rewards
 from dpokit.rlhf.reward_config import RewardModelConfig
-from dpokit.trainer import config as config_io
-from dpokit.trainer.assembly import (
-    Layout,
-    PreparedData,
-    autocast_for,
-    batches,
-    build_policy,
-    check_layout,
-    prepare_data,
-)
-from dpokit.trainer.config import Config, DataConfig
+from dpokit.trainer.assembly import PreparedData, autocast_for, build_policy, check_layout, layout_of, prepare_data
+from dpokit.trainer.config import Config
 from dpokit.trainer.dist import Parallel
 from dpokit.trainer.loop import Callback, RunSummary, run_training
 from dpokit.trainer.metrics import PreferenceMetrics
 from dpokit.trainer.optim import build_optimizer, build_scheduler
-from dpokit.trainer.run import Run, say, total_steps
+from dpokit.trainer.run import Run, total_steps
 from dpokit.trainer.step import Trainee
 
 
@@ -108,7 +103,7 @@ def build_reward_run(cfg: RewardModelConfig) -> Run:
     """Validates the config (before anything loads), then loads data and the reward model and builds the optimizer."""
     config_io.validate(cfg, require=("model.name_or_path", "data.path", "train.output_dir"))
     train_cfg = cfg.as_train_config()
-    objective, params = objective_from_config(train_cfg)
+    objective, params = objective_from_config(train_cfg.loss)
     torch.manual_seed(cfg.train.seed)  # the new head's initial weights
     parallel = Parallel()
     out_dir = Path(cfg.train.output_dir)
@@ -142,7 +137,7 @@ def _load(cfg: Config, objective: Objective, device: torch.device,
     if tokenizer.pad_token_id == tokenizer.eos_token_id:
         tell("warning: the pad token is eos: transformers' own forward of the saved model reads the token before a "
              "final eos (it skips pad tokens); dpokit's scorer reads the eos, as training does")
-    layout, warning = check_layout(model, data.train, Layout.from_config(cfg), tokenizer.pad_token_id, False, 0,
+    layout, warning = check_layout(model, data.train, layout_of(cfg), tokenizer.pad_token_id, False, 0,
                                    outputs=rewards)
     if warning:
         tell(f"warning: {warning}")

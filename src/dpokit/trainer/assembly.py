@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -16,8 +16,9 @@ import torch
 
 from dpokit.core.errors import ConfigError
 from dpokit.data import LoadResult, load_examples, ranked_to_pairs, split_examples
-from dpokit.data.collate import Batch, collate
-from dpokit.data.packing import PackedBatch, pack
+from dpokit.data.batching import PLAIN, Layout, batches
+from dpokit.data.collate import Batch
+from dpokit.data.packing import PackedBatch
 from dpokit.data.records import Example
 from dpokit.data.tokenize import TokenizedExample, TokenizeSettings, tokenize_examples
 from dpokit.lm.logprobs import sequence_logps
@@ -92,35 +93,9 @@ def fit_to_objective(
     return examples
 
 
-@dataclass(frozen=True)
-class Layout:
-    """How tokenized examples become a batch: plain padded rows (all False), or packed (see data/packing.py)."""
-
-    packing: bool = False
-    shared_prompt: bool = False
-    row_length: int | None = None
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> Layout:
-        return cls(cfg.train.packing, cfg.train.shared_prompt, cfg.train.row_length or cfg.data.max_length)
-
-    @property
-    def plain(self) -> bool:
-        return not (self.packing or self.shared_prompt)
-
-    def __call__(self, examples: list[TokenizedExample], pad_id: int, unpaired: bool) -> Batch | PackedBatch:
-        if self.plain:
-            return collate(examples, pad_id, unpaired)
-        return pack(examples, pad_id, shared_prompt=self.shared_prompt, packing=self.packing, unpaired=unpaired,
-                    row_length=self.row_length)
-
-
-def batches(examples: list[TokenizedExample], batch_size: int, pad_id: int, unpaired: bool,
-            order: list[int] | None = None, layout: Layout = Layout()) -> Iterator[Batch | PackedBatch]:
-    """Batches of `batch_size` examples (the last may be smaller), in `order` or in dataset order."""
-    order = list(range(len(examples))) if order is None else order
-    for start in range(0, len(order), batch_size):
-        yield layout([examples[i] for i in order[start:start + batch_size]], pad_id, unpaired)
+def layout_of(cfg: Config) -> Layout:
+    """The batch layout `train.packing`, `train.shared_prompt` and `train.row_length` ask for."""
+    return Layout(cfg.train.packing, cfg.train.shared_prompt, cfg.train.row_length or cfg.data.max_length)
 
 
 @torch.no_grad()
@@ -233,7 +208,7 @@ def plan_reference(cfg: Config, objective: Objective) -> ReferencePlan:
 
 
 def build_reference(cfg: Config, policy: torch.nn.Module, objective: Objective, data: PreparedData,
-                    pad_id: int, device: torch.device, layout: Layout = Layout(),
+                    pad_id: int, device: torch.device, layout: Layout = PLAIN,
                     ) -> tuple[Reference | None, Reference | None]:
     """The reference for training and for evaluation data (they differ only when log-probs are cached)."""
     plan = plan_reference(cfg, objective)
@@ -293,7 +268,7 @@ def load_all(cfg: Config, objective: Objective, device: torch.device, say,
         say(note)
     policy = build_policy(cfg, device)
     pad, chunk = tokenizer.pad_token_id, cfg.train.logps_chunk_size
-    layout, warning = check_layout(policy, data.train, Layout.from_config(cfg), pad, objective.unpaired, chunk)
+    layout, warning = check_layout(policy, data.train, layout_of(cfg), pad, objective.unpaired, chunk)
     if warning:
         say(f"warning: {warning}")
     with reference_first():

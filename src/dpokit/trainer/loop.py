@@ -25,15 +25,17 @@ from typing import Any
 import torch
 
 from dpokit.core.errors import ConfigError, DpokitError
-from dpokit.core.progress import progress
+from dpokit.core.progress import progress, say
+from dpokit.core.settings import to_dict
+from dpokit.data.batching import batches
 from dpokit.trainer import checkpoint as ckpt
-from dpokit.trainer.assembly import batches, build_policy
-from dpokit.trainer.config import Config, to_dict
+from dpokit.trainer.assembly import build_policy
+from dpokit.trainer.config import Config
 from dpokit.trainer.launch import deepspeed_unprobed
 from dpokit.trainer.metrics import trim_jsonl
 from dpokit.trainer.optim import NonFiniteError
 from dpokit.trainer.order import batch_indices
-from dpokit.trainer.run import Run, build_run, say, total_steps
+from dpokit.trainer.run import Run, build_run, total_steps
 from dpokit.trainer.step import evaluate, train_step
 from dpokit.trainer.trackers import TrackedWriter, Tracking, metrics_writer
 

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import math
-import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
+from dpokit.core import settings as config_io
 from dpokit.core.errors import ConfigError
+from dpokit.core.progress import say
+from dpokit.data.batching import Layout, batches
 from dpokit.lm.logprobs import PolicyLogps
 from dpokit.losses import objective_from_config
-from dpokit.trainer import config as config_io
-from dpokit.trainer.assembly import Layout, PreparedData, autocast_for, load_all
+from dpokit.models.loading import default_device
+from dpokit.trainer.assembly import PreparedData, autocast_for, load_all
 from dpokit.trainer.config import Config
 from dpokit.trainer.dist import Parallel
 from dpokit.trainer.optim import build_optimizer, build_scheduler
-from dpokit.trainer.step import Trainee
+from dpokit.trainer.step import Trainee, evaluate
 
 
 @dataclass
@@ -51,7 +53,7 @@ def total_steps(cfg: Config, num_train: int, world: int = 1) -> int:
 def build_run(cfg: Config) -> Run:
     """Validates the config (before anything loads), then loads data and models and builds the optimizer."""
     config_io.validate(cfg, require=("model.name_or_path", "data.path", "train.output_dir"))
-    objective, params = objective_from_config(cfg)
+    objective, params = objective_from_config(cfg.loss)
     torch.manual_seed(cfg.train.seed)
     parallel = Parallel(fsdp=cfg.train.fsdp)
     if parallel.sharded and objective.needs_reference_distributions:
@@ -86,11 +88,18 @@ def build_run(cfg: Config) -> Run:
     )
 
 
-def say(message: str) -> None:
-    """A message for the person running the job, on stderr, between progress-bar redraws."""
-    tqdm.write(message, file=sys.stderr)
-
-
 def _quiet(message: str) -> None:
     """Processes other than the main one keep quiet: one copy of every message."""
 
+
+def evaluate_policy(cfg: Config, say: Callable[[str], None] = say) -> dict[str, float]:
+    """Preference metrics (loss, reward accuracy and margins, log-probs) of `model.name_or_path` on `data.path`,
+    against `reference.name_or_path` (or a copy of the policy's own weights), in dataset order, without training
+    (`dpokit eval`, `dpokit.evaluate`)."""
+    config_io.validate(cfg, require=("model.name_or_path", "data.path"))
+    objective, params = objective_from_config(cfg.loss)
+    loaded = load_all(cfg, objective, default_device(), say)
+    trainee = Trainee(loaded.policy.eval(), loaded.train_ref, objective, params, chunk_size=cfg.train.logps_chunk_size)
+    rows = batches(loaded.data.train, cfg.train.batch_size, loaded.tokenizer.pad_token_id, objective.unpaired,
+                   layout=loaded.layout)
+    return evaluate(trainee, rows)
