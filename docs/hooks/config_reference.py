@@ -1,0 +1,108 @@
+"""mkdocs hook: renders docs/config-reference.md's tables from the settings dataclasses' field metadata.
+
+Each command's settings are a dataclass whose fields carry their `--help` text (`field.metadata["help"]`, and
+`metadata["choices"]` where a key takes fixed values). This hook walks those fields at build time, so the page
+cannot drift from `--help`: the page's `<!-- settings: NAME -->` markers are replaced by one table each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import re
+import types
+import typing
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import dpokit
+
+# the file `dpokit frontier --config` reads: not exported by the package root, so named by its module
+FRONTIER_MODULE = "dpokit.eval.frontier_config"
+
+PAGE = "config-reference.md"
+MARKER = re.compile(r"<!-- settings: (\w+) -->")
+SETTINGS: dict[str, Callable[[], type]] = {
+    "Config": lambda: dpokit.Config,
+    "RewardModelConfig": lambda: dpokit.RewardModelConfig,
+    "BonConfig": lambda: dpokit.BonConfig,
+    "PPOConfig": lambda: dpokit.PPOConfig,
+    "WinrateConfig": lambda: dpokit.WinrateConfig,
+    "FrontierFile": lambda: importlib.import_module(FRONTIER_MODULE).FrontierFile,
+}
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    """Replaces each `<!-- settings: NAME -->` of the config-reference page by NAME's table."""
+    if page.file.src_uri != PAGE:
+        return markdown
+
+    def table(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in SETTINGS:
+            raise KeyError(f"{PAGE}: no settings dataclass named {name!r} (known: {', '.join(SETTINGS)})")
+        return settings_table(SETTINGS[name]())
+
+    return MARKER.sub(table, markdown)
+
+
+def settings_table(cls: type) -> str:
+    """A Markdown table of every key of the settings dataclass `cls`: key, type, default, meaning."""
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, spec, hint in walk(cls):
+        meaning = _markdown_text(spec.metadata.get("help", ""))
+        choices = spec.metadata.get("choices") or ()
+        if choices:
+            meaning += " (one of " + ", ".join(f"`{c!r}`" for c in choices) + ")"
+        rows.append(f"| `{key}` | `{_type_name(hint)}` | {_default(spec)} | {meaning} |")
+    return "\n".join(rows)
+
+
+def walk(cls: type, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field, Any]]:
+    """(dotted key, field, resolved type) of every leaf key: a nested dataclass section gives keys `a.b`; a list of
+    dataclasses is a key itself, then its items' keys `a[i].b`."""
+    hints = typing.get_type_hints(cls)
+    for spec in dataclasses.fields(cls):
+        hint = hints[spec.name]
+        if dataclasses.is_dataclass(hint):
+            yield from walk(hint, f"{prefix}{spec.name}.")
+            continue
+        yield prefix + spec.name, spec, hint
+        item = typing.get_args(hint)[0] if typing.get_origin(hint) is list else None
+        if dataclasses.is_dataclass(item):
+            yield from walk(item, f"{prefix}{spec.name}[i].")
+
+
+def _type_name(hint: Any) -> str:
+    """`int`, `str | None`, `list[str]`, `dict[str, Any]`: the type as it is written in the dataclass."""
+    if hint is type(None):
+        return "None"
+    if hint is Any:
+        return "Any"
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is not None:
+        return f"{_type_name(origin)}[{', '.join(_type_name(a) for a in args)}]"
+    return getattr(hint, "__name__", str(hint).replace("typing.", ""))
+
+
+def _default(spec: dataclasses.Field) -> str:
+    if spec.default is not dataclasses.MISSING:
+        value = spec.default
+    elif spec.default_factory is not dataclasses.MISSING:
+        value = spec.default_factory()
+    else:
+        return "required"
+    text = repr(value)
+    if isinstance(value, list) and len(text) > 30:
+        return f"a list of {len(value)}"
+    return f"`{text}`"
+
+
+def _markdown_text(text: str) -> str:
+    """Help text as a table cell: pipes, `<` and `*` escaped outside its `code` spans, which stay as they are."""
+    parts = text.split("`")
+    for i in range(0, len(parts), 2):  # the even parts lie outside code spans
+        parts[i] = parts[i].replace("|", "\\|").replace("<", "&lt;").replace("*", "\\*")
+    return "`".join(parts)
