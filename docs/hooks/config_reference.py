@@ -18,7 +18,7 @@ from typing import Any
 import dpokit
 
 # the file `dpokit frontier --config` reads: not exported by the package root, so named by its module
-FRONTIER_MODULE = "dpokit.eval.frontier_config"
+FRONTIER_MODULE = "dpokit.experiments.frontier_config"
 
 PAGE = "config-reference.md"
 MARKER = re.compile(r"<!-- settings: (\w+) -->")

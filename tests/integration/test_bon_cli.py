@@ -89,7 +89,7 @@ def test_a_bad_prompts_file_names_file_line_and_field(model_dir, tmp_path, capsy
     (["nn=3"], "unknown config key 'nn' (did you mean 'n'?)"),
     (["reward.sorce=vader"], "unknown config key 'reward.sorce' (did you mean 'reward.source'?)"),
     (["--reward-text", "both"], "config key 'reward.text' must be one of"),
-    (["--n", "0"], "config key 'n' must be >= 1"),
+    (["--n", "0"], "config key 'n' must be > 0, got 0"),
     (["temperature=0"], "config key 'temperature' must be > 0"),
     (["chat=maybe"], "config key 'chat' must be bool or null"),
     (["--reward", "missing.py:score"], "reward 'missing.py:score': file not found: missing.py"),
