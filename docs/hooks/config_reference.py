@@ -1,8 +1,9 @@
 """mkdocs hook: renders docs/config-reference.md's tables from the settings dataclasses' field metadata.
 
 Each command's settings are a dataclass whose fields carry their `--help` text (`field.metadata["help"]`, and
-`metadata["choices"]` where a key takes fixed values). This hook walks those fields at build time, so the page
-cannot drift from `--help`: the page's `<!-- settings: NAME -->` markers are replaced by one table each.
+`metadata["choices"]` where a key takes fixed values, `metadata["range"]` where it is bounded). This hook walks
+them at build time with `core.settings.keys_of`, the walk `--help` is made from, so the page cannot drift from
+`--help`: the page's `<!-- settings: NAME -->` markers are replaced by one table each.
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ import importlib
 import re
 import types
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import dpokit
+from dpokit.core.settings import keys_of
 
 # the file `dpokit frontier --config` reads: not exported by the package root, so named by its module
 FRONTIER_MODULE = "dpokit.experiments.frontier_config"
 
 PAGE = "config-reference.md"
+SIGNS = {"gt": "&gt;", "ge": "&gt;=", "le": "&lt;="}
 MARKER = re.compile(r"<!-- settings: (\w+) -->")
 SETTINGS: dict[str, Callable[[], type]] = {
     "Config": lambda: dpokit.Config,
@@ -49,28 +52,16 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
 def settings_table(cls: type) -> str:
     """A Markdown table of every key of the settings dataclass `cls`: key, type, default, meaning."""
     rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
-    for key, spec, hint in walk(cls):
+    for key, spec, hint in keys_of(cls):
         meaning = _markdown_text(spec.metadata.get("help", ""))
         choices = spec.metadata.get("choices") or ()
         if choices:
             meaning += " (one of " + ", ".join(f"`{c!r}`" for c in choices) + ")"
+        bounds = spec.metadata.get("range") or {}
+        if bounds:
+            meaning += " (" + ", ".join(f"{SIGNS[op]} {bound}" for op, bound in bounds.items()) + ")"
         rows.append(f"| `{key}` | `{_type_name(hint)}` | {_default(spec)} | {meaning} |")
     return "\n".join(rows)
-
-
-def walk(cls: type, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field, Any]]:
-    """(dotted key, field, resolved type) of every leaf key: a nested dataclass section gives keys `a.b`; a list of
-    dataclasses is a key itself, then its items' keys `a[i].b`."""
-    hints = typing.get_type_hints(cls)
-    for spec in dataclasses.fields(cls):
-        hint = hints[spec.name]
-        if dataclasses.is_dataclass(hint):
-            yield from walk(hint, f"{prefix}{spec.name}.")
-            continue
-        yield prefix + spec.name, spec, hint
-        item = typing.get_args(hint)[0] if typing.get_origin(hint) is list else None
-        if dataclasses.is_dataclass(item):
-            yield from walk(item, f"{prefix}{spec.name}[i].")
 
 
 def _type_name(hint: Any) -> str:

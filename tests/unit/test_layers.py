@@ -7,6 +7,7 @@ The check reads the source (`ast`), so it sees every import, also ones that neve
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,27 @@ def test_the_check_finds_a_planted_cycle(tmp_path):
                            "eval/b.py": "def g():\n    from dpokit.eval import a\n    return a\n"})
     assert cycles(src) == [["dpokit.eval.a", "dpokit.eval.b"]]
     assert upward_imports(src) == []
+
+
+def packages(src: Path) -> list[Path]:
+    return sorted(p.parent for p in (src / "dpokit").glob("*/__init__.py"))
+
+
+@pytest.mark.parametrize("package", packages(SRC), ids=lambda p: p.name)
+def test_each_package_docstring_lists_exactly_its_modules(package):
+    """The map at the top of each package stays true: every module is named in it, and nothing it names is gone."""
+    doc = ast.get_docstring(ast.parse((package / "__init__.py").read_text()), clean=False) or ""
+    modules = {p.name for p in package.glob("*.py")} - {"__init__.py"}
+    named = set(re.findall(r"(?:^ +|`)(\w+\.py)\b", doc, flags=re.M))  # a map line, or `name.py` in prose
+    assert modules <= named, f"{package.name}/__init__.py does not mention {sorted(modules - named)}"
+    assert named <= modules, f"{package.name}/__init__.py names modules that do not exist: {sorted(named - modules)}"
+
+
+def test_no_two_public_classes_share_a_name():
+    seen: dict[str, list[str]] = {}
+    for name, path in module_names(SRC).items():
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                seen.setdefault(node.name, []).append(name)
+    shared = {cls: where for cls, where in seen.items() if len(where) > 1}
+    assert not shared, f"public classes defined twice: {shared}"

@@ -13,7 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import dpokit.rlhf.ppo
 import dpokit.rlhf.ppo_trainer
 from dpokit.rlhf.ppo import AdaptiveKL, FixedKL, gae, kl_penalised_rewards, moments, ppo_policy_loss, value_loss, whiten
-from dpokit.rlhf.rollout import ActorCritic, Reference, Rows, response_outputs
+from dpokit.rlhf.rollout import ActorCritic, FrozenActor, Rows, response_outputs
 
 
 def t(rows):
@@ -123,7 +123,7 @@ def test_response_outputs_match_unpadded_forwards():
     model = LlamaForCausalLM(config).eval()
     prompts, responses = [[5, 6, 7], [4]], [[8, 9], [3]]
     rows = Rows.build(prompts, responses, pad_id=0)
-    actor, ref = ActorCritic(model), Reference(model)
+    actor, ref = ActorCritic(model), FrozenActor(model)
     with torch.no_grad():
         torch.nn.init.normal_(actor.value_head.weight)
         got, got_ref = response_outputs(actor, rows), response_outputs(ref, rows)
@@ -163,7 +163,7 @@ def test_config_refuses_bad_settings_naming_the_key(tmp_path):
     good = {"model": str(tmp_path), "prompts": str(prompts), "output_dir": str(tmp_path / "out")}
     config_io.validate(config_io.load(PPOConfig(), None, good), require=("model", "prompts", "output_dir"))
     for bad, message in (({"minibatch_size": 24}, "must divide rollout_batch_size"), ({"lam": 1.5}, "gamma and lam"),
-                         ({"kl_target": 0}, "'kl_target' must be > 0 or null"), ({"ppo_epochs": 0}, "'ppo_epochs'"),
+                         ({"kl_target": 0}, "'kl_target' must be > 0, got 0"), ({"ppo_epochs": 0}, "'ppo_epochs'"),
                          ({"prompts": str(tmp_path / "none.txt")}, "file not found")):
         with pytest.raises(ConfigError, match=message):
             config_io.validate(config_io.load(PPOConfig(), None, good, bad))

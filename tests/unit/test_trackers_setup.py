@@ -9,12 +9,13 @@ import json
 import pytest
 
 from dpokit.core.errors import ConfigError
+from dpokit.core.sections import Tracking
 from dpokit.core.settings import validate
 from dpokit.rlhf.ppo_config import PPOConfig
 from dpokit.trainer import trackers
 from dpokit.trainer.config import Config
 from dpokit.trainer.dist import Single
-from dpokit.trainer.trackers import Tracking, metrics_writer
+from dpokit.trainer.trackers import metrics_writer
 
 
 def test_docstring_examples():

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import MISSING, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -154,22 +154,24 @@ def validate(config: Any, *, require: tuple[str, ...] = ()) -> None:
 
 def describe_keys(cls: type) -> str:
     """One line per key of the settings dataclass `cls`: name, default and help (its `--help` reference)."""
-    lines: list[str] = []
+    return "\n".join(f"  {key:<32} {_default_text(spec):<14} {spec.metadata.get('help', '')}"
+                     for key, spec, _ in keys_of(cls))
 
-    def walk(node: type, prefix: str) -> None:
-        hints = type_hints(node)
-        for f in dataclasses.fields(node):
-            hint = hints[f.name]
-            if dataclasses.is_dataclass(hint):
-                walk(hint, f"{prefix}{f.name}.")
-                continue
-            lines.append(f"  {prefix + f.name:<32} {_default_text(f):<14} {f.metadata.get('help', '')}")
-            item = typing.get_args(hint)[0] if typing.get_origin(hint) is list else None
-            if dataclasses.is_dataclass(item):
-                walk(item, f"{prefix}{f.name}[i].")
 
-    walk(cls, "")
-    return "\n".join(lines)
+def keys_of(cls: type, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field, Any]]:
+    """(dotted key, field, resolved type) of every key of the settings dataclass `cls`, in declaration order: a
+    nested section gives keys `a.b`; a list of dataclasses is a key itself, then its items' keys `a[i].b`. What
+    `--help` and the docs' config reference are both made from."""
+    hints = type_hints(cls)
+    for spec in dataclasses.fields(cls):
+        hint = hints[spec.name]
+        if dataclasses.is_dataclass(hint):
+            yield from keys_of(hint, f"{prefix}{spec.name}.")
+            continue
+        yield prefix + spec.name, spec, hint
+        item = typing.get_args(hint)[0] if typing.get_origin(hint) is list else None
+        if dataclasses.is_dataclass(item):
+            yield from keys_of(item, f"{prefix}{spec.name}[i].")
 
 
 def field_of(cls: type, key: str) -> tuple[dataclasses.Field, Any]:

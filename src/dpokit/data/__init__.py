@@ -6,6 +6,17 @@
 
 Call tree: `load_examples` -> `sources.read_records` (file/dataset -> `RawRecord`s) -> `formats.detect_format`
 (auto only, on the first readable record) -> `formats.parse_record` (dict -> `Example`, or `BadRecord`).
+
+    sources.py   files (JSONL, JSON, Parquet, CSV, gzip) and `datasets` -> raw records, naming file and line
+    formats.py   raw records -> `Example`s: explicit, implicit, conversational, ranked, unpaired
+    records.py   `Example`: a prompt and its K responses, best first
+    chat.py      chat templates: rendering prompts and replies, end-of-turn tokens
+    prompts.py   prompt files for sampling (.txt or records with a prompt)
+    tokenize.py  the one prompt encoder; examples -> token ids, truncated
+    collate.py   padded batches
+    packing.py   packed rows, each prompt once, attention confined to each sequence
+    batching.py  `Layout` and `batches`: plain or packed, by one setting
+    config.py    the `data.*` settings
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
-"""Evaluation with a ground-truth reward: sampling, sequence KL, rewards, and the DPO paper's reward–KL frontier.
+"""Evaluation of trained policies: perplexity, judges and judged win rates.
 
-    sampling.py         batched, seeded, KV-cached completions (exactly the model's distribution at temperature 1)
-    kl.py               sequence KL(π‖πref) of sampled completions, summed exact per-token KLs
-    perplexity.py       per-token NLL and perplexity of models on held-out text, before and after training
-    rewards.py          VADER, your `module:function`, or a sequence-classification model
-    preferences.py      K samples per prompt from πref, scored -> all pairs + ranked lists (the paper's recipe)
-    frontier_config.py  what an experiment runs (YAML for `dpokit frontier`)
-    frontier.py         the protocol: preferences -> every method's run, evaluated every N steps
-    report.py           figures (plots.py), Markdown (report_markdown.py), JSON/CSV, console table
+    perplexity.py      per-token NLL and perplexity of models on held-out text, before and after training
+    judges.py          the vocabulary of judging: Comparison, Judgment, JudgeConfig, combine, the reward judge
+    judge_openai.py    an LLM judge behind an OpenAI-compatible chat API (both orders, retries, cache)
+    judge_lm.py        a local chat model's p("A") vs p("B")
+    judge_prompts.py   the DPO paper's judging prompts and answer parsing
+    judging.py         `load_judge`: the judge a JudgeConfig names
+    winrate_config.py  `dpokit winrate`'s settings and prompt sets
+    winrate.py         sampling every model at every temperature, judged against the baseline; judge agreement
+    winrate_report.py  winrate.json, comparisons.jsonl, winrate.png, winrate.md, the trackers
 """

@@ -2,7 +2,7 @@
 
 Every judge has one method, `judge(comparisons) -> judgments`, one `Judgment` per `Comparison`, in order. Three kinds:
 
-- a reward (`RewardJudge`, any `eval.rewards` source: vader, module:function, file.py:function, a sequence-
+- a reward (`RewardJudge`, any `rewards.sources` source: vader, module:function, file.py:function, a sequence-
   classification model, a `dpokit rm` directory): the model wins when r(completion) > r(baseline); equal rewards tie.
   A reward scores each response alone, so the order the two are shown in cannot matter.
 - an LLM behind an OpenAI-compatible chat API (`eval.judge_openai.OpenAIJudge`, "openai:MODEL"), asked with the DPO
@@ -25,6 +25,7 @@ from typing import Any, Literal, Protocol
 
 from dpokit.core.errors import ConfigError
 from dpokit.core.settings import setting
+from dpokit.core.validation import check_tree
 from dpokit.rewards.sources import Reward
 
 TEMPLATES = ("dialogue", "summarization")
@@ -138,7 +139,7 @@ class RewardJudge:
     whatever batch they were scored in.
 
     Args:
-        reward: any `eval.rewards.Reward`, called as reward(prompts, responses).
+        reward: any `rewards.sources.Reward`, called as reward(prompts, responses).
     """
 
     reward: Reward
@@ -183,14 +184,14 @@ class JudgeConfig:
     base_url: str | None = setting(None, "openai: the API's base URL (default: $OPENAI_BASE_URL, else OpenAI's)")
     api_key_env: str = setting("OPENAI_API_KEY", "openai: the environment variable that holds the API key")
     temperature: float = setting(0.0, "openai: sampling temperature of the judge's answer")
-    max_tokens: int = setting(256, "openai: answer budget in tokens")
-    concurrency: int = setting(8, "openai: requests in flight at once")
+    max_tokens: int = setting(256, "openai: answer budget in tokens", gt=0)
+    concurrency: int = setting(8, "openai: requests in flight at once", gt=0)
     max_retries: int = setting(5, "openai: retries of a failed request (rate limit, server error, timeout), with "
-                                  "exponential backoff")
+                                  "exponential backoff", ge=0)
     timeout: float = setting(60.0, "openai: seconds to wait for one answer")
     cache: str | None = setting(None, "openai: JSON-lines cache of answers (default: judge_cache.jsonl in the "
                                       "output directory); a rerun asks only what is not in it")
-    batch_size: int = setting(8, "lm: comparisons per forward pass")
+    batch_size: int = setting(8, "lm: comparisons per forward pass", gt=0)
 
     @property
     def kind(self) -> str:
@@ -199,8 +200,8 @@ class JudgeConfig:
         return prefix if prefix in ("openai", "lm") and ":" in self.source else "reward"
 
     def check(self) -> None:
+        """The source names a model where it must; each value within its range (also for a judge built in
+        Python, which `validate` never saw)."""
+        check_tree(self, "judge.")
         if self.kind != "reward" and not self.source.partition(":")[2].strip():
             raise ConfigError(f"judge.source {self.source!r} names no model: write {self.kind}:MODEL")
-        if self.concurrency < 1 or self.max_retries < 0 or self.max_tokens < 1 or self.batch_size < 1:
-            raise ConfigError("judge.concurrency, judge.max_tokens and judge.batch_size must be >= 1, "
-                              "judge.max_retries >= 0")

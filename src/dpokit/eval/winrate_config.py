@@ -20,21 +20,21 @@ from pathlib import Path
 
 from dpokit.core.errors import ConfigError, DataError
 from dpokit.core.model_source import PACKAGED, check_model_dir
+from dpokit.core.sections import Tracking, check_report_to, sampling
 from dpokit.core.settings import setting
 from dpokit.data.chat import hh_messages
 from dpokit.data.formats import DEFAULT_PROMPT_MARKER, BadRecord, after_last_marker, messages
 from dpokit.data.prompts import prompt_of, read_prompts
 from dpokit.data.sources import RawRecord, read_records
 from dpokit.eval.judges import JudgeConfig, Prompt
-from dpokit.trainer.trackers import HELP as TRACKING_HELP
-from dpokit.trainer.trackers import check_report_to
 
 DEFAULT_TEMPERATURES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 @dataclass
-class WinrateConfig:
-    """Keys of `dpokit winrate` (YAML, flags, or key=value overrides)."""
+class WinrateConfig(Tracking):
+    """Keys of `dpokit winrate` (YAML, flags, or key=value overrides); the tracking keys come from `Tracking` (win
+    rates are logged as win_rate/<model>/<prompt set> at step = temperature x 100)."""
 
     models: list[str] = setting(factory=list, help="models to judge, each `name=path` or a path (directory, hub "
                                                    "name, .gguf, smollm2-135m-instruct); --model, repeatable")
@@ -50,22 +50,17 @@ class WinrateConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     temperatures: list[float] = setting(factory=lambda: list(DEFAULT_TEMPERATURES),
                                         help="sampling temperatures (0 = greedy; one sample per prompt there)")
-    num_samples: int = setting(1, "completions per prompt at each temperature above 0")
-    max_new_tokens: int = setting(128, "completion budget in tokens")
-    top_p: float = setting(1.0, "nucleus sampling mass; 1 keeps the whole distribution")
-    batch_size: int = setting(16, "prompts per generate call")
-    limit: int | None = setting(None, "use the first N prompts of each set")
-    chat: bool | None = setting(None, "render prompts with the model's chat template (default: when it has one)")
-    seed: int = setting(0, "seeds every draw: the same seed gives the same samples and comparisons")
+    num_samples: int = setting(1, "completions per prompt at each temperature above 0", gt=0)
+    max_new_tokens: int = sampling("max_new_tokens", 128)
+    top_p: float = sampling("top_p", 1.0)
+    batch_size: int = sampling("batch_size", 16)
+    limit: int | None = setting(None, "use the first N prompts of each set", gt=0)
+    chat: bool | None = sampling("chat", None)
+    seed: int = sampling("seed", 0, "and the same comparisons")
     agreement: str | None = setting(None, "preference data (chosen vs rejected, human labels) to measure the judge "
                                           "against: the DPO paper's §6.4 check, printed in the report")
-    agreement_limit: int = setting(200, "pairs of the agreement data to judge")
+    agreement_limit: int = setting(200, "pairs of the agreement data to judge", gt=0)
     output_dir: str = setting("", "where winrate.json, comparisons.jsonl, winrate.png and winrate.md go")
-    report_to: list[str] = setting(help=TRACKING_HELP["report_to"] + "; win rates are logged as "
-                                   "win_rate/<model>/<prompt set> at step = temperature x 100", factory=list)
-    project: str = setting("dpokit", TRACKING_HELP["project"])
-    run_name: str = setting("", TRACKING_HELP["run_name"])
-    tracking_dir: str = setting("", TRACKING_HELP["tracking_dir"])
 
     def check(self) -> None:
         if not self.models:
@@ -74,11 +69,6 @@ class WinrateConfig:
             raise ConfigError("no prompts: give --prompts FILE (repeatable)")
         if not self.temperatures or any(not t >= 0 for t in self.temperatures):
             raise ConfigError(f"temperatures must be numbers >= 0, got {self.temperatures}")
-        for key in ("num_samples", "max_new_tokens", "batch_size", "agreement_limit"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"limit must be >= 1, got {self.limit}")
         for spec in self.models + ([self.baseline] if self.baseline_is_model else []):
             check_model_dir("models" if spec in self.models else "baseline", named(spec)[1])
         names = [named(m)[0] for m in self.models]

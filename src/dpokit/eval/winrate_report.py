@@ -12,8 +12,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
+from dpokit.core.sections import Tracking
 from dpokit.eval.winrate import Cell, WinrateResult  # noqa: E402
-from dpokit.trainer.trackers import Tracking, open_trackers
+from dpokit.trainer.trackers import open_trackers
 
 STYLES = ("-", "--", ":", "-.")
 

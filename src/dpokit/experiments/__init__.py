@@ -1,1 +1,16 @@
-"""TODO"""
+"""The paper's experiments as runnable protocols: built from every layer below, used by `dpokit frontier` and
+`dpokit demo`.
+
+    frontier_config.py    what a frontier runs (YAML for `dpokit frontier`) and the paper's method set
+    frontier.py           the protocol: preferences -> every method's run, evaluated every N steps
+    frontier_rlhf.py      its RL arms: a learned reward model, PPO, PPO-GT, Best-of-N
+    frontier_eval.py      held-out evaluation (reward, KL) and what a run produces
+    frontier_analysis.py  which family dominates where, with standard errors; best reward within KL budgets
+    report.py             figures (plots.py), Markdown (report_markdown.py), JSON/CSV, the console table
+    plots.py              the reward–KL frontier and training curves
+    report_markdown.py    report.md
+    demo.py               `dpokit demo`: the sentiment task on a tiny model trained from scratch
+    demo_task.py          the demo's synthetic review corpus
+    demo_hh.py            `dpokit demo --task hh`: the dialogue experiment on SmolLM2-135M-Instruct
+    demo_hh_report.py     its report
+"""

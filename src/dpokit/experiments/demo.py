@@ -180,7 +180,7 @@ def build_sft_model(out: Path, settings: DemoSize, seed: int) -> SftModel:
     base = out / "base"
     model = tiny_llama(tokenizer, hidden_size=settings.hidden, num_layers=settings.layers, num_heads=settings.heads,
                        max_position_embeddings=128, seed=seed)
-    with deepspeed_unprobed():  # a plain save must not load DeepSpeed (see train/launch.py)
+    with deepspeed_unprobed():  # a plain save must not load DeepSpeed (see trainer/launch.py)
         model.save_pretrained(base)
     tokenizer.save_pretrained(base)
     data = out / "data" / "sft.jsonl"

@@ -1,7 +1,7 @@
 """What a reward–KL frontier experiment runs: the reference model, prompts, methods and shared training settings.
 
 `dpokit frontier --config frontier.yaml` reads a `FrontierFile` (its keys and help: `dpokit frontier --help`) with the
-loader every command uses (`dpokit.trainer.config.load`); `FrontierFile.experiment()` reads the prompts and gives the
+loader every command uses (`core.settings.load`); `FrontierFile.experiment()` reads the prompts and gives the
 `FrontierConfig` that `frontier.run_frontier` runs. The demo builds a `FrontierConfig` directly.
 """
 
@@ -14,7 +14,9 @@ from typing import Any
 
 from dpokit.core import settings as config_io
 from dpokit.core.errors import ConfigError
+from dpokit.core.sections import sampling
 from dpokit.core.settings import setting
+from dpokit.core.validation import check_tree
 from dpokit.data.prompts import read_prompts
 
 
@@ -132,10 +134,9 @@ class FrontierSettings:
     model: str = setting("", "required: πref, a saved causal LM + tokenizer; every method starts from it")
     output_dir: str = setting("frontier-run", "where runs, figures and the report go (--output-dir overrides it)")
     samples_per_prompt: int = setting(4, "K completions per training prompt -> K(K-1)/2 pairs and one ranked list")
-    eval_samples_per_prompt: int = setting(1, "completions per held-out prompt at each evaluation")
-    max_new_tokens: int = setting(24, "completion budget in tokens, for every sample")
-    chat: bool | None = setting(None, "render prompts with the model's chat template (a prompt is one user message) "
-                                      "and stop at its end of turn; null: when the model has a template")
+    eval_samples_per_prompt: int = setting(1, "completions per held-out prompt at each evaluation", gt=0)
+    max_new_tokens: int = sampling("max_new_tokens", 24, "for every sample")
+    chat: bool | None = sampling("chat", None)
     seed: int = setting(0, "seeds the prompt split, every draw and every run")
     run: dict[str, Any] = setting(
         help="`dpokit train` settings for every method, by section, e.g. {train: {lr: 3.0e-4, max_steps: 200, "
@@ -156,7 +157,7 @@ class FrontierSettings:
         help="`dpokit ppo` settings for every ppo method, e.g. {iterations: 60, rollout_batch_size: 64, lr: 1.0e-4}; "
              "model, prompts, reward, seed and max_new_tokens come from the frontier", factory=dict)
     ppo_eval_every: int = setting(10, "ppo methods: evaluate on the held-out prompts every N iterations (and after "
-                                      "the last)")
+                                      "the last)", gt=0)
 
 
 @dataclass(kw_only=True)
@@ -177,17 +178,15 @@ class FrontierConfig(FrontierSettings):
             raise ConfigError("the frontier needs held-out prompts (eval_prompts:, or eval_fraction > 0)")
         if self.samples_per_prompt < 2:
             raise ConfigError(f"samples_per_prompt must be >= 2 to form pairs, got {self.samples_per_prompt}")
-        for key in ("eval_samples_per_prompt", "max_new_tokens", "sample_batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        check_tree(self)  # types and each setting's range
+        if self.sample_batch_size < 1:
+            raise ConfigError(f"sample_batch_size must be >= 1, got {self.sample_batch_size}")
         if not self.methods:
             raise ConfigError("methods: is empty; list at least one {label, loss} or leave it out for the paper's set")
         for i, method in enumerate(self.methods):
             method.check(f"methods[{i}]")
         if not 0 < self.rm_eval_fraction < 1:
             raise ConfigError(f"rm_eval_fraction must be in (0, 1), got {self.rm_eval_fraction}")
-        if self.ppo_eval_every < 1:
-            raise ConfigError(f"ppo_eval_every must be >= 1, got {self.ppo_eval_every}")
         slugs = [m.slug for m in self.methods]
         repeated = sorted({s for s in slugs if slugs.count(s) > 1})
         if repeated:

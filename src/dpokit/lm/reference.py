@@ -10,7 +10,7 @@ forward every process must join, so it is swapped in after sharding.
 
 The two live ones also give `states(batch)`: their hidden states at the response tokens and their LM head, from which
 the policy's chunked head computes the token KL of the `kl` loss term (`dpokit.lm.token_kl`). A cache holds log-probs
-only, so `pipeline.plan_reference` refuses it for that term.
+only, so `trainer.assembly.plan_reference` refuses it for that term.
 """
 
 from __future__ import annotations

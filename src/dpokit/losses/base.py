@@ -58,9 +58,9 @@ class LossInputs:
 class LossParams:
     """Hyper-parameters of every loss; each loss reads the ones it needs.
 
-    The one definition of these names: the config's `loss` section extends this class (`config.LossConfig`), so each
-    field's `help` metadata is what `dpokit train --help` prints, and `objective.validate_params` checks the ranges.
-    Not frozen only because that config section is filled key by key; a trainer's copy is never changed.
+    The one definition of these names: the config's `loss` section extends this class (`trainer.config.LossConfig`),
+    so each field's `help` metadata is what `dpokit train --help` prints, and `objective.validate_params` checks the
+    ranges. Not frozen only because that config section is filled key by key; a trainer's copy is never changed.
     """
 
     beta: float = field(default=0.1, metadata={"help": "β: strength of the KL constraint (the implicit reward is "

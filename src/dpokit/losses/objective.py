@@ -126,7 +126,7 @@ def _require(ok: bool, key: str, condition: str, value: float) -> None:
 def validate_params(objective: Objective, params: LossParams) -> None:
     """Checks the ranges of the hyper-parameters, then each term's own requirements (cdpo: 0 < ε < 0.5).
 
-    The only place these ranges are checked: `dpokit.trainer.config.validate` reaches them through `LossConfig.build`.
+    The only place these ranges are checked: `trainer.config.Config.check` reaches them through `objective_from_config`.
 
     Raises:
         ConfigError: naming the key, e.g. "config key 'loss.beta' must be > 0, got -1.0".

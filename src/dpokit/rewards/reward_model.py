@@ -13,7 +13,7 @@ The last token is the response's eos, or its chat template's end-of-turn token: 
 
 Centring. Bradley–Terry determines rewards only up to a constant. After training, the mean reward over every training
 response is stored in the saved config.json under `dpokit_reward` (`offset`, with the tokenization settings), and
-dpokit's scorer (`reward_model_scores`, which `eval.rewards.load_reward(dir)` uses) returns `score(h) − offset`: its
+dpokit's scorer (`reward_model_scores`, which `rewards.sources.load_reward(dir)` uses) returns `score(h) − offset`: its
 rewards average 0 over the training data. Llama's `score` has no bias to fold the offset into, so transformers' own
 forward of the saved model gives the uncentred value: subtract `model.config.dpokit_reward["offset"]`. transformers
 reads the rightmost token that is not the pad token, which is dpokit's token when the ids are dpokit's (prompt and

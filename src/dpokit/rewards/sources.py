@@ -7,7 +7,7 @@ Three sources, chosen by one string (`load_reward`):
 - a directory (or hub name) of a Hugging Face sequence-classification model: the logit of one label, e.g. the
   positive class of a sentiment classifier, as the DPO paper scores IMDb completions. Loaded from safetensors only,
   with remote code off. A directory written by `dpokit rm` is scored by dpokit's own tokenization instead (prompt and
-  completion apart, as in training; the centred reward): `rlhf.reward_model.reward_model_scores`.
+  completion apart, as in training; the centred reward): `rewards.reward_model.reward_model_scores`.
 
 Every reward is called as `reward(prompts, completions)` and returns one finite float per completion. Commands name a
 reward with a `RewardConfig` section (`reward.source`, `reward.label`, `reward.text`), the one notion of a reward

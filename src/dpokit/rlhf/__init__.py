@@ -1,2 +1,11 @@
-"""RLHF baselines of the DPO paper, built on dpokit's data, sampling, rewards and training glue: a reward model,
-Best-of-N sampling and PPO (`ppo.py`: the pure pieces; `ppo_trainer.py`: the loop)."""
+"""The RLHF pipeline DPO replaces, and its baselines, built from the layers below (never copying them).
+
+    reward_config.py  `dpokit rm`'s settings
+    reward_train.py   training a Bradley–Terry reward model through the DPO trainer's loop
+    bon_config.py     `dpokit bon`'s settings
+    bon.py            Best-of-N sampling and its analytic KL
+    ppo_config.py     `dpokit ppo`'s settings
+    ppo.py            PPO's pure pieces: the clipped losses, GAE, the KL controllers
+    rollout.py        rollouts: the actor-critic, πref for PPO, per-token outputs, advantages
+    ppo_trainer.py    the PPO loop
+"""

@@ -157,7 +157,7 @@ class BonPoint:
 def best_of_n(model: torch.nn.Module, tokenizer, prompts: Sequence[Prompt], reward: Reward | Callable,
               n: int, settings: SamplingSettings, seed: int = 0, chat: bool = False,
               progress: bool = False) -> BestOfN:
-    """Samples `n` completions of every prompt from `model` (`eval.sampling.sample`), scores them and picks the best.
+    """Samples `n` completions of every prompt from `model` (`lm.sampling.sample`), scores them and picks the best.
 
     Args:
         model: πref; at temperature 1 (no top-p) the samples are its own distribution, as best-of-N assumes.

@@ -2,7 +2,7 @@
 
     train_ppo(cfg)
       build(cfg)                        config checked, reward loaded, prompts read, policy + value head, πref, Adam
-      resume (cfg.resume)               train/checkpoint.py: weights + value head, Adam, β, RNG, metrics.jsonl
+      resume (cfg.resume)               trainer/runtime.py: weights + value head, Adam, β, RNG, metrics.jsonl
       for each iteration:
         collect(...)                    rollout: sample (temperature 1) -> reward -> π_old, πref, V -> GAE
         optimise(...)                   ppo_epochs x minibatches: clipped surrogate + vf_coef * clipped value loss
@@ -12,7 +12,7 @@
       save policy + tokenizer (safetensors), value_head.safetensors, summary.json
 
 One or several processes (`accelerate launch`, `torchrun`): each samples its share of every rollout batch and of every
-minibatch; gradients are all-reduced by DDP (train/dist.py), losses divided by the global token count so the step is
+minibatch; gradients are all-reduced by DDP (trainer/dist.py), losses divided by the global token count so the step is
 that of the whole minibatch, advantages whitened with global moments, metrics summed over processes.
 """
 
@@ -31,8 +31,8 @@ from safetensors.torch import save_file
 
 from dpokit.core import settings as config_io
 from dpokit.core.errors import ConfigError, DpokitError
-from dpokit.core.progress import progress, say
-from dpokit.core.sections import ModelConfig, SamplingSettings
+from dpokit.core.progress import progress
+from dpokit.core.sections import ModelConfig, SamplingSettings, Tracking
 from dpokit.data.prompts import Prompt, read_prompts
 from dpokit.lm.sampling import sample
 from dpokit.models.loading import load_model, load_tokenizer
@@ -40,14 +40,11 @@ from dpokit.models.sampling import use_chat
 from dpokit.rewards.sources import Reward
 from dpokit.rlhf import ppo
 from dpokit.rlhf.ppo_config import PPOConfig
-from dpokit.rlhf.rollout import ActorCritic, Reference, Rollout, Rows, advantages_of, response_outputs, score_tokens
-from dpokit.trainer import checkpoint as ckpt
-from dpokit.trainer.config import TrainConfig
+from dpokit.rlhf.rollout import ActorCritic, FrozenActor, Rollout, Rows, advantages_of, response_outputs, score_tokens
 from dpokit.trainer.dist import Parallel
-from dpokit.trainer.loop import Interrupted, StopSignals, save_model
-from dpokit.trainer.metrics import trim_jsonl
-from dpokit.trainer.optim import NonFiniteError, build_optimizer
-from dpokit.trainer.trackers import TrackedWriter, Tracking, metrics_writer
+from dpokit.trainer.optim import NonFiniteError, optimizer_for
+from dpokit.trainer.runtime import Interrupted, StopSignals, checkpoint, resume, save_model
+from dpokit.trainer.trackers import TrackedWriter, metrics_writer
 
 PPOCallback = Callable[[int, torch.nn.Module], dict[str, float] | None]
 
@@ -64,7 +61,7 @@ class PPORun:
     chat: bool
     actor_critic: ActorCritic  # the policy and its value head, unwrapped (sampling, saving, checkpoints)
     engine: torch.nn.Module  # the same, as the process group runs it (DDP-wrapped with several processes)
-    reference: Reference
+    reference: FrozenActor
     optimizer: torch.optim.Optimizer
     kl: ppo.FixedKL  # or ppo.AdaptiveKL; checkpointed in the scheduler's slot (it has state_dict / load_state_dict)
     parallel: Parallel
@@ -99,11 +96,10 @@ def build(cfg: PPOConfig, reward: Reward | None = None) -> PPORun:
         config_io.save(cfg, out_dir / "config.yaml")
     model_cfg = ModelConfig(dtype=cfg.dtype)
     actor_critic = ActorCritic(load_model(cfg.model, model_cfg)).to(parallel.device).train()
-    reference = Reference(load_model(cfg.model, model_cfg)).to(parallel.device)
-    adam = TrainConfig(lr=cfg.lr, optimizer="adamw", weight_decay=0.0)
+    reference = FrozenActor(load_model(cfg.model, model_cfg)).to(parallel.device)
     # the optimizer takes the value head's parameters too, not only those of the LM (`engine.model`) wrap offers
-    engine, optimizer = parallel.wrap(actor_critic, None, lambda _: build_optimizer(actor_critic.parameters(), adam),
-                                      adam)
+    engine, optimizer = parallel.wrap(actor_critic, None, lambda _: optimizer_for(actor_critic.parameters(), "adamw",
+                                                                                  cfg.lr), None)
     kl = ppo.AdaptiveKL(cfg.beta, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target else ppo.FixedKL(cfg.beta)
     return PPORun(cfg, out_dir, tokenizer, prompts, reward, chat, actor_critic, engine, reference, optimizer, kl,
                   parallel)
@@ -130,7 +126,8 @@ def train_ppo(cfg: PPOConfig, callback: PPOCallback | None = None, reward: Rewar
 
 def _train(run: PPORun, start: float, callback: PPOCallback | None = None) -> PPOSummary:
     cfg, main = run.cfg, run.parallel.is_main
-    first = _resume(run)
+    first = resume(run.out_dir, run.cfg.resume, run.actor_critic, run.optimizer, run.kl, run.parallel,
+                   f"iteration {{}}/{run.cfg.iterations}")
     writer = metrics_writer(run.out_dir, Tracking.of(cfg), config_io.to_dict(cfg), first, main, "iteration")
     with closing(writer):  # metrics.jsonl and the trackers (report_to), closed also when a run stops early
         last = _iterations(run, first, writer, callback)
@@ -168,7 +165,8 @@ def _iterations(run: PPORun, first: int, writer: TrackedWriter, callback: PPOCal
                 _call_back(run, it + 1, callback, writer)
             stopping = run.parallel.any(stop.signum is not None)  # every process stops after the same iteration
             if stopping or (cfg.save_every and (it + 1) % cfg.save_every == 0):
-                path = _checkpoint(run, it + 1, writer)
+                path = checkpoint(run.out_dir, run.actor_critic, run.optimizer, run.kl, it + 1, writer,
+                                  cfg.keep_checkpoints, run.parallel)
                 if stopping:
                     signum = stop.signum or signal.SIGTERM
                     raise Interrupted(f"stopped by signal {signum} after iteration {it + 1}/{cfg.iterations}; "
@@ -288,25 +286,4 @@ def draw_seed(seed: int, it: int, rank: int) -> int:
     """The seed of iteration `it`'s draws on process `rank`: distinct per iteration and process, fixed by them."""
     return (seed * 1_000_003 + it * 65_537 + rank * 257) % 2**62
 
-
-def _resume(run: PPORun) -> int:
-    """Loads `resume` (weights + value head, Adam, β, RNG) and trims metrics.jsonl. Returns the iteration."""
-    metrics = run.out_dir / "metrics.jsonl"
-    if not run.cfg.resume:
-        if run.parallel.is_main:
-            metrics.unlink(missing_ok=True)
-        return 0
-    path = ckpt.resolve(run.out_dir, run.cfg.resume)
-    state = ckpt.load_checkpoint(path, run.actor_critic, run.optimizer, run.kl, run.parallel)
-    if run.parallel.is_main:
-        trim_jsonl(metrics, state.metrics_lines)
-        say(f"resumed from {path} at iteration {state.step}/{run.cfg.iterations}")
-    run.parallel.barrier()
-    return state.step
-
-
-def _checkpoint(run: PPORun, it: int, writer: TrackedWriter) -> Path:
-    state = ckpt.TrainState(step=it, metrics_lines=writer.lines)
-    return ckpt.save_checkpoint(run.out_dir, run.actor_critic, run.optimizer, run.kl, state,
-                                run.cfg.keep_checkpoints, run.parallel)
 

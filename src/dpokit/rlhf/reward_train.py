@@ -2,8 +2,8 @@
 
     train_reward_model(cfg)
       build_reward_run(cfg)          this file: config checked, data (same pipeline), reward model, optimizer
-      run_training(run, centring)    train/loop.py: steps, metrics.jsonl, eval, checkpoints, resume, signals
-        train_step / evaluate        train/step.py, with the engine and objective below
+      run_training(run, centring)    trainer/loop.py: steps, metrics.jsonl, eval, checkpoints, resume, signals
+        train_step / evaluate        trainer/step.py, with the engine and objective below
         centring (after the last step): mean training reward -> config.json `dpokit_reward.offset`
       save_pretrained                (in the loop) sequence-classification model + tokenizer
 

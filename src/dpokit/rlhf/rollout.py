@@ -9,7 +9,7 @@ at twice the memory and compute.
 
 Rows are `prompt + response`, right-padded, positions from 0 as in training; position t's outputs belong to token
 t+1, so response token j (0-based) of a row with P prompt tokens is predicted, and its state valued, at position
-P − 1 + j (the convention of `eval/kl.py`).
+P − 1 + j (the convention of `lm/sequence_kl.py`).
 """
 
 from __future__ import annotations
@@ -93,8 +93,8 @@ class TokenOutputs:
     entropy: Tensor  # H(π(· | s_t))
 
 
-class Reference(torch.nn.Module):
-    """A frozen causal LM with `ActorCritic`'s call signature and no value head (its values are 0): πref."""
+class FrozenActor(torch.nn.Module):
+    """πref for PPO: a frozen causal LM with `ActorCritic`'s call signature and no value head (its values are 0)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
@@ -107,7 +107,7 @@ class Reference(torch.nn.Module):
 
 def response_outputs(model: torch.nn.Module, rows: Rows) -> TokenOutputs:
     """Log-probs of the response tokens, values and entropies, from an `ActorCritic` (maybe DDP-wrapped) or a
-    `Reference`. Gradients flow if enabled; log-softmax in fp32."""
+    `FrozenActor`. Gradients flow if enabled; log-softmax in fp32."""
     logits, values = model(rows.input_ids, rows.attention_mask)
     index = torch.arange(rows.positions.shape[0], device=logits.device)[:, None]
     logp = logits[index, rows.positions].float().log_softmax(-1)  # (N, T, V)

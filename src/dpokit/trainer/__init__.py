@@ -1,2 +1,16 @@
-"""Training: the loop (`loop.py`), one step (`step.py`), the process group (`dist.py`, from what `launch.py` reads),
-checkpoints, optimizer and schedule, metrics, progress."""
+"""Training: `dpokit train`/`sft`'s settings, the run built from them, the loop and what every loop shares.
+
+    config.py      the `model`, `reference`, `data`, `loss`, `train` sections (`Config`)
+    assembly.py    config -> data fitted to the objective, batches' layout, policy, reference
+    run.py         `build_run`: everything a run needs in one place; `evaluate_policy`
+    loop.py        the optimizer steps, logging, evaluation, checkpoints, clean stops
+    step.py        one optimizer step: micro-batches -> backward -> clip -> step
+    runtime.py     stop signals, checkpoint and resume, saving the model: shared with PPO
+    dist.py        one `Parallel` for 1..N processes: DDP, FSDP2, DeepSpeed ZeRO
+    launch.py      what torchrun / accelerate launch set, read once
+    checkpoint.py  resumable checkpoints: weights, optimizer, RNG, data position, metrics
+    trackers.py    TensorBoard, W&B, MLflow (offline), behind one null object
+    metrics.py     metrics.jsonl and the per-batch metrics
+    optim.py       optimizer, lr schedule, the clipped step that refuses a non-finite gradient
+    order.py       the seeded batch order (shuffled, length-bucketed)
+"""

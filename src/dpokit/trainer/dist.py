@@ -65,7 +65,8 @@ class Single:
     def wrap(self, engine: PolicyLogps, reference: Reference | None, make_optimizer: Callable,
              train_cfg) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         """The policy's engine wrapped for this process group, and its optimizer (built at the point each backend
-        needs it). One process: the engine as it is."""
+        needs it). One process: the engine as it is. `train_cfg` (`train.*`) sizes DeepSpeed's batches; a loop
+        that refuses DeepSpeed (PPO) passes None."""
         return engine, make_optimizer(engine.model.parameters())
 
     def no_sync(self, engine: torch.nn.Module, skip: bool) -> contextlib.AbstractContextManager:

@@ -1,7 +1,7 @@
 """The training loop: optimizer steps, logging, evaluation, checkpoints, exact resume, clean stops.
 
     train(cfg)
-      build_run(cfg)                    setup.py: config checked, data, policy, reference, optimizer
+      build_run(cfg)                    run.py: config checked, data, policy, reference, optimizer
       resume (train.resume)             checkpoint.py: weights, optimizer, RNG, data position, metrics
       for each optimizer step:
         train_step(...)                 step.py: micro-batches -> backward -> clip -> step (NaN/inf checked)
@@ -14,42 +14,31 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from dpokit.core.errors import ConfigError, DpokitError
-from dpokit.core.progress import progress, say
+from dpokit.core.progress import progress
+from dpokit.core.sections import Tracking
 from dpokit.core.settings import to_dict
 from dpokit.data.batching import batches
-from dpokit.trainer import checkpoint as ckpt
 from dpokit.trainer.assembly import build_policy
 from dpokit.trainer.config import Config
-from dpokit.trainer.launch import deepspeed_unprobed
-from dpokit.trainer.metrics import trim_jsonl
 from dpokit.trainer.optim import NonFiniteError
 from dpokit.trainer.order import batch_indices
 from dpokit.trainer.run import Run, build_run, total_steps
+from dpokit.trainer.runtime import Interrupted, StopSignals, checkpoint, resume, save_model
 from dpokit.trainer.step import evaluate, train_step
-from dpokit.trainer.trackers import TrackedWriter, Tracking, metrics_writer
+from dpokit.trainer.trackers import TrackedWriter, metrics_writer
 
-__all__ = ["Interrupted", "RunSummary", "run_training", "total_steps", "train"]
+__all__ = ["RunSummary", "run_training", "total_steps", "train"]
 
 Callback = Callable[[int, torch.nn.Module], "dict[str, Any] | None"]
-
-
-class Interrupted(DpokitError):
-    """SIGTERM/SIGINT: the current step finished and a checkpoint was written. Exit code 128 + signal number."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.exit_code = 128 + signum
 
 
 @dataclass
@@ -103,7 +92,8 @@ def _train(run: Run, callback: Callback | None, start: float) -> RunSummary:
     if callback is not None and run.parallel.sharded:
         raise ConfigError("a training callback needs the whole policy in one process; with FSDP or ZeRO-3 each holds "
                           "only a part: evaluate the saved model instead")
-    first_step = _resume(run)
+    first_step = resume(run.out_dir, run.cfg.train.resume, run.policy, run.optimizer, run.scheduler,
+                        run.parallel, f"step {{}}/{run.steps}")
     writer = metrics_writer(run.out_dir, Tracking.of(cfg.train), to_dict(cfg), first_step, main)
     with closing(writer):  # metrics.jsonl and the trackers (train.report_to), closed also when a run stops early
         last = _steps(run, first_step, writer, callback)
@@ -140,7 +130,8 @@ def _steps(run: Run, first_step: int, writer: TrackedWriter, callback: Callback 
                 _evaluate(run, step + 1, writer, callback)
             stopping = run.parallel.any(stop.signum is not None)  # every process stops after the same step
             if stopping or (cfg.train.save_every and (step + 1) % cfg.train.save_every == 0):
-                path = _checkpoint(run, step + 1, writer)
+                path = checkpoint(run.out_dir, run.policy, run.optimizer, run.scheduler, step + 1, writer,
+                                  cfg.train.keep_checkpoints, run.parallel)
                 if stopping:
                     signum = stop.signum or signal.SIGTERM
                     raise Interrupted(f"stopped by signal {signum} after step {step + 1}/{run.steps}; "
@@ -209,29 +200,6 @@ def _order(run: Run, first_step: int) -> Iterator[list[int]]:
     return order
 
 
-def _resume(run: Run) -> int:
-    """Loads `train.resume` (if set) into policy/optimizer/scheduler/RNG and trims metrics.jsonl. Returns the step."""
-    if not run.cfg.train.resume:
-        if run.parallel.is_main:
-            (run.out_dir / "metrics.jsonl").unlink(missing_ok=True)
-        return 0
-    path = ckpt.resolve(run.out_dir, run.cfg.train.resume)
-    state = ckpt.load_checkpoint(path, run.policy, run.optimizer, run.scheduler, run.parallel)
-    metrics = run.out_dir / "metrics.jsonl"
-    if run.parallel.is_main:
-        trim_jsonl(metrics, state.metrics_lines)
-        say(f"resumed from {path} at step {state.step}/{run.steps}")
-    run.parallel.barrier()
-    return state.step
-
-
-def _checkpoint(run: Run, step: int, writer: TrackedWriter) -> Path:
-    """Every process calls this: replicated, the main one writes; sharded, each writes its part."""
-    state = ckpt.TrainState(step=step, metrics_lines=writer.lines)
-    return ckpt.save_checkpoint(run.out_dir, run.policy, run.optimizer, run.scheduler, state,
-                                run.cfg.train.keep_checkpoints, run.parallel)
-
-
 def _evaluate(run: Run, step: int, writer: TrackedWriter, callback: Callback | None) -> dict[str, float] | None:
     if callback is not None and run.parallel.is_main:
         _run_callback(callback, step, run.policy, writer)
@@ -256,40 +224,3 @@ def _run_callback(callback: Callback, step: int, policy: torch.nn.Module, writer
         writer.write({"step": step, "split": "callback", **result})
 
 
-class StopSignals:
-    """Turns the first SIGTERM/SIGINT into a request to stop after the current step; a second SIGINT stops at once."""
-
-    def __init__(self, announce: bool = True) -> None:
-        self.signum: int | None = None
-        self.announce = announce
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-        if self.announce:
-            say(f"signal {signum}: finishing the current step, then writing a checkpoint (Ctrl-C again to abort)")
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def save_model(policy: torch.nn.Module, tokenizer, out_dir: Path, state: dict | None = None) -> None:
-    """safetensors weights + tokenizer. A LoRA policy is saved merged (loadable anywhere) plus its adapter.
-
-    `state`: the gathered weights of a sharded policy (its own parameters hold only this process's part).
-    """
-    with deepspeed_unprobed():  # transformers would import DeepSpeed just to unwrap the model
-        if hasattr(policy, "merge_and_unload"):
-            policy.save_pretrained(out_dir / "adapter")
-            policy = policy.merge_and_unload()
-        policy.save_pretrained(out_dir, safe_serialization=True, state_dict=state)
-    tokenizer.save_pretrained(out_dir)

@@ -11,10 +11,16 @@ from dpokit.trainer.config import TrainConfig
 
 
 def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer `train.optimizer` names, at `train.lr` and `train.weight_decay`."""
+    return optimizer_for(params, cfg.optimizer, cfg.lr, cfg.weight_decay)
+
+
+def optimizer_for(params, name: str, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """AdamW or RMSprop over the parameters that require gradients."""
     params = [p for p in params if p.requires_grad]
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
 
 
 class NonFiniteError(RuntimeError):

@@ -73,7 +73,7 @@ def forward(trainee: Trainee, batch: Batch | PackedBatch) -> Forward:
 
 
 def _live(reference: Reference | None) -> FrozenModel | AdapterOff:
-    """The reference as a live model; a trainer bug otherwise (`pipeline.plan_reference` refuses the config first)."""
+    """The reference as a live model; a trainer bug otherwise (`assembly.plan_reference` refuses the config first)."""
     if not isinstance(reference, FrozenModel | AdapterOff):
         raise ValueError(f"the objective needs a live reference model (copy or adapter off), got {reference!r}")
     return reference

@@ -26,58 +26,14 @@ Hyper-parameters are logged when a run starts, not again on resume (MLflow refus
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dpokit.core.errors import ConfigError
+from dpokit.core.sections import Tracking, check_report_to
 from dpokit.trainer.metrics import JsonlWriter, NullWriter
-
-# tracker -> the modules it needs (any one of them) and the extra that installs it
-PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
-TRACKERS = tuple(PACKAGES)
-
-# the help of the tracking keys, shared by `train.*` (TrainConfig) and ppo's flat PPOConfig
-HELP = {
-    "report_to": "experiment trackers, each an extra (pip install 'dpokit[wandb]'): a list of tensorboard, wandb, "
-                 "mlflow, e.g. [tensorboard,wandb]; all write files only (W&B offline: `wandb sync` later)",
-    "project": "tracker project: W&B project, MLflow experiment",
-    "run_name": "tracker run name; empty: the output directory's name",
-    "tracking_dir": "where tracker files go; empty: <output_dir>/tracking",
-}
-
-
-def check_report_to(key: str, names: list[str]) -> None:
-    """Refuses an unknown tracker, or one whose package is not installed, naming the config key and the extra.
-
-    Raises:
-        ConfigError: e.g. "train.report_to: wandb is not installed: pip install 'dpokit[wandb]'".
-    """
-    for name in names:
-        if name not in PACKAGES:
-            raise ConfigError(f"config key '{key}': unknown tracker {name!r}; choose from {', '.join(TRACKERS)}")
-        if not any(importlib.util.find_spec(module) for module in PACKAGES[name]):  # found, not imported (slow)
-            raise ConfigError(f"config key '{key}': {name} is not installed: pip install 'dpokit[{name}]'")
-
-
-@dataclass
-class Tracking:
-    """Which trackers, and where: the keys `train.report_to`, `train.project`, `train.run_name`,
-    `train.tracking_dir` (ppo's `report_to`, ... at its top level)."""
-
-    report_to: list[str] = field(default_factory=list)
-    project: str = "dpokit"
-    run_name: str = ""
-    tracking_dir: str = ""
-
-    @classmethod
-    def of(cls, settings: Any) -> Tracking:
-        """From any settings that carry the four keys (`TrainConfig`, `PPOConfig`)."""
-        return cls(list(settings.report_to), settings.project, settings.run_name, settings.tracking_dir)
 
 
 class Trackers:
