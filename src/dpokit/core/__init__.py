@@ -5,7 +5,7 @@
     settings.py      `setting()` fields with help and ranges; the one loader (YAML < flags < key=value), `validate`,
                      `describe_keys` (every command's --help)
     validation.py    each key's type, choices and range checked, naming the key
-    sections.py      settings sections several commands share: model, LoRA, tracking, sampling
+    sections.py      settings sections several commands share: model, LoRA, checkpoints, tracking, sampling
     model_source.py  every way to name a model (directory, hub name, .gguf, packaged short name)
     paths.py         a local path or a hub name: the one rule
 """

@@ -7,19 +7,19 @@ from dataclasses import dataclass, field
 from dpokit.core.errors import ConfigError
 from dpokit.core.model_source import check_model_dir
 from dpokit.core.paths import check_local_path
-from dpokit.core.sections import Tracking, check_report_to, sampling
+from dpokit.core.sections import Checkpoints, Tracking, check_report_to, dtype_setting, grad_clip_setting, sampling
 from dpokit.core.settings import setting
 from dpokit.rewards.sources import RewardConfig
 
 
 @dataclass
-class PPOConfig(Tracking):
+class PPOConfig(Checkpoints, Tracking):
     """PPO-RLHF (Ziegler et al. 2019): every key's help is what `dpokit ppo --help` prints; the tracking keys
     (`report_to`, ...) come from `Tracking`, the sampling ones are declared by `sampling`."""
 
     model: str = setting("", "required: πref and the policy's starting weights (a saved causal LM, hub name, .gguf "
                              "or packaged short name)")
-    dtype: str = setting("float32", "weights dtype: float32 | bfloat16", choices=("float32", "bfloat16"))
+    dtype: str = dtype_setting()
     prompts: str = setting("", "required: .txt with one prompt per line, or JSONL/JSON/Parquet/CSV with a "
                                "\"prompt\" field (a string or {role, content} messages)")
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -34,7 +34,7 @@ class PPOConfig(Tracking):
     ppo_epochs: int = setting(4, "passes over each rollout batch, reshuffled into minibatches each time", gt=0)
     max_new_tokens: int = sampling("max_new_tokens", 24)
     lr: float = setting(1e-5, "Adam learning rate (constant)", gt=0)
-    max_grad_norm: float | None = setting(1.0, "clip the global gradient norm; null: no clipping", gt=0)
+    max_grad_norm: float | None = grad_clip_setting(1.0, gt=0)
     clip_range: float = setting(0.2, "ε of the clipped surrogate: the probability ratio is clipped to [1-ε, 1+ε]",
                                 gt=0)
     value_clip_range: float | None = setting(0.2, "ε_v: a new value may move at most this far from the rollout's "
@@ -54,8 +54,6 @@ class PPOConfig(Tracking):
     progress: bool = setting(True, "show progress")
     save: bool = setting(True, "save the final policy + tokenizer + value head to output_dir")
     save_every: int = setting(0, "write a resumable checkpoint every N iterations (0: only on SIGTERM/SIGINT)", ge=0)
-    keep_checkpoints: int = setting(2, "keep the newest N checkpoints under output_dir/checkpoints", ge=0)
-    resume: str | None = setting(None, "\"latest\" (newest checkpoint in output_dir) or a checkpoint directory")
 
     def check(self) -> None:
         """The batch sizes' rule, trackers and paths (`validate` runs this after the types and ranges)."""

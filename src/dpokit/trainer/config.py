@@ -9,7 +9,7 @@ from typing import Any
 from dpokit.core.errors import ConfigError
 from dpokit.core.model_source import check_model_dir
 from dpokit.core.paths import check_local_path
-from dpokit.core.sections import ModelConfig, Tracking, check_report_to
+from dpokit.core.sections import Checkpoints, ModelConfig, Tracking, check_report_to, grad_clip_setting
 from dpokit.core.settings import flatten, load, setting, to_dict
 from dpokit.data.config import DataConfig
 from dpokit.losses import LossParams, objective_from_config
@@ -34,7 +34,7 @@ class LossConfig(LossParams):
 
 
 @dataclass
-class TrainConfig(Tracking):
+class TrainConfig(Checkpoints, Tracking):
     """`train.*`: the optimisation, batching, evaluation, saving and (from `Tracking`) tracking keys."""
 
     output_dir: str = setting("", "run directory: model, tokenizer, metrics.jsonl, config.yaml, summary.json")
@@ -49,7 +49,7 @@ class TrainConfig(Tracking):
     warmup_steps: int = setting(0, "linear warmup from 0 to lr over this many optimizer steps", ge=0)
     schedule: str = setting("constant", "after warmup: constant | cosine (to 0 at the last step)",
                             choices=("constant", "cosine"))
-    max_grad_norm: float | None = setting(10.0, "clip the global gradient norm; null: no clipping")
+    max_grad_norm: float | None = grad_clip_setting(10.0)
     precision: str = setting("fp32", "fp32 | bf16 (autocast; weights and optimizer state stay fp32)",
                              choices=("fp32", "bf16"))
     shuffle: bool = setting(True, "reshuffle training data each epoch (seeded)")
@@ -68,8 +68,6 @@ class TrainConfig(Tracking):
     save: bool = setting(True, "save the final model + tokenizer to output_dir")
     save_every: int = setting(0, "write a resumable checkpoint every N steps (0: only when stopped by "
                                  "SIGTERM/SIGINT)", ge=0)
-    keep_checkpoints: int = setting(2, "keep the newest N checkpoints under output_dir/checkpoints", ge=0)
-    resume: str | None = setting(None, "\"latest\" (newest checkpoint in output_dir) or a checkpoint directory")
     progress: bool = setting(True, "show progress bars")
 
 
