@@ -9,7 +9,9 @@
     rows = dpokit.generate("runs/dpo", ["Hello"])      # [{"prompt": ..., "completion": ...}]
 
 Every function checks its inputs before any model loads and raises `dpokit.ConfigError` / `dpokit.DataError` with
-the message the CLI prints.
+the message the CLI prints. Each function imports the layers it runs inside itself, so `import dpokit` (and every
+`dpokit ... --help`) loads neither transformers nor the code of commands it does not run; below this top layer,
+imports sit at the top of each file.
 """
 
 from __future__ import annotations

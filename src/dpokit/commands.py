@@ -1,4 +1,5 @@
-"""What each CLI command does once its arguments are parsed: build the config, run, print the outcome."""
+"""What each CLI command does once its arguments are parsed: build the config, run, print the outcome. Like `api`,
+each command imports the layers it runs inside itself: the CLI starts (and answers `--help`) without loading them."""
 
 from __future__ import annotations
 
