@@ -154,3 +154,17 @@ def test_an_existing_local_model_directory_passes_validation(cfg: Config, tmp_pa
     cfg.model.name_or_path = str(tmp_path / "model")
     with pytest.raises(ModelLoaded):  # validation passed; the tokenizer load is next
         train(cfg)
+
+
+def test_a_value_outside_choices_that_include_null_is_a_config_error(tmp_path):
+    """A frontier method's `reward` may be null or one of its names; anything else is refused in one line (the
+    message used to crash joining None into the list of choices)."""
+    from dpokit.core.settings import load, validate
+    from dpokit.experiments.frontier_config import FrontierFile
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("hi\n")
+    settings = load(FrontierFile(), None, {"model": "m", "prompts": str(prompts),
+                                           "methods": [{"label": "PPO", "kind": "ppo", "reward": "vader"}]})
+    with pytest.raises(ConfigError, match=r"'methods\[0\]\.reward' must be one of null, learned, ground_truth"):
+        validate(settings)

@@ -118,7 +118,8 @@ def check_tree(node: Any, prefix: str = "") -> None:
         _check_value(key, value, hint)
         choices = fields[name].metadata.get("choices", ())
         if choices and value not in choices:
-            raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}; got {value!r}")
+            allowed = ", ".join("null" if c is None else str(c) for c in choices)
+            raise ConfigError(f"config key '{key}' must be one of {allowed}; got {value!r}")
         check_range(key, value, fields[name].metadata.get("range", {}))
 
 

@@ -178,13 +178,13 @@ class FrontierConfig(FrontierSettings):
             raise ConfigError("the frontier needs held-out prompts (eval_prompts:, or eval_fraction > 0)")
         if self.samples_per_prompt < 2:
             raise ConfigError(f"samples_per_prompt must be >= 2 to form pairs, got {self.samples_per_prompt}")
-        check_tree(self)  # types and each setting's range
         if self.sample_batch_size < 1:
             raise ConfigError(f"sample_batch_size must be >= 1, got {self.sample_batch_size}")
         if not self.methods:
             raise ConfigError("methods: is empty; list at least one {label, loss} or leave it out for the paper's set")
         for i, method in enumerate(self.methods):
             method.check(f"methods[{i}]")
+        check_tree(self)  # types, choices and each setting's range (after the methods' own, more telling checks)
         if not 0 < self.rm_eval_fraction < 1:
             raise ConfigError(f"rm_eval_fraction must be in (0, 1), got {self.rm_eval_fraction}")
         slugs = [m.slug for m in self.methods]
