@@ -11,18 +11,19 @@ The Python API (`dpokit.api`; README, "Python API"):
 
 from __future__ import annotations
 
-from dpokit.api import bon, evaluate, generate, perplexity, ppo, rm, sft, train, winrate
+from dpokit.api import bon, evaluate, generate, online, perplexity, ppo, rm, sft, train, winrate
 from dpokit.core.errors import ConfigError, DataError, DpokitError
 from dpokit.eval.judges import JudgeConfig
 from dpokit.eval.winrate_config import WinrateConfig
 from dpokit.rlhf.bon_config import BonConfig
+from dpokit.rlhf.online_config import OnlineConfig
 from dpokit.rlhf.ppo_config import PPOConfig
 from dpokit.rlhf.reward_config import RewardModelConfig
 from dpokit.trainer.config import Config
 
 __version__ = "0.1.0"
 __all__ = [
-    "BonConfig", "Config", "ConfigError", "DataError", "DpokitError", "JudgeConfig", "PPOConfig", "RewardModelConfig",
-    "WinrateConfig", "__version__", "bon", "evaluate", "generate", "perplexity", "ppo", "rm", "sft", "train",
-    "winrate",
+    "BonConfig", "Config", "ConfigError", "DataError", "DpokitError", "JudgeConfig", "OnlineConfig", "PPOConfig",
+    "RewardModelConfig", "WinrateConfig", "__version__", "bon", "evaluate", "generate", "online", "perplexity", "ppo",
+    "rm", "sft", "train", "winrate",
 ]

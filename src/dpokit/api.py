@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from dpokit.eval.winrate_config import WinrateConfig
     from dpokit.rlhf.bon import BestOfN
     from dpokit.rlhf.bon_config import BonConfig
+    from dpokit.rlhf.online import OnlineSummary
+    from dpokit.rlhf.online_config import OnlineConfig
     from dpokit.rlhf.ppo_config import PPOConfig
     from dpokit.rlhf.ppo_trainer import PPOSummary
     from dpokit.rlhf.reward_config import RewardModelConfig
@@ -178,6 +180,26 @@ def bon(config: BonConfig, *, prompts: Sequence[str | list[dict]] | None = None,
     if config.output:
         result.write_jsonl(config.output)
     return result
+
+
+def online(config: OnlineConfig, *, reward: Callable | None = None, judge: Judge | None = None) -> OnlineSummary:
+    """On-policy DPO (`dpokit online`): rounds of K samples per prompt from the current policy, labelled by a reward
+    or a judge, then `steps_per_round` steps of the configured loss on them; writes the output directory.
+
+    Args:
+        config: a `dpokit.OnlineConfig`; `model.name_or_path`, `prompts` and `train.output_dir` are required.
+        reward: any `fn(prompts, completions) -> scores`, used instead of loading `config.reward`.
+        judge: any `eval.judges.Judge`, used instead of loading `config.judge`.
+
+    Returns:
+        `rlhf.online.OnlineSummary`: output_dir (the final policy loads from it), each round's record, seconds.
+    """
+    from dpokit.rewards.sources import Reward
+    from dpokit.rlhf.online import run_online
+
+    wrapped = reward if reward is None or isinstance(reward, Reward) else Reward(getattr(reward, "__name__", "reward"),
+                                                                                 reward)
+    return run_online(config, wrapped, judge)
 
 
 def ppo(config: PPOConfig) -> PPOSummary:

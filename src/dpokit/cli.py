@@ -57,6 +57,14 @@ PPO_FLAGS = {
     "rollout_batch_size": "rollout_batch_size", "minibatch_size": "minibatch_size", "max_new_tokens": "max_new_tokens",
     "seed": "seed",
 }
+# flag -> key of `dpokit online`'s settings (rlhf.online_config.OnlineConfig)
+ONLINE_FLAGS = {
+    "model": "model.name_or_path", "prompts": "prompts", "reward": "reward.source", "judge": "judge.source",
+    "output_dir": "train.output_dir", "samples_per_prompt": "samples_per_prompt", "rounds": "rounds",
+    "prompts_per_round": "prompts_per_round", "steps_per_round": "steps_per_round", "labels": "labels",
+    "loss": "loss.name", "beta": "loss.beta", "lr": "train.lr", "batch_size": "train.batch_size",
+    "temperature": "temperature", "max_new_tokens": "max_new_tokens", "seed": "train.seed",
+}
 # flag -> key of `dpokit rm`'s settings (rlhf.reward_config.RewardModelConfig): train's flags less the loss's
 RM_FLAGS = {name: key for name, key in TRAIN_FLAGS.items() if not key.startswith("loss.")}
 
@@ -72,6 +80,9 @@ KEY_COMMANDS = {
     "bon": KeyCommand("dpokit.rlhf.bon_config:BonConfig", BON_FLAGS, "Best-of-N: n samples per prompt from a model, "
                       "each scored by a reward, the best kept (JSON lines); prints mean rewards and the analytic KL "
                       "log N - (N-1)/N", example="temperature=0.7"),
+    "online": KeyCommand("dpokit.rlhf.online_config:OnlineConfig", ONLINE_FLAGS, "on-policy DPO: rounds of K samples "
+                         "per prompt from the current policy, labelled by a reward or a judge, then steps of any "
+                         "preference loss on them", "train.resume", "labels=sampled"),
     "ppo": KeyCommand("dpokit.rlhf.ppo_config:PPOConfig", PPO_FLAGS, "PPO-RLHF (the DPO paper's baseline): rollouts "
                       "from the policy, a reward model (PPO) or any reward (PPO-GT), per-token KL penalty, value head, "
                       "GAE, clipped updates", "resume", "ppo_epochs=2"),
@@ -82,7 +93,7 @@ def _add_key_command(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFor
     command = KEY_COMMANDS[name]
     settings = command.dataclass()
     epilog = "config keys (YAML, or key=value overrides), default, meaning:\n" + describe_keys(settings)
-    if settings is Config:
+    if settings is Config or name == "online":
         epilog += "\n\n" + losses_help()
     parser = sub.add_parser(name, help=command.help, epilog=epilog, formatter_class=fmt)
     parser.add_argument("--config", help="YAML file with any of the keys below")
@@ -117,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("overrides", nargs="*", metavar="key.sub=value", help="any config key, e.g. data.format=implicit")
 
     _add_experiment_commands(sub, fmt)
-    for name in ("bon", "ppo", "rm"):
+    for name in ("bon", "ppo", "rm", "online"):
         _add_key_command(sub, fmt, name)
     _add_winrate_command(sub, fmt)
     return parser

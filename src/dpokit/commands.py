@@ -166,6 +166,18 @@ def ppo(yaml_path: str | None, flags: dict, overrides: list[str]) -> int:
     return 0
 
 
+def online(yaml_path: str | None, flags: dict, overrides: list[str]) -> int:
+    """On-policy DPO: runs the rounds (a line per round on stderr), then prints where the final policy is."""
+    from dpokit.rlhf.online_config import OnlineConfig
+
+    cfg = config_io.load(OnlineConfig(), yaml_path, flags, config_io.parse_overrides(overrides))
+    summary = api.online(cfg)
+    last = summary.rounds[-1]
+    print(f"\nonline finished: {len(summary.rounds)} rounds in {summary.seconds:.0f} s, {last['label_calls']} label "
+          f"calls; the final policy is in {summary.output_dir} (rounds.jsonl: one line per round)")
+    return 0
+
+
 def rm(yaml_path: str | None, flags: dict, overrides: list[str]) -> int:
     """Reward model: trains, then prints where it went, its last step's and held-out metrics (main process only)."""
     from dpokit.rlhf.reward_config import RewardModelConfig

@@ -15,7 +15,8 @@ import pytest
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 # Bottom first. A module's layer is its first package under dpokit; the package root and its entry points are the top.
-LAYERS = ["core", "data", "models", "lm", "losses", "rewards", "trainer", "rlhf", "eval", "experiments", "top"]
+# eval (perplexity, judges, win rates) sits below rlhf: on-policy DPO labels its samples with eval's judges.
+LAYERS = ["core", "data", "models", "lm", "losses", "rewards", "trainer", "eval", "rlhf", "experiments", "top"]
 TOP = {"", "api", "cli", "commands", "__main__"}
 
 

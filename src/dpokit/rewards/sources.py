@@ -63,9 +63,12 @@ class Reward:
         scores = list(self.fn(list(prompts), list(completions)))
         if len(scores) != len(completions):
             raise DataError(f"reward {self.name} returned {len(scores)} scores for {len(completions)} completions")
-        bad = [s for s in scores if isinstance(s, bool) or not isinstance(s, int | float) or not math.isfinite(s)]
+        bad = [i for i, s in enumerate(scores)
+               if isinstance(s, bool) or not isinstance(s, int | float) or not math.isfinite(s)]
         if bad:
-            raise DataError(f"reward {self.name} returned a score that is not a finite number: {bad[0]!r}")
+            prompt = str(prompts[bad[0]])
+            raise DataError(f"reward {self.name} returned a score that is not a finite number: {scores[bad[0]]!r} "
+                            f"(prompt {bad[0]}: {prompt[:80]!r}{'...' if len(prompt) > 80 else ''})")
         return [float(s) for s in scores]
 
 

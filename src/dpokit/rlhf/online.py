@@ -1,0 +1,269 @@
+"""On-policy DPO (`dpokit online`): rounds of sample -> label -> train, from the current policy.
+
+    run_online(cfg)
+      for round r = 1..rounds:
+        sample K completions of the round's prompts from the policy r starts from   lm.sampling.sample
+        score each (a reward) or compare each with the first (a judge, K-1 calls)   rewards.sources / eval.judging
+        label: best_worst | all_pairs | ranked | sampled, ties and unusable groups  rewards.preferences.label_group
+          counted and left out -> round_r.jsonl (dpokit preference JSONL)
+        the loss and implicit-reward accuracy on the new pairs, before training     trainer.run.evaluate_policy
+        steps_per_round optimizer steps on them -> round_r/ (a `dpokit train` run)  trainer.loop.train
+        a line of rounds.jsonl (and the trackers, at step r)
+
+Each round is a `dpokit train` run from the previous round's model, so every loss, LoRA, packing, the reference
+modes and checkpoints work as they do there; the optimizer starts afresh each round. The reference is the starting
+model (`reference.update: fixed`) or the policy the round starts from (`round`). A stopped run continues with
+`--resume`: finished rounds are read back, a round whose data is written reuses it (its samples are not drawn
+again) and its training resumes from its last checkpoint, so rounds.jsonl comes out as an unbroken run's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dpokit.core.errors import ConfigError, DataError
+from dpokit.core.progress import say
+from dpokit.core.sections import SamplingSettings, Tracking
+from dpokit.core.settings import save, to_dict, validate
+from dpokit.data.prompts import read_prompts
+from dpokit.eval.judges import Comparison, Judge
+from dpokit.eval.judging import load_judge
+from dpokit.lm.sampling import Samples, sample
+from dpokit.lm.sequence_kl import sequence_kl
+from dpokit.models.sampling import SamplingModel, load_for_sampling
+from dpokit.rewards.preferences import label_group, training_texts, usable
+from dpokit.rewards.sources import Reward
+from dpokit.rlhf.online_config import OnlineConfig
+from dpokit.trainer import loop
+from dpokit.trainer.run import evaluate_policy
+from dpokit.trainer.trackers import open_trackers
+
+ROUNDS_FILE = "rounds.jsonl"
+RUN_FILES = {"metrics.jsonl", "summary.json", "config.yaml", "round.json"}  # a round's own records, not its model
+
+
+@dataclass
+class OnlineSummary:
+    """What `run_online` returns: where the final policy is, and every round's record (as in rounds.jsonl)."""
+
+    output_dir: str
+    rounds: list[dict[str, Any]]
+    seconds: float
+
+
+@dataclass
+class Labeller:
+    """Scores a round's completions: a reward (one call per completion) or a judge (K-1 comparisons per prompt,
+    each completion against the prompt's first). `calls` counts what it has been asked so far: the label budget."""
+
+    reward: Reward | None = None
+    judge: Judge | None = None
+    calls: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.reward.name if self.reward is not None else self.judge.name
+
+    def scores(self, samples: Samples, k: int) -> list[float]:
+        if self.reward is not None:
+            self.calls += len(samples.completions)
+            return self.reward(samples.prompts, samples.completions)
+        comparisons = [Comparison(samples.prompts[i], samples.completions[i], samples.completions[i - i % k])
+                       for i in range(len(samples.completions)) if i % k]
+        self.calls += len(comparisons)
+        wins = iter(judgment.score for judgment in self.judge.judge(comparisons))
+        return [0.5 if i % k == 0 else next(wins) for i in range(len(samples.completions))]
+
+
+def run_online(cfg: OnlineConfig, reward: Reward | None = None, judge: Judge | None = None) -> OnlineSummary:
+    """Runs (or, with `train.resume`, continues) the rounds; writes the output directory (module docstring).
+
+    Args:
+        cfg: the settings; `model.name_or_path`, `prompts` and `train.output_dir` are required.
+        reward: used instead of loading `cfg.reward` (any `fn(prompts, completions) -> scores` wrapped in `Reward`).
+        judge: used instead of loading `cfg.judge`.
+    """
+    start_time = time.perf_counter()
+    validate(cfg, require=("model.name_or_path", "prompts", "train.output_dir"))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("dpokit online runs in one process (each round's training may not be launched with "
+                          "torchrun or accelerate yet)")
+    out = Path(cfg.train.output_dir)
+    _check_output_dir(out, cfg.train.resume)
+    prompts = read_prompts(cfg.prompts)
+    labeller = _labeller(cfg, reward, judge)  # loaded before any model: its errors come first
+    start = load_for_sampling(cfg.model.name_or_path, cfg.chat, gguf_file=cfg.model.gguf_file)
+    start.model.eval().requires_grad_(False)
+    out.mkdir(parents=True, exist_ok=True)
+    save(cfg, out / "config.yaml")
+    records: list[dict[str, Any]] = []
+    finished = sum((out / f"round_{r}" / "round.json").is_file() for r in range(1, cfg.rounds + 1))
+    trackers = open_trackers(Tracking.of(cfg.train), out, to_dict(cfg), resume_step=finished)
+    try:
+        current = cfg.model.name_or_path
+        for r in range(1, cfg.rounds + 1):
+            record = _round(cfg, r, current, start, prompts, labeller, out)
+            records.append(record)
+            _write_jsonl(out / ROUNDS_FILE, records)
+            if r > finished:
+                trackers.log({k: v for k, v in record.items() if k != "round"}, step=r)
+                say(_summary_line(record))
+            if record["trained"]:
+                current = str(out / f"round_{r}")
+    finally:
+        trackers.finish()
+    _copy_model(Path(current), out)
+    summary = OnlineSummary(str(out), records, time.perf_counter() - start_time)
+    (out / "summary.json").write_text(json.dumps(vars(summary), indent=2))
+    return summary
+
+
+def _labeller(cfg: OnlineConfig, reward: Reward | None, judge: Judge | None) -> Labeller:
+    if judge is not None or (reward is None and cfg.judged):
+        cache = str(Path(cfg.train.output_dir) / "judge_cache.jsonl")
+        return Labeller(judge=judge or load_judge(cfg.judge, cache=cache))
+    return Labeller(reward=reward or cfg.reward.load())
+
+
+def _check_output_dir(out: Path, resume: str | None) -> None:
+    """A new run needs a directory without an online run in it; --resume needs one."""
+    started = (out / "config.yaml").is_file() and any(out.glob("round_*"))
+    if started and not resume:
+        raise ConfigError(f"{out} holds an online run already: add --resume to continue it, or choose another "
+                          "--output-dir")
+    if resume and not started:
+        raise ConfigError(f"--resume: {out} holds no online run to continue")
+
+
+def _round(cfg: OnlineConfig, r: int, current: str, start: SamplingModel, prompts: list, labeller: Labeller,
+           out: Path) -> dict[str, Any]:
+    """One round: its record, read back when the round finished before (a resumed run)."""
+    round_dir, data_path, labelled_path = out / f"round_{r}", out / f"round_{r}.jsonl", out / f"round_{r}.labels.json"
+    done = round_dir / "round.json"
+    if done.is_file():
+        record = json.loads(done.read_text())
+        labeller.calls = record["label_calls"]
+        return record
+    if labelled_path.is_file():  # sampled and labelled before a stop: the same data, not a new draw
+        record = json.loads(labelled_path.read_text())
+        labeller.calls = record["label_calls"]
+    else:
+        record = _sample_and_label(cfg, r, current, start, prompts, labeller, data_path)
+        record.update(_before_training(cfg, r, current, data_path, out) if record["pairs"] else {})
+        labelled_path.write_text(json.dumps(record, indent=2))
+    record["trained"] = record["pairs"] > 0
+    if record["trained"]:
+        t = time.perf_counter()
+        resume = "latest" if any((round_dir / "checkpoints").glob("*")) else None
+        round_cfg = cfg.round_config(current, _reference(cfg), str(data_path), str(round_dir), resume)
+        summary = loop.train(round_cfg)
+        record["train_loss"] = summary.final_train.get("loss")
+        record["seconds_train"] = time.perf_counter() - t
+    done.parent.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(record, indent=2))
+    return record
+
+
+def _reference(cfg: OnlineConfig) -> str | None:
+    """The reference weights of a round: the starting model (fixed) or None, the round's own starting weights."""
+    if cfg.reference.update == "round":
+        return None
+    return cfg.reference.name_or_path or cfg.model.name_or_path
+
+
+def _sample_and_label(cfg: OnlineConfig, r: int, current: str, start: SamplingModel, prompts: list,
+                      labeller: Labeller, data_path: Path) -> dict[str, Any]:
+    """Samples the round's prompts from the policy at `current`, scores, labels and writes round_r.jsonl."""
+    seed = cfg.train.seed
+    batch = _round_prompts(prompts, cfg.prompts_per_round, r)
+    policy = start if current == cfg.model.name_or_path else load_for_sampling(current, start.chat)
+    policy.model.eval()
+    k = cfg.samples_per_prompt
+    settings = SamplingSettings(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.sample_batch_size)
+    t = time.perf_counter()
+    samples = sample(policy.model, policy.tokenizer, batch, settings, seed=seed * 1_000_003 + r, num_samples=k,
+                     progress=cfg.train.progress, chat=policy.chat)
+    kl = sequence_kl(policy.model, start.model, samples.prompt_ids, samples.completion_ids, cfg.sample_batch_size) \
+        if policy is not start else torch.zeros(len(samples.completions))
+    sampled_at = time.perf_counter()
+    try:
+        scores = labeller.scores(samples, k)
+    except DataError as err:
+        raise DataError(f"round {r}: {err}") from None
+    scored_at = time.perf_counter()
+    rng = random.Random(seed * 1_000_003 + r)
+    rows, counts, best, worst = [], {"pairs": 0, "tied": 0, "dropped": 0}, [], []
+    for i, prompt in enumerate(batch):
+        texts, values = samples.completions[i * k:(i + 1) * k], scores[i * k:(i + 1) * k]
+        best.append(max(values))
+        worst.append(min(values))
+        if not usable(texts):
+            counts["dropped"] += 1
+            continue
+        prompt_text, texts = training_texts(policy.tokenizer, policy.chat, prompt, texts)
+        labelled = label_group(prompt_text, texts, values, cfg.labels, rng)
+        rows += labelled.records
+        counts["tied"] += labelled.tied
+        counts["pairs"] += labelled.pairs
+    _write_jsonl(data_path, rows)
+    return {"round": r, "prompts": len(batch), "samples": len(scores), "reward_mean": _mean(scores),
+            "reward_best": _mean(best), "reward_worst": _mean(worst), "kl": float(kl.mean()),
+            "pairs": counts["pairs"], "tied_pairs": counts["tied"], "dropped_prompts": counts["dropped"],
+            "label_calls": labeller.calls, "labeller": labeller.name,
+            "seconds_sample": sampled_at - t, "seconds_score": scored_at - sampled_at}
+
+
+def _before_training(cfg: OnlineConfig, r: int, current: str, data_path: Path, out: Path) -> dict[str, float]:
+    """The loss and implicit-reward accuracy of the policy `current` on the round's new pairs, before it trains."""
+    t = time.perf_counter()
+    round_cfg = cfg.round_config(current, _reference(cfg), str(data_path), str(out / f"round_{r}"))
+    round_cfg.train.shuffle, round_cfg.train.progress = False, False
+    metrics = evaluate_policy(round_cfg, say=lambda _: None)
+    found = {"loss_before": metrics["loss"], "seconds_eval": time.perf_counter() - t}
+    if "rewards/accuracies" in metrics:
+        found["accuracy_before"] = metrics["rewards/accuracies"]
+    return found
+
+
+def _round_prompts(prompts: list, per_round: int | None, r: int) -> list:
+    """Round r's prompts: all of them, or the next `per_round` in file order, wrapping around."""
+    if per_round is None:
+        return list(prompts)
+    first = (r - 1) * per_round
+    return [prompts[(first + i) % len(prompts)] for i in range(per_round)]
+
+
+def _copy_model(source: Path, out: Path) -> None:
+    """The final policy's files into the output directory itself, so `out` loads as a model."""
+    if source == out or not source.is_dir():
+        return
+    for path in source.iterdir():
+        if path.is_file() and path.name not in RUN_FILES:
+            shutil.copy2(path, out / path.name)
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    tmp.replace(path)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def _summary_line(record: dict[str, Any]) -> str:
+    before = f", loss before {record['loss_before']:.4f}" if "loss_before" in record else ""
+    return (f"round {record['round']}: reward {record['reward_mean']:+.4f} (best {record['reward_best']:+.4f}, worst "
+            f"{record['reward_worst']:+.4f}), KL {record['kl']:.3f}, {record['pairs']} pairs ({record['tied_pairs']} "
+            f"tied, {record['dropped_prompts']} prompts dropped){before}; {record['label_calls']} label calls")
