@@ -30,6 +30,7 @@ SETTINGS: dict[str, Callable[[], type]] = {
     "RewardModelConfig": lambda: dpokit.RewardModelConfig,
     "BonConfig": lambda: dpokit.BonConfig,
     "PPOConfig": lambda: dpokit.PPOConfig,
+    "OnlineConfig": lambda: dpokit.OnlineConfig,
     "WinrateConfig": lambda: dpokit.WinrateConfig,
     "FrontierFile": lambda: importlib.import_module(FRONTIER_MODULE).FrontierFile,
 }

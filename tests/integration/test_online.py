@@ -124,6 +124,9 @@ def test_bad_input_fails_in_one_line(task, model_dir, capsys):
     assert main(args(task, model_dir, task / "n", "--reward", f"{task / 'nan.py'}:nan")) == 2
     err = capsys.readouterr().err
     assert "not a finite number" in err and "How do I bake bread" in err and "nan.py:nan" in err
+    (task / "boom.py").write_text("def boom(prompts, completions):\n    raise RuntimeError('the scorer is down')\n")
+    assert main(args(task, model_dir, task / "b", "--reward", f"{task / 'boom.py'}:boom")) == 2
+    assert "round 1: " in (err := capsys.readouterr().err) and "RuntimeError: the scorer is down" in err
     assert main(args(task, model_dir, task / "j", "--judge", "lm:x", "--labels", "sampled")) == 2
     assert "labels=sampled" in capsys.readouterr().err
     assert main(args(task, model_dir, task / "twice", "--rounds", "1", "--steps-per-round", "1")) == 0

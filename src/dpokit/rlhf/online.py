@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from dpokit.core.errors import ConfigError, DataError
+from dpokit.core.errors import ConfigError, DataError, DpokitError
 from dpokit.core.progress import say
 from dpokit.core.sections import SamplingSettings, Tracking
 from dpokit.core.settings import save, to_dict, validate
@@ -200,6 +200,10 @@ def _sample_and_label(cfg: OnlineConfig, r: int, current: str, start: SamplingMo
         scores = labeller.scores(samples, k)
     except DataError as err:
         raise DataError(f"round {r}: {err}") from None
+    except DpokitError:
+        raise
+    except Exception as err:  # the user's reward function or judge: its own error, with where it happened
+        raise DataError(f"round {r}: {labeller.name} failed while labelling: {type(err).__name__}: {err}") from err
     scored_at = time.perf_counter()
     rng = random.Random(seed * 1_000_003 + r)
     rows, counts, best, worst = [], {"pairs": 0, "tied": 0, "dropped": 0}, [], []
