@@ -101,6 +101,24 @@ def test_ppo_arms_are_evaluated_like_the_losses(demo):
     assert rm.eval_pairs > 0 and rm.train_pairs + rm.eval_pairs == result.preferences.pairs
 
 
+def test_online_dpo_spends_the_offline_runs_reward_calls_and_steps(demo):
+    """The online arm: the training prompts split over its rounds (K calls each), max_steps split over them, its
+    policy evaluated after every round; each round's data on disk; the budget in the report."""
+    out, result = demo
+    (online,) = [run for run in result.runs if run.method.kind == "online"]
+    offline = next(run for run in result.runs if run.method.kind == "loss")
+    rounds = [json.loads(line) for line in (Path(online.run_dir) / "rounds.jsonl").read_text().splitlines()]
+    assert len(rounds) == TINY.online_rounds
+    k, prompts = result.config.samples_per_prompt, len(result.config.train_prompts)
+    assert online.label_calls == rounds[-1]["label_calls"] == k * prompts == offline.label_calls
+    trained = [r for r in rounds if r["trained"]]
+    assert online.steps == len(trained) * (TINY.method_steps // TINY.online_rounds)
+    assert len(online.points) == len(trained) and all(p.kl >= 0 for p in online.points)
+    assert all((Path(online.run_dir) / f"round_{r['round']}.jsonl").is_file() for r in rounds)
+    assert f"Reward calls: Online DPO {online.label_calls} (the offline runs' preference data: {k * prompts})" in (
+        out / "report.md").read_text()
+
+
 def test_best_of_n_is_the_ground_truth_of_the_learned_models_pick(demo):
     """Re-select from the saved draw: the best of the first N by the learned reward, re-scored by VADER."""
     out, result = demo

@@ -1,4 +1,4 @@
-"""The frontier's method kinds (loss, ppo, bon): what each requires, how the YAML spells them, that one table
+"""The frontier's method kinds (loss, ppo, bon, online): what each requires, how the YAML spells them, that one table
 dispatches them, the PPO settings a method gets, and the learned reward model's split of the pairs."""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def test_the_rlhf_arms_are_valid_methods_of_their_kinds():
     (MethodSpec("BoN", kind="bon", reward="learned"), "'methods[0].n': Best-of-N needs n >= 1, got None"),
     (MethodSpec("BoN", kind="bon", reward="learned", n=0), "'methods[0].n': Best-of-N needs n >= 1, got 0"),
     (MethodSpec("BoN", kind="bon", reward="learned", n=4, beta=0.1), "it takes no beta or run"),
-    (MethodSpec("X", "sigmoid", kind="dpo"), "'methods[0].kind' must be one of loss, ppo, bon; got 'dpo'"),
+    (MethodSpec("X", "sigmoid", kind="dpo"), "'methods[0].kind' must be one of loss, ppo, bon, online; got 'dpo'"),
 ])
 def test_each_kind_refuses_what_it_does_not_take(method: MethodSpec, message: str):
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -58,7 +58,8 @@ def test_the_yaml_spells_kinds_with_the_same_keys(tmp_path: Path, monkeypatch: p
                            MethodSpec("BoN", kind="bon", reward="learned", n=8)]
     assert (cfg.ppo, cfg.rm) == ({"iterations": 3}, {"train.lr": 1e-3})
     Path("f.yaml").write_text("model: m\nprompts: p.txt\nmethods:\n  - {label: X, kind: rl, reward: learned}\n")
-    with pytest.raises(ConfigError, match=re.escape("'methods[0].kind' must be one of loss, ppo, bon; got 'rl'")):
+    refused = "'methods[0].kind' must be one of loss, ppo, bon, online; got 'rl'"
+    with pytest.raises(ConfigError, match=re.escape(refused)):
         load_frontier_config("f.yaml")
 
 
@@ -95,3 +96,25 @@ def test_the_reward_model_holds_out_whole_prompts(tmp_path: Path):
     assert counts == {"train_pairs": 32, "eval_pairs": 8, "eval_prompts": 2}
     assert not {p["prompt"] for p in train} & {p["prompt"] for p in held}
     assert sorted(map(json.dumps, train + held)) == sorted(map(json.dumps, pairs))
+
+
+def test_an_online_method_gets_the_offline_budget_and_the_frontiers_own_keys():
+    """8 training prompts over 4 rounds: 2 new prompts a round (K x 8 reward calls in all, the offline data's);
+    train.max_steps 40 over 4 rounds: 10 steps a round; the shared run's training keys carry over, eval_every not."""
+    from dpokit.experiments.frontier_online import online_config
+
+    method = MethodSpec("Online DPO", "sigmoid", kind="online", reward="ground_truth", beta=0.3)
+    cfg = FrontierConfig(model="m", train_prompts=list("abcdefgh"), eval_prompts=["z"], methods=[method],
+                         run={"train.max_steps": 40, "train.lr": 1e-3, "train.eval_every": 5, "data.max_length": 64},
+                         online={"rounds": 4}, samples_per_prompt=3, max_new_tokens=7)
+    cfg.check()
+    online = online_config(cfg, method, "p.jsonl", None)
+    assert (online.rounds, online.prompts_per_round, online.steps_per_round) == (4, 2, 10)
+    assert (online.samples_per_prompt, online.max_new_tokens, online.max_length) == (3, 7, 64)
+    assert (online.train.lr, online.loss.name, online.loss.beta, online.reward.source) == (1e-3, "sigmoid", 0.3,
+                                                                                          "vader")
+    assert online.train.eval_every == 0  # rounds are evaluated by the frontier itself
+    with pytest.raises(ConfigError, match="samples_per_prompt come"):
+        online_config(experiment(method, online={"samples_per_prompt": 2}), method, "p.jsonl", None)
+    with pytest.raises(ConfigError, match="'methods\\[0\\].reward': a online method needs reward"):
+        experiment(MethodSpec("Online DPO", "sigmoid", kind="online")).check()

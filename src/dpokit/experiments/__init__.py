@@ -4,6 +4,7 @@
     frontier_config.py    what a frontier runs (YAML for `dpokit frontier`) and the paper's method set
     frontier.py           the protocol: preferences -> every method's run, evaluated every N steps
     frontier_rlhf.py      its RL arms: a learned reward model, PPO, PPO-GT, Best-of-N
+    frontier_online.py    its on-policy arm: dpokit online at the offline runs' reward-call and step budget
     frontier_eval.py      held-out evaluation (reward, KL) and what a run produces
     frontier_analysis.py  which family dominates where, with standard errors; best reward within KL budgets
     report.py             figures (plots.py), Markdown (report_markdown.py), JSON/CSV, the console table

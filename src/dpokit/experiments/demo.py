@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from dpokit.experiments.demo_task import corpus, split_prefix
 from dpokit.experiments.frontier import FrontierResult, run_frontier
-from dpokit.experiments.frontier_config import FrontierConfig, MethodSpec, paper_methods, rlhf_methods
+from dpokit.experiments.frontier_config import FrontierConfig, MethodSpec, online_methods, paper_methods, rlhf_methods
 from dpokit.experiments.report import console_summary, write_outputs
 from dpokit.models.tiny import tiny_llama, train_bpe_tokenizer
 from dpokit.rewards.sources import load_reward
@@ -61,7 +61,9 @@ class DemoSize:
     ppo_rollout: int = 64
     ppo_lr: float = 1e-4
     ppo_eval_every: int = 8
-    methods: tuple[MethodSpec, ...] = tuple(paper_methods() + rlhf_methods(ppo_betas=(0.05,), ns=(4, 16, 64)))
+    online_rounds: int = 4  # online DPO: the training prompts split over 4 rounds, method_steps / 4 steps each
+    methods: tuple[MethodSpec, ...] = tuple(paper_methods() + rlhf_methods(ppo_betas=(0.05,), ns=(4, 16, 64))
+                                            + online_methods())
 
 
 FULL = DemoSize()
@@ -70,11 +72,11 @@ QUICK = replace(FULL, reviews=6000, sft_steps=120, train_prompts=192, eval_promp
                 methods=(MethodSpec("DPO", "sigmoid", beta=0.1), MethodSpec("DPO", "sigmoid", beta=1.0),
                          MethodSpec("Unlikelihood", "unlikelihood", alpha=1.0), MethodSpec("Preferred-FT", "sft"),
                          MethodSpec("Plackett-Luce", "plackett_luce", beta=0.1),
-                         *rlhf_methods(ppo_betas=(0.05,), ns=(4, 16, 64))))
+                         *rlhf_methods(ppo_betas=(0.05,), ns=(4, 16, 64)), *online_methods()))
 TINY = replace(FULL, reviews=600, vocab_size=400, hidden=32, layers=1, heads=2, sft_steps=40, sft_batch=16,
                train_prompts=16, eval_prompts=6, max_new_tokens=8, method_steps=4, batch_size=4, lr=5e-3, eval_every=2,
                rm_steps=6, ppo_iterations=4, ppo_rollout=8, ppo_lr=5e-3, ppo_eval_every=2,
-               methods=(*QUICK.methods[1:5], *rlhf_methods(ppo_betas=(0.1,), ns=(2, 4))))  # tests: seconds
+               methods=(*QUICK.methods[1:5], *rlhf_methods(ppo_betas=(0.1,), ns=(2, 4)), *online_methods()))  # seconds
 SIZES = {"full": FULL, "quick": QUICK, "tiny": TINY}
 
 TASK = """\
@@ -139,6 +141,7 @@ def _run_demo(output_dir: str, settings: DemoSize, size: str, seed: int) -> Fron
            "minibatch_size": min(16, settings.ppo_rollout), "log_every": 5}
     cfg = FrontierConfig(model=str(sft.path), train_prompts=train_prompts, eval_prompts=eval_prompts,
                          output_dir=str(out), methods=list(settings.methods), run=run, rm=rm, ppo=ppo,
+                         online={"rounds": settings.online_rounds},
                          ppo_eval_every=settings.ppo_eval_every, max_new_tokens=settings.max_new_tokens, seed=seed)
     result = run_frontier(cfg, reward)
     result.seconds = time.perf_counter() - start

@@ -29,6 +29,7 @@ from dpokit.core import settings as config_io
 from dpokit.core.errors import DataError
 from dpokit.core.progress import report
 from dpokit.core.sections import SamplingSettings
+from dpokit.experiments import frontier_online as online
 from dpokit.experiments import frontier_rlhf as rlhf
 from dpokit.experiments.frontier_config import FrontierConfig, MethodSpec
 from dpokit.experiments.frontier_eval import (  # noqa: F401  (EvalPoint, Evaluation, FrontierResult, RunResult: re-exported)
@@ -133,7 +134,8 @@ def run_loss_method(context: MethodContext, method: MethodSpec) -> RunResult:
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # train() appends; a re-run starts a fresh log
     record = Recorder(context.evaluator, method)
     summary = train(run_cfg, callback=record)
-    return RunResult(method, str(run_dir), record.points, record.last, summary.steps, summary.seconds)
+    calls = context.files.stats.prompts * context.files.samples_per_prompt  # the preference data's reward calls
+    return RunResult(method, str(run_dir), record.points, record.last, summary.steps, summary.seconds, calls)
 
 
 class Runner(NamedTuple):
@@ -147,4 +149,5 @@ RUNNERS = {  # one per frontier_config.KINDS entry
     "loss": Runner(check_loss_method, run_loss_method),
     "ppo": Runner(rlhf.check_ppo_method, rlhf.run_ppo_method),
     "bon": Runner(rlhf.check_bon_method, rlhf.run_bon_method),
+    "online": Runner(online.check_online_method, online.run_online_method),
 }

@@ -41,6 +41,7 @@ KINDS = {
     "loss": MethodKind(loss=True),  # dpokit `train()` on the preference files (DPO, Unlikelihood, ...)
     "ppo": MethodKind(reward=True),  # `train_ppo` from πref on the training prompts
     "bon": MethodKind(reward=True, n=True, trains=False),  # best of N samples of πref on the held-out prompts
+    "online": MethodKind(loss=True, reward=True),  # `dpokit online` from πref: rounds of its own samples, labelled
 }
 REWARDS = ("learned", "ground_truth")
 
@@ -53,9 +54,10 @@ class MethodSpec:
                               "(e.g. DPO's β sweep)")
     loss: str = setting("", "kind loss: a dpokit loss expression, e.g. sigmoid, unlikelihood, sft, plackett_luce")
     kind: str = setting("loss", "loss: dpokit train with `loss` | ppo: PPO-RLHF from πref on the training prompts | "
-                                "bon: Best-of-N samples of πref on the held-out prompts", choices=tuple(KINDS))
-    reward: str | None = setting(None, "ppo and bon: learned (a reward model trained once on the frontier's own "
-                                       "pairs, see `rm`) | ground_truth (the frontier's reward)",
+                                "bon: Best-of-N samples of πref on the held-out prompts | online: dpokit online with "
+                                "`loss` from πref on the training prompts, labelled by `reward`", choices=tuple(KINDS))
+    reward: str | None = setting(None, "ppo, bon and online: learned (a reward model trained once on the frontier's "
+                                       "own pairs, see `rm`) | ground_truth (the frontier's reward)",
                                  choices=(None, *REWARDS))
     n: int | None = setting(None, "bon: samples per prompt, the best by `reward` kept (x: log N - (N-1)/N)")
     beta: float | None = setting(None, "loss.beta for this run, if the loss uses it; ppo: the KL coefficient")
@@ -116,6 +118,12 @@ def paper_methods() -> list[MethodSpec]:
     ]
 
 
+def online_methods(betas: tuple[float, ...] = (0.1,)) -> list[MethodSpec]:
+    """On-policy DPO (the question the paper leaves open): `dpokit online` from πref, its samples labelled by the
+    ground-truth reward, at the offline runs' reward-call and step budget, for each β in `betas`."""
+    return [MethodSpec("Online DPO", "sigmoid", kind="online", reward="ground_truth", beta=b) for b in betas]
+
+
 def rlhf_methods(ppo_betas: tuple[float, ...] = (0.05,), ns: tuple[int, ...] = (4, 16, 64)) -> list[MethodSpec]:
     """The paper's RL arms: PPO with a reward model learned from the preference pairs, PPO-GT with the ground-truth
     reward itself (an upper bound for PPO), each over the KL coefficients `ppo_betas`; and Best-of-N by the learned
@@ -158,6 +166,11 @@ class FrontierSettings:
              "model, prompts, reward, seed and max_new_tokens come from the frontier", factory=dict)
     ppo_eval_every: int = setting(10, "ppo methods: evaluate on the held-out prompts every N iterations (and after "
                                       "the last)", gt=0)
+    online: dict[str, Any] = setting(
+        help="`dpokit online` settings for every online method, e.g. {rounds: 4, labels: sampled}; by default its "
+             "reward calls and optimizer steps match the offline runs': the training prompts split over the rounds, "
+             "train.max_steps split over them; model, prompts, reward, samples_per_prompt, max_new_tokens and seed "
+             "come from the frontier", factory=dict)
 
 
 @dataclass(kw_only=True)
@@ -213,7 +226,7 @@ class FrontierFile(FrontierSettings):
         else:
             train, held_out = split_prompts(prompts, self.eval_fraction, self.seed)
         shared = {f.name: getattr(self, f.name) for f in fields(FrontierSettings)}
-        flat = {key: config_io.flatten(getattr(self, key)) for key in ("run", "rm", "ppo")}
+        flat = {key: config_io.flatten(getattr(self, key)) for key in ("run", "rm", "ppo", "online")}
         cfg = FrontierConfig(**{**shared, **flat}, train_prompts=train,
                              eval_prompts=held_out)
         cfg.check()

@@ -109,7 +109,7 @@ class Recorder:
 @dataclass
 class RunResult:
     """One method's run: its evaluations in order (`points`), the last one in full, its length (optimizer steps,
-    PPO iterations, 0 for Best-of-N) and wall time."""
+    PPO iterations, 0 for Best-of-N), wall time, and for the preference-trained runs the label budget."""
 
     method: MethodSpec
     run_dir: str
@@ -117,6 +117,7 @@ class RunResult:
     final: Evaluation
     steps: int
     seconds: float
+    label_calls: int | None = None  # reward calls its training data cost (the offline data's, or online's own)
 
 
 @dataclass

@@ -111,5 +111,5 @@ def _results(result: FrontierResult, comparisons: list[FrontierComparison], budg
 def _run_record(run: RunResult) -> dict[str, object]:
     return {"label": run.method.label, "setting": run.method.setting, "kind": run.method.kind,
             "loss": run.method.loss, "reward": run.method.reward, "n": run.method.n,
-            "run_dir": run.run_dir, "steps": run.steps, "seconds": run.seconds,
+            "run_dir": run.run_dir, "steps": run.steps, "seconds": run.seconds, "label_calls": run.label_calls,
             "points": [asdict(p) for p in run.points]}

@@ -59,7 +59,7 @@ def _setup(result: FrontierResult) -> str:
 
 
 def _rlhf_setup(result: FrontierResult) -> list[str]:
-    """Setup lines for the RL arms that ran: the learned reward model, PPO, Best-of-N."""
+    """Setup lines for the RL arms that ran: the learned reward model, PPO, online DPO, Best-of-N."""
     cfg, kinds, lines = result.config, {run.method.kind for run in result.runs}, []
     if result.reward_model:
         rm = result.reward_model
@@ -73,6 +73,15 @@ def _rlhf_setup(result: FrontierResult) -> list[str]:
         lines.append(f"- PPO (`dpokit ppo`, from πref on the training prompts; {ppo}; β as listed): PPO optimises the "
                      "learned reward model, PPO-GT the ground-truth reward itself. Evaluated like the losses, every "
                      f"{cfg.ppo_eval_every} iterations and after the last; its 'steps' are iterations.")
+    if "online" in kinds:
+        online = [run for run in result.runs if run.method.kind == "online"]
+        offline = next((run.label_calls for run in result.runs if run.method.kind == "loss"), None)
+        budget = ", ".join(f"{run.method.label} {run.label_calls}" for run in online)
+        same = f" (the offline runs' preference data: {offline})" if offline is not None else ""
+        keys = ", ".join(f"{k}={v}" for k, v in cfg.online.items()) or "rounds and steps matched to the offline runs"
+        lines.append(f"- Online DPO (`dpokit online`, from πref on the training prompts, labelled by its reward; {keys}"
+                     f"): each round samples {cfg.samples_per_prompt} completions of new training prompts from the "
+                     f"current policy and trains on them; evaluated after every round. Reward calls: {budget}{same}.")
     if "bon" in kinds:
         lines.append("- Best-of-N: one draw of max(N) samples of πref per held-out prompt (seed + 3), the best of "
                      "the first N by the learned reward model kept, scored by the ground-truth reward. Its x is the "
