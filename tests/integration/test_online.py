@@ -209,3 +209,18 @@ def test_best_worst_labels_move_past_the_optimum(tmp_path):
     found = fixed_point_run(tmp_path, "best_worst")
     assert found["reward"] > found["reward_star"] + 0.5
     assert found["kl"] > 3 * found["kl_star"]
+
+
+def test_rounds_go_to_the_trackers(task, model_dir):
+    """train.report_to=[tensorboard]: each round's figures at step = round, read back from the event file."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = task / "tracked"
+    assert main(args(task, model_dir, out, "--rounds", "2", "--steps-per-round", "1",
+                     "train.report_to=[tensorboard]")) == 0
+    (run_dir,) = (out / "tracking" / "tensorboard").iterdir()
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    kl = [(e.step, e.value) for e in events.Scalars("kl")]
+    assert kl == [(r["round"], pytest.approx(r["kl"], rel=1e-6)) for r in rounds(out)]

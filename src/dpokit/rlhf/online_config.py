@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from dpokit.core.errors import ConfigError
 from dpokit.core.paths import check_local_path
-from dpokit.core.sections import ModelConfig, sampling
+from dpokit.core.sections import ModelConfig, check_report_to, sampling
 from dpokit.core.settings import setting
 from dpokit.data.config import DataConfig
 from dpokit.eval.judges import JudgeConfig
@@ -75,6 +75,7 @@ class OnlineConfig:
     def check(self) -> None:
         """What a round's `dpokit train` checks (its loss, model, paths), then what online training adds."""
         self.round_config(self.model.name_or_path, None, "", self.train.output_dir).check()
+        check_report_to("train.report_to", self.train.report_to)  # the rounds do not track; the online run does
         check_local_path("prompts", self.prompts)
         if self.judged:
             self.judge.check()
