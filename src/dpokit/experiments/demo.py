@@ -37,7 +37,7 @@ from dpokit.trainer.loop import train
 
 @dataclass(frozen=True)
 class DemoSize:
-    """How big each stage is. `FULL` takes ~7–8 minutes on 2 CPU cores (budget: 10); `QUICK` about two. PPO runs one
+    """How big each stage is. `FULL` takes ~5–8 minutes on 2 CPU cores (budget: 10); `QUICK` about two. PPO runs one
     KL coefficient (β = 0.05), not the paper's sweep: a second β would not fit the budget."""
 
     reviews: int = 16000  # SFT corpus: (prefix, continuation) examples, one per review
