@@ -224,3 +224,21 @@ def test_rounds_go_to_the_trackers(task, model_dir):
     events.Reload()
     kl = [(e.step, e.value) for e in events.Scalars("kl")]
     assert kl == [(r["round"], pytest.approx(r["kl"], rel=1e-6)) for r in rounds(out)]
+
+
+@pytest.mark.parametrize("update", ["fixed", "round"])
+def test_lora_rounds_train_against_the_reference_the_setting_names(task, model_dir, update):
+    """With LoRA each round saves a merged model plus its adapter and the next round starts from the merged one.
+    A fixed reference is the starting model in every round: round 2's policy is not, so its loss before training is
+    no longer log 2. A per-round reference is round 2's own starting policy: every log-ratio is 0 again, loss = log 2
+    exactly."""
+    out = task / f"lora-{update}"
+    assert main(args(task, model_dir, out, "--rounds", "2", "--steps-per-round", "2", "--lr", "1e-2",
+                     "model.lora.enabled=true", "model.lora.r=4", f"reference.update={update}")) == 0
+    first, second = rounds(out)
+    assert (out / "round_1" / "adapter").is_dir() and second["kl"] > 0
+    assert first["loss_before"] == pytest.approx(math.log(2), abs=1e-6)
+    if update == "round":
+        assert second["loss_before"] == pytest.approx(math.log(2), abs=1e-6)
+    else:
+        assert abs(second["loss_before"] - math.log(2)) > 1e-4
