@@ -91,6 +91,25 @@ def test_a_run_stopped_mid_round_resumes_to_the_unbroken_runs_rounds(task, model
     assert (cut / "round_2.jsonl").read_text() == (whole / "round_2.jsonl").read_text()
 
 
+def test_two_processes_share_the_sampling_and_train_identical_replicas(task, model_dir):
+    """torchrun, 2 processes (gloo): each labels half of the prompts, the main one writes the round, both train it;
+    every round ends with the same weights in both processes and one report."""
+    import subprocess
+
+    out = task / "ddp"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                           "127.0.0.1", "--master_port", "29561", "-m", "dpokit",
+                           *args(task, model_dir, out, "--rounds", "2", "--steps-per-round", "2")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("online finished") == 1
+    for record in rounds(out):
+        assert record["label_calls"] == 12 * record["round"]  # 4 prompts x K = 3, counted over both processes
+        assert record["pairs"] == len(load_examples(str(out / f"round_{record['round']}.jsonl")).examples)
+        summary = json.loads((out / f"round_{record['round']}" / "summary.json").read_text())
+        assert summary["processes"] == 2 and len(set(summary["replica_digests"])) == 1
+
+
 def test_a_judge_compares_each_completion_with_the_first(task, model_dir):
     """K = 3: two comparisons per prompt; the judge prefers the longer text, so the pivot's wins and losses order
     the group and every kept pair has the longer completion chosen."""

@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from dpokit.core.errors import ConfigError, DataError, DpokitError
 from dpokit.core.progress import say
 from dpokit.core.sections import SamplingSettings, Tracking
@@ -45,8 +43,9 @@ from dpokit.rewards.preferences import label_group, training_texts, usable
 from dpokit.rewards.sources import Reward
 from dpokit.rlhf.online_config import OnlineConfig
 from dpokit.trainer import loop
+from dpokit.trainer.dist import Parallel, Single
 from dpokit.trainer.run import evaluate_policy
-from dpokit.trainer.trackers import open_trackers
+from dpokit.trainer.trackers import Trackers, open_trackers
 
 ROUNDS_FILE = "rounds.jsonl"
 RUN_FILES = {"metrics.jsonl", "summary.json", "config.yaml", "round.json"}  # a round's own records, not its model
@@ -95,36 +94,50 @@ def run_online(cfg: OnlineConfig, reward: Reward | None = None, judge: Judge | N
     """
     start_time = time.perf_counter()
     validate(cfg, require=("model.name_or_path", "prompts", "train.output_dir"))
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("dpokit online runs in one process (each round's training may not be launched with "
-                          "torchrun or accelerate yet)")
     out = Path(cfg.train.output_dir)
     _check_output_dir(out, cfg.train.resume)
     prompts = read_prompts(cfg.prompts)
     labeller = _labeller(cfg, reward, judge)  # loaded before any model: its errors come first
+    group = Parallel() if int(os.environ.get("WORLD_SIZE", "1")) > 1 else Single()
+    try:
+        return _rounds(cfg, out, prompts, labeller, group, start_time)
+    finally:
+        group.close()
+
+
+def _rounds(cfg: OnlineConfig, out: Path, prompts: list, labeller: Labeller, group: Single,
+            start_time: float) -> OnlineSummary:
+    """Every round in turn; the main process writes the run's files, the others wait at each round's end."""
     start = load_for_sampling(cfg.model.name_or_path, cfg.chat, gguf_file=cfg.model.gguf_file)
     start.model.eval().requires_grad_(False)
-    out.mkdir(parents=True, exist_ok=True)
-    save(cfg, out / "config.yaml")
+    group.barrier()  # every process has checked the directory before the main one writes to it
+    if group.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save(cfg, out / "config.yaml")
     records: list[dict[str, Any]] = []
     finished = sum((out / f"round_{r}" / "round.json").is_file() for r in range(1, cfg.rounds + 1))
-    trackers = open_trackers(Tracking.of(cfg.train), out, to_dict(cfg), resume_step=finished)
+    trackers = open_trackers(Tracking.of(cfg.train), out, to_dict(cfg), resume_step=finished) if group.is_main \
+        else Trackers()
     try:
         current = cfg.model.name_or_path
         for r in range(1, cfg.rounds + 1):
-            record = _round(cfg, r, current, start, prompts, labeller, out)
+            record = _round(cfg, r, current, start, prompts, labeller, out, group)
             records.append(record)
-            _write_jsonl(out / ROUNDS_FILE, records)
+            if group.is_main:
+                _write_jsonl(out / ROUNDS_FILE, records)
             if r > finished:
                 trackers.log({k: v for k, v in record.items() if k != "round"}, step=r)
-                say(_summary_line(record))
+                if group.is_main:
+                    say(_summary_line(record))
             if record["trained"]:
                 current = str(out / f"round_{r}")
     finally:
         trackers.finish()
-    _copy_model(Path(current), out)
     summary = OnlineSummary(str(out), records, time.perf_counter() - start_time)
-    (out / "summary.json").write_text(json.dumps(vars(summary), indent=2))
+    if group.is_main:
+        _copy_model(Path(current), out)
+        (out / "summary.json").write_text(json.dumps(vars(summary), indent=2))
+    group.barrier()
     return summary
 
 
@@ -146,31 +159,35 @@ def _check_output_dir(out: Path, resume: str | None) -> None:
 
 
 def _round(cfg: OnlineConfig, r: int, current: str, start: SamplingModel, prompts: list, labeller: Labeller,
-           out: Path) -> dict[str, Any]:
-    """One round: its record, read back when the round finished before (a resumed run)."""
+           out: Path, group: Single) -> dict[str, Any]:
+    """One round: its record, read back when the round finished before (a resumed run). With several processes
+    each samples and labels its share of the prompts, the main one writes the round's data, and all train on it."""
     round_dir, data_path, labelled_path = out / f"round_{r}", out / f"round_{r}.jsonl", out / f"round_{r}.labels.json"
     done = round_dir / "round.json"
     if done.is_file():
         record = json.loads(done.read_text())
         labeller.calls = record["label_calls"]
         return record
-    if labelled_path.is_file():  # sampled and labelled before a stop: the same data, not a new draw
-        record = json.loads(labelled_path.read_text())
-        labeller.calls = record["label_calls"]
-    else:
-        record = _sample_and_label(cfg, r, current, start, prompts, labeller, data_path)
-        record.update(_before_training(cfg, r, current, data_path, out) if record["pairs"] else {})
-        labelled_path.write_text(json.dumps(record, indent=2))
+    if not labelled_path.is_file():  # else: sampled and labelled before a stop, the same data, not a new draw
+        record = _sample_and_label(cfg, r, current, start, prompts, labeller, data_path, group)
+        if group.is_main:
+            record.update(_before_training(cfg, r, current, data_path, out) if record["pairs"] else {})
+            labelled_path.write_text(json.dumps(record, indent=2))
+        group.barrier()
+    record = json.loads(labelled_path.read_text())
+    labeller.calls = record["label_calls"]
     record["trained"] = record["pairs"] > 0
     if record["trained"]:
         t = time.perf_counter()
         resume = "latest" if any((round_dir / "checkpoints").glob("*")) else None
         round_cfg = cfg.round_config(current, _reference(cfg), str(data_path), str(round_dir), resume)
-        summary = loop.train(round_cfg)
+        summary = loop.train(round_cfg, keep_group=group.world > 1)
         record["train_loss"] = summary.final_train.get("loss")
         record["seconds_train"] = time.perf_counter() - t
-    done.parent.mkdir(parents=True, exist_ok=True)
-    done.write_text(json.dumps(record, indent=2))
+    if group.is_main:
+        done.parent.mkdir(parents=True, exist_ok=True)
+        done.write_text(json.dumps(record, indent=2))
+    group.barrier()
     return record
 
 
@@ -182,20 +199,47 @@ def _reference(cfg: OnlineConfig) -> str | None:
 
 
 def _sample_and_label(cfg: OnlineConfig, r: int, current: str, start: SamplingModel, prompts: list,
-                      labeller: Labeller, data_path: Path) -> dict[str, Any]:
-    """Samples the round's prompts from the policy at `current`, scores, labels and writes round_r.jsonl."""
-    seed = cfg.train.seed
+                      labeller: Labeller, data_path: Path, group: Single) -> dict[str, Any]:
+    """Samples this process's share of the round's prompts from the policy at `current`, scores and labels them;
+    gathers every process's share; the main process writes round_r.jsonl. Returns the round's figures."""
     batch = _round_prompts(prompts, cfg.prompts_per_round, r)
+    mine = _share(cfg, r, current, start, batch[group.rank::group.world], labeller, group.rank)
+    shares = group.gather_objects(mine)
+    rows = [row for share in shares for row in share["rows"]]
+    if group.is_main:
+        _write_jsonl(data_path, rows)
+    scores = [s for share in shares for s in share["scores"]]
+    total = {key: sum(share[key] for share in shares) for key in ("pairs", "tied", "dropped", "calls", "kl_sum")}
+    labeller.calls = mine["calls_before"] + total["calls"]
+    return {"round": r, "prompts": len(batch), "samples": len(scores), "reward_mean": _mean(scores),
+            "reward_best": _mean([b for share in shares for b in share["best"]]),
+            "reward_worst": _mean([w for share in shares for w in share["worst"]]),
+            "kl": total["kl_sum"] / max(1, len(scores)), "pairs": total["pairs"], "tied_pairs": total["tied"],
+            "dropped_prompts": total["dropped"], "label_calls": labeller.calls, "labeller": labeller.name,
+            "seconds_sample": max(share["seconds_sample"] for share in shares),
+            "seconds_score": max(share["seconds_score"] for share in shares)}
+
+
+def _share(cfg: OnlineConfig, r: int, current: str, start: SamplingModel, batch: list, labeller: Labeller,
+           rank: int) -> dict[str, Any]:
+    """One process's part of a round: its prompts sampled K times, scored, labelled (as plain data, to gather)."""
+    k, seed, calls_before = cfg.samples_per_prompt, cfg.train.seed, labeller.calls
+    share: dict[str, Any] = {"rows": [], "scores": [], "best": [], "worst": [], "pairs": 0, "tied": 0, "dropped": 0,
+                             "calls": 0, "kl_sum": 0.0, "calls_before": calls_before, "seconds_sample": 0.0,
+                             "seconds_score": 0.0}
+    if not batch:
+        return share
     policy = start if current == cfg.model.name_or_path else load_for_sampling(current, start.chat)
     policy.model.eval()
-    k = cfg.samples_per_prompt
     settings = SamplingSettings(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.sample_batch_size)
     t = time.perf_counter()
-    samples = sample(policy.model, policy.tokenizer, batch, settings, seed=seed * 1_000_003 + r, num_samples=k,
-                     progress=cfg.train.progress, chat=policy.chat)
-    kl = sequence_kl(policy.model, start.model, samples.prompt_ids, samples.completion_ids, cfg.sample_batch_size) \
-        if policy is not start else torch.zeros(len(samples.completions))
-    sampled_at = time.perf_counter()
+    samples = sample(policy.model, policy.tokenizer, batch, settings, seed=seed * 1_000_003 + r + rank * 7_919,
+                     num_samples=k, progress=cfg.train.progress and rank == 0, chat=policy.chat)
+    if policy is not start:
+        share["kl_sum"] = float(sequence_kl(policy.model, start.model, samples.prompt_ids, samples.completion_ids,
+                                            cfg.sample_batch_size).sum())
+    share["seconds_sample"] = time.perf_counter() - t
+    t = time.perf_counter()
     try:
         scores = labeller.scores(samples, k)
     except DataError as err:
@@ -204,27 +248,22 @@ def _sample_and_label(cfg: OnlineConfig, r: int, current: str, start: SamplingMo
         raise
     except Exception as err:  # the user's reward function or judge: its own error, with where it happened
         raise DataError(f"round {r}: {labeller.name} failed while labelling: {type(err).__name__}: {err}") from err
-    scored_at = time.perf_counter()
-    rng = random.Random(seed * 1_000_003 + r)
-    rows, counts, best, worst = [], {"pairs": 0, "tied": 0, "dropped": 0}, [], []
+    share["seconds_score"], share["calls"], share["scores"] = time.perf_counter() - t, labeller.calls - calls_before, \
+        scores
+    rng = random.Random(seed * 1_000_003 + r + rank * 7_919)  # process 0: as in a run of one process
     for i, prompt in enumerate(batch):
         texts, values = samples.completions[i * k:(i + 1) * k], scores[i * k:(i + 1) * k]
-        best.append(max(values))
-        worst.append(min(values))
+        share["best"].append(max(values))
+        share["worst"].append(min(values))
         if not usable(texts):
-            counts["dropped"] += 1
+            share["dropped"] += 1
             continue
         prompt_text, texts = training_texts(policy.tokenizer, policy.chat, prompt, texts)
         labelled = label_group(prompt_text, texts, values, cfg.labels, rng)
-        rows += labelled.records
-        counts["tied"] += labelled.tied
-        counts["pairs"] += labelled.pairs
-    _write_jsonl(data_path, rows)
-    return {"round": r, "prompts": len(batch), "samples": len(scores), "reward_mean": _mean(scores),
-            "reward_best": _mean(best), "reward_worst": _mean(worst), "kl": float(kl.mean()),
-            "pairs": counts["pairs"], "tied_pairs": counts["tied"], "dropped_prompts": counts["dropped"],
-            "label_calls": labeller.calls, "labeller": labeller.name,
-            "seconds_sample": sampled_at - t, "seconds_score": scored_at - sampled_at}
+        share["rows"] += labelled.records
+        share["tied"] += labelled.tied
+        share["pairs"] += labelled.pairs
+    return share
 
 
 def _before_training(cfg: OnlineConfig, r: int, current: str, data_path: Path, out: Path) -> dict[str, float]:

@@ -93,6 +93,10 @@ class Single:
         """Every process's `row` of integers, in rank order."""
         return [row]
 
+    def gather_objects(self, obj: object) -> list[object]:
+        """Every process's `obj` (anything picklable that this job made itself), in rank order."""
+        return [obj]
+
     def barrier(self) -> None:
         """Waits until every process gets here."""
 
@@ -271,6 +275,13 @@ class Parallel(Single):
             return super().gather(row)
         mine = torch.tensor([row], dtype=torch.int64, device=self.device)
         return self.accelerator.gather(mine).tolist()
+
+    def gather_objects(self, obj: object) -> list[object]:
+        if self.world == 1:
+            return super().gather_objects(obj)
+        out: list[object] = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
 
     def barrier(self) -> None:
         self.accelerator.wait_for_everyone()

@@ -57,7 +57,7 @@ class RunSummary:
     held_per_process: dict[str, list[int]] | None = None  # elements of parameters / optimizer state per process
 
 
-def train(cfg: Config, callback: Callback | None = None) -> RunSummary:
+def train(cfg: Config, callback: Callback | None = None, keep_group: bool = False) -> RunSummary:
     """Runs a whole training job as configured; see README for the files it writes.
 
     Args:
@@ -65,25 +65,30 @@ def train(cfg: Config, callback: Callback | None = None) -> RunSummary:
         callback: called as `callback(step, policy)` with the policy in eval mode and gradients off, at every
             `train.eval_every` steps and after the last one, e.g. to sample and score completions. A dict it returns
             is written to metrics.jsonl with `"split": "callback"`.
+        keep_group: leave the process group up at the end (a caller that trains again in it, as `dpokit online`
+            does round after round, tears it down itself); by default the job ends it.
     """
     start = time.perf_counter()
-    return run_training(build_run(cfg), callback, start)
+    return run_training(build_run(cfg), callback, start, keep_group)
 
 
-def run_training(run: Run, callback: Callback | None = None, start: float | None = None) -> RunSummary:
+def run_training(run: Run, callback: Callback | None = None, start: float | None = None,
+                 keep_group: bool = False) -> RunSummary:
     """Trains a built run to its end (see `train`); `dpokit rm` builds its own (a reward model, no reference).
 
     Args:
         run: what `setup.build_run` returns, or a run built the same way around another engine and objective.
         callback: as in `train`.
         start: when the job started (`time.perf_counter()`), for the summary's seconds; default: now.
+        keep_group: as in `train`.
     """
     start = time.perf_counter() if start is None else start
     try:
         return _train(run, callback, start)
     finally:
         run.trainee.engine = run.eval_trainee.engine = None  # the DDP wrapper goes before its process group
-        run.parallel.close()
+        if not keep_group:
+            run.parallel.close()
 
 
 def _train(run: Run, callback: Callback | None, start: float) -> RunSummary:
