@@ -14,7 +14,8 @@ Each round is a `dpokit train` run from the previous round's model, so every los
 modes and checkpoints work as they do there; the optimizer starts afresh each round. The reference is the starting
 model (`reference.update: fixed`) or the policy the round starts from (`round`). A stopped run continues with
 `--resume`: finished rounds are read back, a round whose data is written reuses it (its samples are not drawn
-again) and its training resumes from its last checkpoint, so rounds.jsonl comes out as an unbroken run's.
+again) and its training resumes from its last checkpoint, so rounds.jsonl comes out as an unbroken run's. Under
+torchrun each process samples and labels its share of the prompts; the main process writes the files.
 """
 
 from __future__ import annotations
@@ -80,7 +81,10 @@ class Labeller:
         comparisons = [Comparison(samples.prompts[i], samples.completions[i], samples.completions[i - i % k])
                        for i in range(len(samples.completions)) if i % k]
         self.calls += len(comparisons)
-        wins = iter(judgment.score for judgment in self.judge.judge(comparisons))
+        judgments = self.judge.judge(comparisons)
+        if len(judgments) != len(comparisons):
+            raise DataError(f"judge {self.name} returned {len(judgments)} judgments for {len(comparisons)} comparisons")
+        wins = iter(judgment.score for judgment in judgments)
         return [0.5 if i % k == 0 else next(wins) for i in range(len(samples.completions))]
 
 
