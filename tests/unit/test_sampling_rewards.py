@@ -37,8 +37,10 @@ def test_left_pad_right_aligns_rows():
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
 
 
-def test_first_token_frequencies_match_the_softmax():
-    """60 tokens, near-uniform: transformers' default top_k=50 would never draw 10 of them (~17% of the mass)."""
+@pytest.mark.parametrize("shared", [1, 20000], ids=["prefill-per-row", "one-shared-prefill"])
+def test_first_token_frequencies_match_the_softmax(shared):
+    """60 tokens, near-uniform: transformers' default top_k=50 would never draw 10 of them (~17% of the mass). The
+    same with the 20,000 rows sharing one prefill of the prompt (K samples of one prompt)."""
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=60, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                          num_attention_heads=2, num_key_value_heads=2, eos_token_id=0,
@@ -46,7 +48,8 @@ def test_first_token_frequencies_match_the_softmax():
     model.generation_config.top_k = 5  # a checkpoint's own defaults must not leak into the draw either
     prompt = [7, 8, 9]
     n = 20000
-    drawn = sample_ids(model, [prompt] * n, SamplingSettings(max_new_tokens=1, batch_size=n), stop=0, pad_id=1)
+    drawn = sample_ids(model, [prompt] * n, SamplingSettings(max_new_tokens=1, batch_size=n), stop=0, pad_id=1,
+                       shared=shared)
     counts = torch.bincount(torch.tensor([ids[0] for ids in drawn]), minlength=60).double() / n
     with torch.no_grad():
         probs = model(torch.tensor([prompt])).logits[0, -1].double().softmax(-1)
@@ -54,6 +57,27 @@ def test_first_token_frequencies_match_the_softmax():
     assert total_variation < 0.04  # ~0.014 expected from sampling noise alone
     assert (counts > 0).all()
     assert model.generation_config.top_k == 5  # restored
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_k_samples_sharing_one_prefill_are_the_plain_paths_draws(temperature):
+    """Prompts of 1, 2, 4 and 6 tokens (left padding of 0-5), K = 3, 8 new tokens: the same rows in the same order
+    draw the same ids with the prefill shared as with a prefill per row, greedy and sampled: the seeded draw at each
+    step sees the same logits (to float precision), so the same samples come out, not only the same distribution."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, eos_token_id=0,
+                                         pad_token_id=1, bos_token_id=None)).eval()
+    prompts = [[5], [11, 12], [13, 14, 15, 16], [20, 21, 22, 23, 24, 25]]
+    rows = [p for p in prompts for _ in range(3)]
+    settings = SamplingSettings(max_new_tokens=8, temperature=temperature, batch_size=6)  # 2 prompts x 3 per call
+    plain = sample_ids(model, rows, settings, stop=0, pad_id=1, seed=5)
+    shared = sample_ids(model, rows, settings, stop=0, pad_id=1, seed=5, shared=3)
+    assert shared == plain
+    distinct = len({tuple(ids) for ids in plain})
+    assert distinct == 4 if temperature == 0 else distinct > 4  # greedy repeats a prompt's sample; sampling does not
+    with pytest.raises(ValueError, match="runs of 3"):
+        sample_ids(model, [[5], [6], [5]], settings, stop=0, pad_id=1, shared=3)
 
 
 def test_sampling_is_seeded_and_leaves_the_global_rng_alone(review_model, review_tokenizer):

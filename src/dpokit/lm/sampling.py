@@ -78,7 +78,8 @@ def sample(
     repeated = [i for i in range(len(prompts)) for _ in range(num_samples)]
     prompt_ids = [encoded[i] for i in repeated]
     stops = stop_ids(tokenizer, chat)
-    completion_ids = sample_ids(model, prompt_ids, settings, stops, tokenizer.pad_token_id, seed, progress)
+    completion_ids = sample_ids(model, prompt_ids, settings, stops, tokenizer.pad_token_id, seed, progress,
+                                shared=num_samples)
     completions = tokenizer.batch_decode(
         [[t for t in ids if t not in stops] for ids in completion_ids],
         skip_special_tokens=True, clean_up_tokenization_spaces=False,
@@ -95,6 +96,7 @@ def sample_ids(
     pad_id: int | None,
     seed: int = 0,
     progress: bool = False,
+    shared: int = 1,
 ) -> list[list[int]]:
     """Token-level sampling: completion ids of each prompt, cut after the first stop token.
 
@@ -105,13 +107,18 @@ def sample_ids(
         stop: the id, or ids (eos and a chat template's end of turn), that end a completion.
         pad_id: fills padding (the first stop id if None).
         seed: seeds the draw; the global RNG state is restored afterwards.
+        shared: the rows come in runs of `shared` copies of one prompt (what `sample` makes for `num_samples`):
+            each run's prompt is prefilled once and its KV cache copied to the run's rows, so K samples cost one
+            prefill instead of K. The rows, their order and each step's draw are those of the plain path.
 
     Returns:
         N lists of sampled ids, each of length <= `settings.max_new_tokens`.
     """
     stops = [stop] if isinstance(stop, int) else list(stop)
     pad_id = stops[0] if pad_id is None else pad_id
+    prompts = _runs(prompt_ids, shared)
     device = next(model.parameters()).device
+    config = _generation_config(settings, stops, pad_id)
     out: list[list[int]] = []
     was_training = model.training
     model.eval()
@@ -119,17 +126,44 @@ def sample_ids(
     try:
         with torch.random.fork_rng(devices=devices), _clean_generation_config(model):
             torch.manual_seed(seed)
-            batches = list(_chunks(list(prompt_ids), settings.batch_size))
+            batches = list(_chunks(prompts, max(1, settings.batch_size // shared)))
             for batch in transient(batches, "sample", progress):
-                input_ids, attention_mask = left_pad(batch, pad_id)
-                generated = model.generate(
-                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                    generation_config=_generation_config(settings, stops, pad_id),
-                )
-                out.extend(_cut_at_stop(row, stops) for row in generated[:, input_ids.shape[1]:].tolist())
+                generated, width = _generate(model, batch, shared, config, pad_id, device)
+                out.extend(_cut_at_stop(row, stops) for row in generated[:, width:].tolist())
     finally:
         model.train(was_training)
     return out
+
+
+def _runs(prompt_ids: Sequence[Sequence[int]], shared: int) -> list[Sequence[int]]:
+    """The distinct prompts of rows that come in runs of `shared` equal prompts."""
+    if shared < 1 or len(prompt_ids) % shared:
+        raise ValueError(f"{len(prompt_ids)} rows do not form runs of {shared}")
+    firsts = [prompt_ids[i] for i in range(0, len(prompt_ids), shared)]
+    if any(list(prompt_ids[i]) != list(firsts[i // shared]) for i in range(len(prompt_ids))):
+        raise ValueError(f"the rows are not runs of {shared} copies of one prompt")
+    return firsts
+
+
+def _generate(model: torch.nn.Module, prompts: list[Sequence[int]], k: int, config: GenerationConfig, pad_id: int,
+              device: torch.device) -> tuple[torch.Tensor, int]:
+    """`generate` for k samples of each prompt, rows in prompt order; returns the ids and the padded prompt width.
+
+    With k > 1 the prompts (all but their last token) go through the model once; the KV cache is repeated k times
+    and `generate` continues from it, so only the last prompt token and the new ones run for each of the k rows.
+    Positions follow the left padding as `generate` counts them (the attention mask's running sum)."""
+    input_ids, attention_mask = (x.to(device) for x in left_pad(prompts, pad_id))
+    width = input_ids.shape[1]
+    rows, mask = input_ids.repeat_interleave(k, 0), attention_mask.repeat_interleave(k, 0)
+    if k == 1 or width < 2:
+        return model.generate(input_ids=rows, attention_mask=mask, generation_config=config), width
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    cache = model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
+                  position_ids=positions[:, :-1], use_cache=True).past_key_values
+    if not hasattr(cache, "batch_repeat_interleave"):  # a model without transformers' Cache: the plain path
+        return model.generate(input_ids=rows, attention_mask=mask, generation_config=config), width
+    cache.batch_repeat_interleave(k)
+    return model.generate(input_ids=rows, attention_mask=mask, past_key_values=cache, generation_config=config), width
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
