@@ -2,7 +2,7 @@
 
     python benchmarks/sampling_prefill.py [--prompts 8] [--k 4] [--max-new-tokens 64] [--repeats 2] [--threads N]
 
-SmolLM2-135M-Instruct, Anthropic HH prompts through its chat template (`--min-prompt-tokens` picks long ones), sampled at
+SmolLM2-135M-Instruct, Anthropic HH prompts through its chat template (`--min-prompt-tokens`: long ones), sampled at
 temperature 1 with dpokit's sampler three ways, each `--repeats` times, alternating:
 - `generate(num_return_sequences=K)`: transformers' own way of drawing K samples (a prefill per sample);
 - dpokit, prefill per row (`sample_ids(..., shared=1)` on K copies of each prompt): the path before this change;
