@@ -22,6 +22,18 @@ def hh_texts(limit: int | None = None) -> list[str]:
     return [t for r in rows for t in (r["chosen"], r["rejected"])]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def tokenization_cache(tmp_path_factory):
+    """The tests' tokenization cache is their own (it starts empty and goes with the session), not the user's."""
+    before = os.environ.get("DPOKIT_CACHE")
+    os.environ["DPOKIT_CACHE"] = str(tmp_path_factory.mktemp("dpokit-cache"))
+    yield
+    if before is None:
+        os.environ.pop("DPOKIT_CACHE", None)
+    else:
+        os.environ["DPOKIT_CACHE"] = before
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """For modules of tiny models: a second torch thread gains little, and stalls badly when other processes share

@@ -17,6 +17,7 @@ Call tree: `load_examples` -> `sources.read_records` (file/dataset -> `RawRecord
     packing.py   packed rows, each prompt once, attention confined to each sequence
     batching.py  `Layout` and `batches`: plain or packed, by one setting
     config.py    the `data.*` settings
+    cache.py     the on-disk cache of tokenized examples (flat integer arrays, checksummed, written atomically)
 """
 
 from __future__ import annotations

@@ -25,3 +25,7 @@ class DataConfig:
     prompt_truncation: str = setting("keep_end", "keep_end (dialogues: keep the last turns) | keep_start | none "
                                                  "(never cut)", choices=("keep_end", "keep_start", "none"))
     limit: int | None = setting(None, "use only the first N examples (after validation)", gt=0)
+    cache: bool = setting(True, "keep the tokenized examples of local data files on disk: a second run with the same "
+                                "files, tokenizer and settings skips reading and tokenizing them")
+    cache_dir: str = setting("", "where the tokenization cache is kept; empty: $DPOKIT_CACHE/tokenized, by default "
+                                 "~/.cache/dpokit/tokenized")

@@ -70,7 +70,7 @@ class OnlineConfig:
         train = TrainConfig(**{**vars(self.train), "output_dir": output_dir, "max_steps": self.steps_per_round,
                                "resume": resume, "report_to": []})
         return Config(model=model_cfg, reference=reference_cfg, loss=self.loss, train=train,
-                      data=DataConfig(path=data, max_length=self.max_length))
+                      data=DataConfig(path=data, max_length=self.max_length, cache=False))  # seen once
 
     def check(self) -> None:
         """What a round's `dpokit train` checks (its loss, model, paths), then what online training adds."""

@@ -16,6 +16,7 @@ import torch
 
 from dpokit.core.errors import ConfigError
 from dpokit.data import LoadResult, load_examples, ranked_to_pairs, split_examples
+from dpokit.data import cache as data_cache
 from dpokit.data.batching import PLAIN, Layout, batches
 from dpokit.data.collate import Batch
 from dpokit.data.packing import PackedBatch
@@ -36,7 +37,38 @@ class PreparedData:
 
 
 def prepare_data(cfg: Config, tokenizer, objective: Objective) -> PreparedData:
-    """Loads, validates, splits, fits to the objective (pairs / ranked / unpaired) and tokenizes."""
+    """Loads, validates, splits, fits to the objective (pairs / ranked / unpaired) and tokenizes; or, for local files
+    seen before with the same tokenizer and settings (`data.cache`), reads the result back from the cache."""
+    key, root = _cache_key(cfg, tokenizer, objective), data_cache.root_of(cfg.data.cache_dir)
+    entry = data_cache.load(root, key) if key else data_cache.Entry(None, [], None)
+    if entry.splits is not None:
+        return PreparedData(entry.splits["train"], entry.splits["eval"], [*entry.notes, entry.message])
+    data = _prepare(cfg, tokenizer, objective)
+    if key:
+        data_cache.save(root, key, {"train": data.train, "eval": data.eval}, data.notes)
+    if entry.message:
+        data.notes.append(entry.message)
+    return data
+
+
+def _cache_key(cfg: Config, tokenizer, objective: Objective) -> str | None:
+    """The tokenization cache key of this run's data: every input of `_prepare` that can change its examples or
+    ids. None (no caching) when `data.cache` is off or a source is not a local file (a hub dataset, a directory)."""
+    sources = [p for p in (cfg.data.path, cfg.data.eval_path) if p]
+    if not cfg.data.cache or not all(Path(p).expanduser().is_file() for p in sources):
+        return None
+    data = cfg.data
+    return data_cache.key_of({
+        "files": [data_cache.file_digest(Path(p).expanduser()) for p in sources], "has_eval_file": bool(data.eval_path),
+        "tokenizer": data_cache.tokenizer_digest(tokenizer),
+        "data": {k: getattr(data, k) for k in ("format", "split", "limit", "eval_fraction", "prompt_marker",
+                                                "on_bad_record", "max_length", "max_prompt_length",
+                                                "prompt_truncation")},
+        "seed": cfg.train.seed, "objective": [objective.chosen_only, objective.unpaired, objective.ranked],
+    })
+
+
+def _prepare(cfg: Config, tokenizer, objective: Objective) -> PreparedData:
     notes: list[str] = []
     loaded = _load(cfg, cfg.data.path, tokenizer, notes)
     train, held_out = loaded.examples, []
