@@ -175,7 +175,8 @@ def online(yaml_path: str | None, flags: dict, overrides: list[str]) -> int:
     if os.environ.get("RANK", "0") != "0":
         return 0  # one report per job
     last = summary.rounds[-1]
-    print(f"\nonline finished: {len(summary.rounds)} rounds in {summary.seconds:.0f} s, {last['label_calls']} label "
+    rounds = f"{len(summary.rounds)} round{'' if len(summary.rounds) == 1 else 's'}"
+    print(f"\nonline finished: {rounds} in {summary.seconds:.0f} s, {last['label_calls']} label "
           f"calls; the final policy is in {summary.output_dir} (rounds.jsonl: one line per round)")
     return 0
 
