@@ -16,6 +16,7 @@ manifest (truncated, altered) is reported, removed and rebuilt, never half-used.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -120,13 +121,14 @@ def _write_split(folder: Path, examples: Sequence[TokenizedExample]) -> dict[str
 
 
 def _read_split(folder: Path, info: dict[str, Any]) -> list[TokenizedExample]:
-    for name, digest in info["sha256"].items():
-        if file_digest(folder / name) != digest:
+    files = {}
+    for name, digest in info["sha256"].items():  # each file read once: checked, then parsed from the same bytes
+        files[name] = (folder / name).read_bytes()
+        if hashlib.sha256(files[name]).hexdigest() != digest:
             raise ValueError(f"{folder / name} does not match its checksum")
-    tokens = np.load(folder / "tokens.npy", allow_pickle=False).tolist()
-    shape = np.load(folder / "shape.npy", allow_pickle=False).tolist()
-    lengths = np.load(folder / "lengths.npy", allow_pickle=False).tolist()
-    where = json.loads((folder / "where.json").read_text())
+    tokens, shape, lengths = (np.load(io.BytesIO(files[name]), allow_pickle=False).tolist()
+                              for name in ("tokens.npy", "shape.npy", "lengths.npy"))
+    where = json.loads(files["where.json"])
     if len(shape) != info["examples"] or len(where) != len(shape):
         raise ValueError(f"{folder} holds {len(shape)} examples, its manifest {info['examples']}")
     out, at, response = [], 0, 0
