@@ -118,6 +118,19 @@ def paper_methods() -> list[MethodSpec]:
     ]
 
 
+def refuse_frontier_keys(sections: dict[str, dict[str, Any]], owned: tuple[str, ...]) -> None:
+    """A method's settings sections (`ppo:`, `online:`, a method's `run`) may not set what the frontier itself sets
+    for every method (`owned`: model, prompts, reward, ...); `sections` maps each section's name to its keys.
+
+    Raises:
+        ConfigError: naming the section and the keys, e.g. "ppo: model come(s) from the frontier itself ...".
+    """
+    for where, keys in sections.items():
+        clash = sorted(k for k in keys if k.split(".")[0] in owned)
+        if clash:
+            raise ConfigError(f"{where}: {', '.join(clash)} come(s) from the frontier itself and may not be set here")
+
+
 def online_methods(betas: tuple[float, ...] = (0.1,)) -> list[MethodSpec]:
     """On-policy DPO (the question the paper leaves open): `dpokit online` from πref, its samples labelled by the
     ground-truth reward, at the offline runs' reward-call and step budget, for each β in `betas`."""

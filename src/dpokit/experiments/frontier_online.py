@@ -16,9 +16,8 @@ import shutil
 from pathlib import Path
 
 from dpokit.core import settings as config_io
-from dpokit.core.errors import ConfigError
 from dpokit.core.sections import ModelConfig
-from dpokit.experiments.frontier_config import FrontierConfig, MethodSpec
+from dpokit.experiments.frontier_config import FrontierConfig, MethodSpec, refuse_frontier_keys
 from dpokit.experiments.frontier_eval import MethodContext, Recorder, RunResult
 from dpokit.models.loading import default_device, load_model
 from dpokit.rewards.preferences import PreferenceFiles
@@ -33,10 +32,7 @@ TRAIN_KEYS = ("train.", "loss.", "model.lora.", "reference.")  # what the shared
 def online_config(cfg: FrontierConfig, method: MethodSpec, prompts_path: str, chat: bool | None) -> OnlineConfig:
     """`dpokit online` settings of one method: the frontier's model, prompts, K, budget and seed; the shared run's
     training keys; the budget-matching defaults; then the frontier's `online`, the method's `run`, `beta`."""
-    for where, keys in (("online", cfg.online), (f"{method.label} run", method.run)):
-        clash = sorted(k for k in keys if k.split(".")[0] in FROM_FRONTIER)
-        if clash:
-            raise ConfigError(f"{where}: {', '.join(clash)} come(s) from the frontier itself and may not be set here")
+    refuse_frontier_keys({"online": cfg.online, f"{method.label} run": method.run}, FROM_FRONTIER)
     train = {k: v for k, v in cfg.run.items() if k.startswith(TRAIN_KEYS) and k not in ("train.max_steps",
                                                                                         "train.epochs",
                                                                                         "train.eval_every")}

@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 
 from dpokit.core import settings as config_io
-from dpokit.core.errors import ConfigError
 from dpokit.core.progress import report
-from dpokit.experiments.frontier_config import KINDS, FrontierConfig, MethodSpec
+from dpokit.experiments.frontier_config import KINDS, FrontierConfig, MethodSpec, refuse_frontier_keys
 from dpokit.experiments.frontier_eval import (
     EVAL_SEED_OFFSET,
     Evaluation,
@@ -100,10 +99,7 @@ def ppo_config(cfg: FrontierConfig, method: MethodSpec, prompts_path: str, chat:
     """`dpokit ppo` settings of one method: the frontier's model, prompts, seed and budget, then the shared `ppo`
     section, the method's `run`, and its `beta` (the KL coefficient)."""
 
-    for where, keys in (("ppo", cfg.ppo), (f"{method.label} run", method.run)):
-        clash = sorted(k for k in keys if k.split(".")[0] in FROM_FRONTIER)
-        if clash:
-            raise ConfigError(f"{where}: {', '.join(clash)} come(s) from the frontier itself and may not be set here")
+    refuse_frontier_keys({"ppo": cfg.ppo, f"{method.label} run": method.run}, FROM_FRONTIER)
     layers = {"model": cfg.model, "prompts": prompts_path, "output_dir": str(Path(cfg.output_dir) / "runs" /
               method.slug), "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens, "chat": chat,
               "progress": cfg.progress}
