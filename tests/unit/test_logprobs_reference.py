@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
 from dpokit.core.sections import LoraConfig, ModelConfig
 from dpokit.data.collate import collate
 from dpokit.data.records import Example
+from dpokit.data.store import StoreBuilder
 from dpokit.data.tokenize import TokenizeSettings, tokenize_examples
 from dpokit.lm.logprobs import selected_token_logps, sequence_logps
 from dpokit.lm.reference import AdapterOff, FrozenModel, cache_key, load_cached, precompute
@@ -92,3 +94,27 @@ def test_cache_key_tracks_weights_and_data_not_the_adapter(model, examples):
     with torch.no_grad():
         next(changed.parameters()).add_(1e-3)
     assert cache_key(changed, examples, "fp32") != key
+
+
+@pytest.mark.parametrize("damage", ["truncated", "wrong shape"])
+def test_a_damaged_reference_cache_is_removed_not_used(model, examples, tokenizer, tmp_path, damage):
+    path = tmp_path / "c.safetensors"
+    batches = [collate(examples, tokenizer.pad_token_id)]
+    precompute(FrozenModel(model), batches, path, len(examples), 2, progress=False)
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:-16])
+        shape = (len(examples), 2)
+    else:
+        shape = (len(examples) + 1, 2)  # the table of other data
+    assert load_cached(path, shape) is None and not path.exists()
+
+
+def test_a_store_is_keyed_by_its_ids_and_indices(model, examples):
+    builder = StoreBuilder(vocab_size=len(examples) + 10_000)
+    for ex in examples:
+        builder.add(ex, "x.jsonl", 1)
+    store = builder.build()
+    key = cache_key(model, store, "fp32")
+    assert cache_key(model, store[:], "fp32") == key
+    assert cache_key(model, store.take(np.arange(len(store)), np.arange(len(store)) + 1), "fp32") != key
+    assert cache_key(model, store[1:], "fp32") != key

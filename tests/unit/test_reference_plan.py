@@ -8,7 +8,7 @@ import torch
 from dpokit.core.errors import ConfigError
 from dpokit.lm.reference import AdapterOff, FrozenModel
 from dpokit.losses import parse_objective
-from dpokit.trainer.assembly import PreparedData, ReferencePlan, build_policy, build_reference, load_all, plan_reference
+from dpokit.trainer.assembly import Prepared, ReferencePlan, build_policy, build_reference, load_all, plan_reference
 from dpokit.trainer.config import Config
 
 OTHER = "other-reference"
@@ -103,7 +103,7 @@ def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def test_the_built_reference_is_the_planned_one(mode, lora, named, model_dir, other_model_dir):
     cfg = config(mode, lora, str(other_model_dir) if named else None, model=str(model_dir))
     policy = build_policy(cfg, torch.device("cpu"))
-    train_ref, eval_ref = build_reference(cfg, policy, parse_objective("sigmoid"), PreparedData([], []), 0,
+    train_ref, eval_ref = build_reference(cfg, policy, parse_objective("sigmoid"), Prepared([], []), 0,
                                           torch.device("cpu"))
     assert train_ref is eval_ref
     if TABLE[mode, lora, named].live == "adapter":

@@ -3,6 +3,7 @@ examples the first tokenized; any change of key tokenizes again; a damaged or ha
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -69,7 +70,7 @@ def test_a_damaged_entry_is_removed_and_rebuilt_never_used(setup, tokenizer, dam
     objective = parse_objective("sigmoid")
     fresh = prepare_data(cfg, tokenizer, objective)
     (entry,) = entries(cache)
-    tokens = entry / "train" / "tokens.npy"
+    tokens = entry / "tokens.npy"
     if damage == "truncated":
         tokens.write_bytes(tokens.read_bytes()[:-40])
     elif damage == "altered":
@@ -77,12 +78,28 @@ def test_a_damaged_entry_is_removed_and_rebuilt_never_used(setup, tokenizer, dam
         array[3] += 1
         np.save(tokens, array)
     else:
-        (entry / "eval" / "where.json").unlink()
+        (entry / "sources.json").unlink()
     again = prepare_data(cfg, tokenizer, objective)
     assert (again.train, again.eval) == (fresh.train, fresh.eval)
     assert "unusable" in again.notes[-1] and str(entry) in again.notes[-1]
     third = prepare_data(cfg, tokenizer, objective)  # the rebuilt entry serves the next run
     assert "read from the cache" in third.notes[-1] and third.train == fresh.train
+
+
+def test_rows_pointing_outside_the_arrays_are_refused_even_with_good_checksums(setup, tokenizer):
+    """A checksum proves the bytes are those written, not that they were written right: bounds are checked too."""
+    cfg, _, cache = setup
+    objective = parse_objective("sigmoid")
+    fresh = prepare_data(cfg, tokenizer, objective)
+    (entry,) = entries(cache)
+    rows = np.load(entry / "train.npy")
+    rows[-1, 1] += 10_000  # the last example's prompt runs past the end of tokens.npy
+    np.save(entry / "train.npy", rows)
+    manifest = json.loads((entry / "manifest.json").read_text())
+    manifest["sha256"]["train.npy"] = hashlib.sha256((entry / "train.npy").read_bytes()).hexdigest()
+    (entry / "manifest.json").write_text(json.dumps(manifest))
+    again = prepare_data(cfg, tokenizer, objective)
+    assert "run past the end" in again.notes[-1] and again.train == fresh.train
 
 
 def test_a_half_written_entry_is_not_an_entry(setup, tokenizer):

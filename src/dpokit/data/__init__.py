@@ -17,12 +17,15 @@ Call tree: `load_examples` -> `sources.read_records` (file/dataset -> `RawRecord
     packing.py   packed rows, each prompt once, attention confined to each sequence
     batching.py  `Layout` and `batches`: plain or packed, by one setting
     config.py    the `data.*` settings
-    cache.py     the on-disk cache of tokenized examples (flat integer arrays, checksummed, written atomically)
+    store.py     `TokenStore`: tokenized examples as flat integer arrays, read out one by one
+    prepare.py   files -> train/eval stores, streamed: load, fit to the loss, tokenize, split
+    cache.py     the on-disk cache of prepared stores (checksummed, written atomically)
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -57,6 +60,7 @@ __all__ = [
     "ranked_to_pairs",
     "read_records",
     "split_examples",
+    "stream_examples",
 ]
 
 
@@ -85,11 +89,13 @@ class LoadResult:
     skipped: list[Skip] = dataclass_field(default_factory=list)
     format: str = ""
     source: str = ""
+    loaded: int = 0  # usable examples read; `stream_examples` counts them without keeping them in `examples`
 
     def report(self) -> str:
         """One line for the log: how many examples loaded, how many skipped and why (grouped by reason)."""
-        noun = "example" if len(self.examples) == 1 else "examples"
-        head = f"loaded {len(self.examples):,} {noun} ({self.format}) from {self.source}"
+        n = len(self.examples) or self.loaded
+        noun = "example" if n == 1 else "examples"
+        head = f"loaded {n:,} {noun} ({self.format}) from {self.source}"
         if not self.skipped:
             return f"{head}; skipped 0"
         return f"{head}; skipped {len(self.skipped):,}: {summarize_skips(self.skipped)}"
@@ -130,27 +136,54 @@ def load_examples(
         ConfigError: an unknown format or policy, a bad limit, or conversational data without a chat tokenizer.
         DataError: the source cannot be read, a record is bad under "error", or no record is usable.
     """
+    result = LoadResult(examples=[], format=format, source=str(path))
+    result.examples.extend(stream_examples(path, result, format=format, on_bad_record=on_bad_record,
+                                           prompt_marker=prompt_marker, tokenizer=tokenizer, split=split, limit=limit))
+    return result
+
+
+def stream_examples(
+    path: str,
+    result: LoadResult,
+    *,
+    format: str = "auto",
+    on_bad_record: str = "error",
+    prompt_marker: str = DEFAULT_PROMPT_MARKER,
+    tokenizer: Any = None,
+    split: str = "train",
+    limit: int | None = None,
+) -> Iterator[Example]:
+    """`load_examples`, one example at a time: memory stays flat however big the source. `result` collects the
+    skips, the count and the resolved format as the examples go by (it keeps no example). Options and errors are
+    those of `load_examples`; bad options are refused at the call, before the first `next()`."""
     _check_options(format, on_bad_record, prompt_marker, limit)
     if format == "conversational":
         require_chat_tokenizer(tokenizer)
-    options = FormatOptions(prompt_marker=prompt_marker, tokenizer=tokenizer)
-    result = LoadResult(examples=[], format=format, source=str(path))
+    result.format, result.source = format, str(path)
     records = read_records(str(path), split=split)
+    return _stream(records, result, FormatOptions(prompt_marker=prompt_marker, tokenizer=tokenizer), on_bad_record,
+                   limit)
+
+
+def _stream(records: Iterator[RawRecord], result: LoadResult, options: FormatOptions, on_bad_record: str,
+            limit: int | None) -> Iterator[Example]:
     with closing(records):
         for raw in records:
             try:
-                result.examples.append(_parse(raw, result, options))
+                example = _parse(raw, result, options)
             except BadRecord as bad:
                 skip = Skip(raw.source, raw.line, bad.field, bad.reason)
                 if on_bad_record == "error":
                     raise DataError(skip.reason, source=skip.source, line=skip.line, field=skip.field,
                                     hint=SKIP_HINT) from None
                 result.skipped.append(skip)
-            if limit is not None and len(result.examples) >= limit:
+                continue
+            result.loaded += 1
+            yield example
+            if limit is not None and result.loaded >= limit:
                 break
-    if not result.examples:
-        raise DataError(_nothing_usable(result.skipped), source=str(path))
-    return result
+    if not result.loaded:
+        raise DataError(_nothing_usable(result.skipped), source=result.source)
 
 
 def _check_options(format: str, on_bad_record: str, prompt_marker: str, limit: int | None) -> None:
@@ -199,16 +232,24 @@ def split_examples(examples: list[Example], eval_fraction: float, seed: int) -> 
     Raises:
         ConfigError: `eval_fraction` is outside [0, 1).
     """
+    held_out = set(held_out_positions(len(examples), eval_fraction, seed))
+    return Split(
+        train=[ex for i, ex in enumerate(examples) if i not in held_out],
+        eval=[ex for i, ex in enumerate(examples) if i in held_out],
+    )
+
+
+def held_out_positions(n: int, eval_fraction: float, seed: int) -> list[int]:
+    """The positions `split_examples` holds out of n examples (in no particular order).
+
+    Raises:
+        ConfigError: `eval_fraction` is outside [0, 1).
+    """
     if not 0.0 <= eval_fraction < 1.0:
         raise ConfigError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
-    n = len(examples)
     n_eval = round(n * eval_fraction)
     if eval_fraction > 0 and n > 1:
         n_eval = min(max(n_eval, 1), n - 1)
     order = list(range(n))
     random.Random(seed).shuffle(order)
-    held_out = set(order[:n_eval])
-    return Split(
-        train=[ex for i, ex in enumerate(examples) if i not in held_out],
-        eval=[ex for i, ex in enumerate(examples) if i in held_out],
-    )
+    return order[:n_eval]

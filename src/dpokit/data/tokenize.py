@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from dpokit.core.errors import DataError
 from dpokit.core.progress import transient
@@ -50,13 +51,33 @@ class TokenizeSettings:
     on_bad_record: str = "error"  # error | skip
 
 
+class Fitted(NamedTuple):
+    """One example cut to `max_length`: the tokenized example, or why it was skipped, and what was cut."""
+
+    example: TokenizedExample | None
+    skip: Skip | None = None
+    prompt_cut: bool = False
+    responses_cut: bool = False
+    identical: bool = False  # responses became equal: no preference signal left
+
+
 @dataclass
 class TokenizeResult:
-    examples: list[TokenizedExample]
+    examples: Sequence[TokenizedExample]
     skipped: list[Skip] = field(default_factory=list)
     prompts_truncated: int = 0
     responses_truncated: int = 0
     identical_after_truncation: int = 0  # pairs whose responses became equal: they carry no preference signal
+
+    def add(self, fitted: Fitted) -> None:
+        """Counts what `fit_length` did; keeps the example, or its skip."""
+        self.prompts_truncated += fitted.prompt_cut
+        self.responses_truncated += fitted.responses_cut
+        self.identical_after_truncation += fitted.identical
+        if fitted.example is not None:
+            self.examples.append(fitted.example)
+        else:
+            self.skipped.append(fitted.skip)
 
     def report(self) -> str:
         parts = [f"tokenized {len(self.examples):,} examples"]
@@ -74,6 +95,15 @@ def tokenize_examples(
     examples: list[Example], tokenizer, settings: TokenizeSettings, progress: bool = False
 ) -> TokenizeResult:
     """Tokenizes and truncates every example; bad ones raise or are skipped according to `settings.on_bad_record`."""
+    result = TokenizeResult(examples=[])
+    encoded = encode_examples(examples, tokenizer)
+    for i, (ex, (prompt, resps)) in enumerate(zip(transient(examples, "tokenize", progress), encoded, strict=True)):
+        result.add(fit_length(ex, i, prompt, resps, settings))
+    return result
+
+
+def encode_examples(examples: Sequence[Example], tokenizer) -> list[tuple[list[int], list[list[int]]]]:
+    """Each example's prompt ids and response ids (each closed by one end of turn), not yet cut to length."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise DataError("the tokenizer has no eos token; set one (tokenizer.eos_token) before training")
@@ -82,12 +112,8 @@ def tokenize_examples(
     # the spaces `encode_prompts` strips off a prompt's end start each of its responses instead
     responses = [ex.prompt[len(ex.prompt.rstrip(" ")):] + r for ex in examples for r in ex.responses]
     response_ids = iter(_encode(tokenizer, responses))
-    result = TokenizeResult(examples=[])
-    for i, ex in enumerate(transient(examples, "tokenize", progress)):
-        prompt = prompt_ids[i]
-        resps = [_close(next(response_ids), eos, closers) for _ in ex.responses]
-        _add(result, ex, i, prompt, resps, settings)
-    return result
+    return [(prompt, [_close(next(response_ids), eos, closers) for _ in ex.responses])
+            for prompt, ex in zip(prompt_ids, examples, strict=True)]
 
 
 def _close(response: list[int], eos: int, closers: set[int]) -> list[int]:
@@ -96,12 +122,14 @@ def _close(response: list[int], eos: int, closers: set[int]) -> list[int]:
     return response if closers.intersection(response) else [*response, eos]
 
 
-def _add(result: TokenizeResult, ex: Example, index: int, prompt: list[int], resps: list[list[int]], s) -> None:
+def fit_length(ex: Example, index: int, prompt: list[int], resps: list[list[int]], s: TokenizeSettings) -> Fitted:
+    """Cuts one example's ids to `s.max_length` (see the module docstring); a prompt leaving no room raises
+    DataError under on_bad_record=error, else is skipped."""
     longest = max(len(r) for r in resps)
     keep = s.max_prompt_length or s.max_length // 2
-    if len(prompt) + longest > s.max_length and s.prompt_truncation != "none" and len(prompt) > keep:
+    prompt_cut = len(prompt) + longest > s.max_length and s.prompt_truncation != "none" and len(prompt) > keep
+    if prompt_cut:
         prompt = prompt[-keep:] if s.prompt_truncation == "keep_end" else prompt[:keep]
-        result.prompts_truncated += 1
     room = s.max_length - len(prompt)
     if room < 1:
         reason = f"prompt has {len(prompt)} tokens, leaving no room for a response under max_length={s.max_length}"
@@ -110,16 +138,14 @@ def _add(result: TokenizeResult, ex: Example, index: int, prompt: list[int], res
                             hint="set data.prompt_truncation to keep_end or keep_start to cut prompts, or " + SKIP_HINT)
         # a fixed reason, so the report groups these skips into one count
         no_room = f"prompt leaves no room for a response under max_length={s.max_length}"
-        result.skipped.append(Skip(ex.source, ex.line, "prompt", no_room))
-        return
+        return Fitted(None, Skip(ex.source, ex.line, "prompt", no_room), prompt_cut)
+    responses_cut = identical = False
     if longest > room:
         resps = [r[:room] for r in resps]
-        result.responses_truncated += 1
-        if len(resps) > 1 and len(set(map(tuple, resps))) < len(resps):
-            result.identical_after_truncation += 1
-    result.examples.append(
-        TokenizedExample(index, tuple(prompt), tuple(tuple(r) for r in resps), ex.label, ex.where)
-    )
+        responses_cut = True
+        identical = len(resps) > 1 and len(set(map(tuple, resps))) < len(resps)
+    example = TokenizedExample(index, tuple(prompt), tuple(tuple(r) for r in resps), ex.label, ex.where)
+    return Fitted(example, None, prompt_cut, responses_cut, identical)
 
 
 def encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:

@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from dpokit.core.progress import transient
+from dpokit.core.progress import say, transient
 from dpokit.data.collate import Batch
 from dpokit.data.packing import PackedBatch
+from dpokit.data.store import TokenStore
 from dpokit.data.tokenize import TokenizedExample
 from dpokit.lm.logprobs import PolicyLogps, head_logits, response_hidden
 from dpokit.lm.token_kl import ReferenceStates
@@ -119,8 +121,11 @@ def cache_key(model: torch.nn.Module, examples: Iterable[TokenizedExample], prec
     for name, tensor in sorted((_base_name(n), t) for n, t in model.state_dict().items() if "lora_" not in n):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    for ex in examples:
-        h.update(repr((ex.index, ex.prompt_ids, ex.response_ids)).encode())
+    if isinstance(examples, TokenStore):  # its arrays, hashed whole: seconds for a million pairs
+        h.update(examples.digest().encode())
+    else:
+        for ex in examples:
+            h.update(repr((ex.index, ex.prompt_ids, ex.response_ids)).encode())
     return h.hexdigest()
 
 
@@ -152,8 +157,18 @@ def precompute(
     return Cached(table)
 
 
-def load_cached(cache_path: str | Path) -> Cached | None:
+def load_cached(cache_path: str | Path, shape: tuple[int, int] | None = None) -> Cached | None:
+    """The table written by `precompute`, or None when there is none; one that cannot be read (a truncated or
+    altered file) or is not of `shape` is removed with a message, so the caller computes it afresh."""
     path = Path(cache_path)
     if not path.is_file():
         return None
-    return Cached(load_file(str(path))["logps"])
+    try:
+        table = load_file(str(path))["logps"]
+        if shape is not None and tuple(table.shape) != tuple(shape):
+            raise ValueError(f"a table of shape {tuple(table.shape)}, expected {tuple(shape)}")
+    except (OSError, ValueError, KeyError, SafetensorError) as err:
+        say(f"the reference log-prob cache {path} was unusable ({err}): removed, computing it again")
+        path.unlink(missing_ok=True)
+        return None
+    return Cached(table)

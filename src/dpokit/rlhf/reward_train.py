@@ -37,7 +37,7 @@ from dpokit.losses import LossOutput, Objective, objective_from_config
 from dpokit.models.loading import load_tokenizer
 from dpokit.rewards.reward_model import MARKER, check_head, response_lengths, reward_settings, rewards
 from dpokit.rlhf.reward_config import RewardModelConfig
-from dpokit.trainer.assembly import PreparedData, autocast_for, build_policy, check_layout, layout_of, prepare_data
+from dpokit.trainer.assembly import Prepared, autocast_for, build_policy, check_layout, layout_of, prepare_data
 from dpokit.trainer.config import Config
 from dpokit.trainer.dist import Parallel
 from dpokit.trainer.loop import Callback, RunSummary, run_training
@@ -124,7 +124,7 @@ def build_reward_run(cfg: RewardModelConfig) -> Run:
 
 
 def _load(cfg: Config, objective: Objective, device: torch.device,
-          tell: Callable[[str], None]) -> tuple[Any, PreparedData, torch.nn.Module, Layout]:
+          tell: Callable[[str], None]) -> tuple[Any, Prepared, torch.nn.Module, Layout]:
     """Tokenizer, data (`dpokit train`'s pipeline), the reward model, and the batch layout it supports."""
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, cfg.model.trust_remote_code,
                                None if cfg.model.tokenizer else cfg.model.gguf_file)

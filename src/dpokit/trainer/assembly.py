@@ -9,19 +9,19 @@ import contextlib
 import copy
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from dpokit.core.errors import ConfigError
-from dpokit.data import LoadResult, load_examples, ranked_to_pairs, split_examples
 from dpokit.data import cache as data_cache
 from dpokit.data.batching import PLAIN, Layout, batches
 from dpokit.data.collate import Batch
 from dpokit.data.packing import PackedBatch
-from dpokit.data.records import Example
-from dpokit.data.tokenize import TokenizedExample, TokenizeSettings, tokenize_examples
+from dpokit.data.prepare import Prepared, Wants, prepare
+from dpokit.data.store import max_index
+from dpokit.data.tokenize import TokenizedExample
 from dpokit.lm.logprobs import sequence_logps
 from dpokit.lm.reference import AdapterOff, Cached, FrozenModel, Reference, cache_key, load_cached, precompute
 from dpokit.losses import Objective
@@ -29,21 +29,21 @@ from dpokit.models.loading import apply_lora, load_model, load_tokenizer
 from dpokit.trainer.config import Config
 
 
-@dataclass
-class PreparedData:
-    train: list[TokenizedExample]
-    eval: list[TokenizedExample]
-    notes: list[str] = field(default_factory=list)  # what was loaded, skipped, converted, truncated
+def wants_of(objective: Objective) -> Wants:
+    """What the data layer must know of the loss: the shape of examples it consumes."""
+    return Wants(str(objective), chosen_only=objective.chosen_only, unpaired=objective.unpaired,
+                 ranked=objective.ranked)
 
 
-def prepare_data(cfg: Config, tokenizer, objective: Objective) -> PreparedData:
-    """Loads, validates, splits, fits to the objective (pairs / ranked / unpaired) and tokenizes; or, for local files
-    seen before with the same tokenizer and settings (`data.cache`), reads the result back from the cache."""
+def prepare_data(cfg: Config, tokenizer, objective: Objective) -> Prepared:
+    """Loads, validates, splits, fits to the objective (pairs / ranked / unpaired) and tokenizes, streamed into flat
+    arrays (data/prepare.py); or, for local files seen before with the same tokenizer and settings (`data.cache`),
+    reads the result back from the cache."""
     key, root = _cache_key(cfg, tokenizer, objective), data_cache.root_of(cfg.data.cache_dir)
     entry = data_cache.load(root, key) if key else data_cache.Entry(None, [], None)
     if entry.splits is not None:
-        return PreparedData(entry.splits["train"], entry.splits["eval"], [*entry.notes, entry.message])
-    data = _prepare(cfg, tokenizer, objective)
+        return Prepared(entry.splits["train"], entry.splits["eval"], [*entry.notes, entry.message])
+    data = prepare(cfg.data, tokenizer, wants_of(objective), cfg.train.seed, progress=cfg.train.progress)
     if key:
         data_cache.save(root, key, {"train": data.train, "eval": data.eval}, data.notes)
     if entry.message:
@@ -52,7 +52,7 @@ def prepare_data(cfg: Config, tokenizer, objective: Objective) -> PreparedData:
 
 
 def _cache_key(cfg: Config, tokenizer, objective: Objective) -> str | None:
-    """The tokenization cache key of this run's data: every input of `_prepare` that can change its examples or
+    """The tokenization cache key of this run's data: every input of `prepare` that can change its examples or
     ids. None (no caching) when `data.cache` is off or a source is not a local file (a hub dataset, a directory)."""
     sources = [p for p in (cfg.data.path, cfg.data.eval_path) if p]
     if not cfg.data.cache or not all(Path(p).expanduser().is_file() for p in sources):
@@ -66,63 +66,6 @@ def _cache_key(cfg: Config, tokenizer, objective: Objective) -> str | None:
                                                 "prompt_truncation")},
         "seed": cfg.train.seed, "objective": [objective.chosen_only, objective.unpaired, objective.ranked],
     })
-
-
-def _prepare(cfg: Config, tokenizer, objective: Objective) -> PreparedData:
-    notes: list[str] = []
-    loaded = _load(cfg, cfg.data.path, tokenizer, notes)
-    train, held_out = loaded.examples, []
-    if cfg.data.eval_path:
-        held_out = _load(cfg, cfg.data.eval_path, tokenizer, notes).examples
-    elif cfg.data.eval_fraction > 0:
-        train, held_out = split_examples(train, cfg.data.eval_fraction, cfg.train.seed)
-    settings = TokenizeSettings(cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.prompt_truncation,
-                                cfg.data.on_bad_record)
-    out = PreparedData([], [], notes)
-    for name, examples in (("train", train), ("eval", held_out)):
-        if not examples:
-            continue
-        examples = fit_to_objective(examples, objective, notes)
-        result = tokenize_examples(examples, tokenizer, settings, progress=cfg.train.progress)
-        notes.append(f"{name}: {result.report()}")
-        setattr(out, name, result.examples)
-    if not out.train:
-        raise ConfigError(f"no training examples left in {cfg.data.path}")
-    return out
-
-
-def _load(cfg: Config, path: str, tokenizer, notes: list[str]) -> LoadResult:
-    result = load_examples(path, format=cfg.data.format, on_bad_record=cfg.data.on_bad_record,
-                           prompt_marker=cfg.data.prompt_marker, tokenizer=tokenizer, split=cfg.data.split,
-                           limit=cfg.data.limit)
-    notes.append(result.report())
-    return result
-
-
-def fit_to_objective(
-    examples: list[Example], objective: Objective, notes: list[str]
-) -> list[Example]:
-    """Reshapes examples to what the objective consumes, saying what it did."""
-    unpaired = [ex for ex in examples if ex.label is not None]
-    if unpaired and not objective.unpaired:
-        raise ConfigError(f"loss '{objective}' needs preference pairs, but the data is unpaired (prompt/completion/"
-                          f"label, e.g. {unpaired[0].where}); use loss.name=kto")
-    if objective.chosen_only:  # Preferred-FT reads only the best response: the others are not computed
-        return [replace(ex, responses=ex.responses[:1]) for ex in examples]
-    if objective.unpaired and not unpaired:
-        notes.append(f"{objective}: each pair becomes a desirable (chosen) and an undesirable (rejected) example")
-        return [replace(ex, responses=(r,), label=k == 0) for ex in examples for k, r in
-                enumerate((ex.responses[0], ex.responses[-1]))]
-    if not objective.ranked and any(len(ex.responses) > 2 for ex in examples):
-        pairs = [p for ex in examples for p in (ranked_to_pairs(ex) if len(ex.responses) > 2 else [ex])]
-        notes.append(f"{objective}: ranked lists expanded into {len(pairs):,} pairs")
-        return pairs
-    if objective.ranked and len({len(ex.responses) for ex in examples}) > 1:
-        counts = sorted({len(ex.responses) for ex in examples})
-        raise ConfigError(
-            f"loss '{objective}' needs the same number of ranked responses in every example; got {counts}"
-        )
-    return examples
 
 
 def layout_of(cfg: Config) -> Layout:
@@ -239,7 +182,7 @@ def plan_reference(cfg: Config, objective: Objective) -> ReferencePlan:
     return ReferencePlan("adapter" if adapter else "copy", None if adapter else name, cached=mode == "precomputed")
 
 
-def build_reference(cfg: Config, policy: torch.nn.Module, objective: Objective, data: PreparedData,
+def build_reference(cfg: Config, policy: torch.nn.Module, objective: Objective, data: Prepared,
                     pad_id: int, device: torch.device, layout: Layout = PLAIN,
                     ) -> tuple[Reference | None, Reference | None]:
     """The reference for training and for evaluation data (they differ only when log-probs are cached)."""
@@ -262,15 +205,15 @@ def build_reference(cfg: Config, policy: torch.nn.Module, objective: Objective, 
 
 
 def _cached(cfg: Config, live: Reference, examples: list[TokenizedExample], pad_id: int, layout: Layout) -> Cached:
-    key = cache_key(live.model, examples, cfg.train.precision)
-    path = Path(cfg.reference.cache_dir).expanduser() / f"{key}.safetensors"
-    cached = load_cached(path)
+    key, shape = cache_key(live.model, examples, cfg.train.precision), (max_index(examples) + 1,
+                                                                         len(examples[0].response_ids))
+    path = data_cache.root_of(cfg.reference.cache_dir, "reference") / f"{key}.safetensors"
+    cached = load_cached(path, shape)
     if cached is not None:
         return cached
     size = cfg.train.eval_batch_size or cfg.train.batch_size
-    k = len(examples[0].response_ids)
     rows = batches(examples, size, pad_id, False, layout=layout)
-    return precompute(live, rows, path, max(ex.index for ex in examples) + 1, k, progress=cfg.train.progress)
+    return precompute(live, rows, path, *shape, progress=cfg.train.progress)
 
 
 @dataclass
@@ -278,7 +221,7 @@ class Loaded:
     """What every command that runs models builds first, in the same way."""
 
     tokenizer: object
-    data: PreparedData
+    data: Prepared
     policy: torch.nn.Module
     layout: Layout
     train_ref: Reference | None

@@ -20,7 +20,8 @@ class ReferenceConfig:
     mode: str = setting("auto", "auto (adapter with LoRA, else copy) | copy | adapter | precomputed | none",
                         choices=("auto", "copy", "adapter", "precomputed", "none"))
     name_or_path: str | None = setting(None, "reference weights; default: the policy's starting weights")
-    cache_dir: str = setting("~/.cache/dpokit/reference", "where precomputed reference log-probs are kept")
+    cache_dir: str = setting("", "where precomputed reference log-probs are kept; empty: $DPOKIT_CACHE/reference, by "
+                                 "default ~/.cache/dpokit/reference")
 
 
 @dataclass

@@ -27,6 +27,7 @@ from dpokit.core.progress import progress
 from dpokit.core.sections import Tracking
 from dpokit.core.settings import to_dict
 from dpokit.data.batching import batches
+from dpokit.data.store import token_counts
 from dpokit.trainer.assembly import build_policy
 from dpokit.trainer.config import Config
 from dpokit.trainer.optim import NonFiniteError
@@ -197,7 +198,7 @@ def _step(run: Run, order: Iterator[list[int]], step: int) -> dict[str, float]:
 
 def _order(run: Run, first_step: int) -> Iterator[list[int]]:
     """The seeded batch stream, fast-forwarded past the batches of steps already done (a resume)."""
-    lengths = [ex.num_tokens for ex in run.data.train]
+    lengths = token_counts(run.data.train)
     t = run.cfg.train
     order = batch_indices(lengths, t.batch_size, t.seed, t.shuffle, t.length_bucketing)
     for _ in range(first_step * t.grad_accum * run.parallel.world):

@@ -16,7 +16,7 @@ from dpokit.data.batching import Layout, batches
 from dpokit.lm.logprobs import PolicyLogps
 from dpokit.losses import objective_from_config
 from dpokit.models.loading import default_device
-from dpokit.trainer.assembly import PreparedData, autocast_for, load_all
+from dpokit.trainer.assembly import Prepared, autocast_for, load_all
 from dpokit.trainer.config import Config
 from dpokit.trainer.dist import Parallel
 from dpokit.trainer.optim import build_optimizer, build_scheduler
@@ -28,7 +28,7 @@ class Run:
     cfg: Config
     out_dir: Path
     tokenizer: object
-    data: PreparedData
+    data: Prepared
     layout: Layout
     trainee: Trainee  # policy + reference of the training data
     eval_trainee: Trainee  # the same policy; the reference of the eval data (differs only when cached)
