@@ -117,6 +117,11 @@ def fit_to_objective(
         pairs = [p for ex in examples for p in (ranked_to_pairs(ex) if len(ex.responses) > 2 else [ex])]
         notes.append(f"{objective}: ranked lists expanded into {len(pairs):,} pairs")
         return pairs
+    k = objective.num_responses
+    if k and any(len(ex.responses) != k for ex in examples):
+        counts = sorted({len(ex.responses) for ex in examples})
+        raise ConfigError(f"loss '{objective}' takes {k} ranked responses per prompt (tpo: gold, chosen, rejected); "
+                          f"the data has {counts}")
     if objective.ranked and len({len(ex.responses) for ex in examples}) > 1:
         counts = sorted({len(ex.responses) for ex in examples})
         raise ConfigError(
@@ -232,6 +237,10 @@ def plan_reference(cfg: Config, objective: Objective) -> ReferencePlan:
         raise ConfigError(f"reference.mode=precomputed caches the reference's log-probs only, but loss '{objective}' "
                           "needs its next-token distributions at every response token (the kl term): use "
                           "reference.mode=auto, copy or adapter")
+    if mode == "precomputed" and objective.needs_reference_token_logps:
+        raise ConfigError("reference.mode=precomputed caches each response's summed log-probs, but loss.ld_alpha "
+                          "re-weights the reference's tokens past each pair's shared length: use reference.mode=auto, "
+                          "copy or adapter, or unset loss.ld_alpha")
     if mode == "precomputed" and objective.unpaired:
         raise ConfigError("reference.mode=precomputed does not support unpaired (KTO) losses: their mismatched "
                           "completions change with every batch")
