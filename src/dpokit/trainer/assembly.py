@@ -226,6 +226,9 @@ def plan_reference(cfg: Config, objective: Objective) -> ReferencePlan:
         raise ConfigError("reference.mode=adapter needs model.lora.enabled=true (the reference is the policy with its "
                           "LoRA adapter switched off)")
     if not objective.needs_reference:
+        if cfg.reference.sync.mode != "none":
+            raise ConfigError(f"reference.sync.mode={cfg.reference.sync.mode} (TR-DPO) updates a reference, but loss "
+                              f"'{objective}' uses none")
         if mode not in ("auto", "none"):
             why = "loss.reference_free=true" if objective.reference_free else f"loss '{objective}' uses none"
             raise ConfigError(f"reference.mode={mode}, but {why}: leave reference.mode at auto or set it to none")
@@ -245,7 +248,29 @@ def plan_reference(cfg: Config, objective: Objective) -> ReferencePlan:
         raise ConfigError("reference.mode=precomputed does not support unpaired (KTO) losses: their mismatched "
                           "completions change with every batch")
     adapter = mode == "adapter" or (mode in ("auto", "precomputed") and lora and not name)
-    return ReferencePlan("adapter" if adapter else "copy", None if adapter else name, cached=mode == "precomputed")
+    plan = ReferencePlan("adapter" if adapter else "copy", None if adapter else name, cached=mode == "precomputed")
+    _check_sync(cfg, plan)
+    return plan
+
+
+def _check_sync(cfg: Config, plan: ReferencePlan) -> None:
+    """TR-DPO (reference.sync) moves a separate frozen copy toward the policy: refuses every reference it cannot."""
+    if cfg.reference.sync.mode == "none":
+        return
+    why = None
+    if plan.cached:
+        why = "reference.mode=precomputed caches the starting reference's log-probs once"
+    elif plan.live == "adapter":
+        why = "the reference is the LoRA policy with its adapter off: its base weights are the policy's own"
+    elif cfg.model.lora.enabled:
+        why = "a LoRA policy's parameters (base + adapter) do not map onto a full reference copy one to one"
+    elif cfg.train.fsdp:
+        why = "with train.fsdp each process holds a shard of the policy and of the reference; mixing them is not done"
+    elif cfg.train.resume:
+        why = "checkpoints do not hold the updated reference yet, so a resumed run would restart from the first one"
+    if why:
+        raise ConfigError(f"reference.sync.mode={cfg.reference.sync.mode} (TR-DPO) cannot work here: {why}; set "
+                          "reference.sync.mode=none or change that setting")
 
 
 def build_reference(cfg: Config, policy: torch.nn.Module, objective: Objective, data: PreparedData,
