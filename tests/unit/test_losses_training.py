@@ -80,7 +80,8 @@ def test_fast_path_gives_the_plain_paths_loss_and_gradient(tokenizer, name: str)
                       params=LossParams(**{"beta": 0.5, "label_smoothing": 1e-3, **extra}), chunk_size=5)
     data = examples(tokenizer, 2)
     results = []
-    for batch in (collate(data, tokenizer.pad_token_id), pack(data, tokenizer.pad_token_id, shared_prompt=True, packing=True)):
+    pad = tokenizer.pad_token_id
+    for batch in (collate(data, pad), pack(data, pad, shared_prompt=True, packing=True)):
         policy.zero_grad()
         loss = forward(trainee, batch).out.losses.mean()
         loss.backward()
