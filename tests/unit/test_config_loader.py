@@ -70,7 +70,14 @@ def test_frontier_help_is_generated_from_the_dataclasses():
 
 def test_loss_params_built_from_the_config_carry_every_field():
     """Every LossParams field is a config key with help, and reaches the loss: distinct values set by key come back."""
-    values = {spec.name: 0.01 * (i + 2) for i, spec in enumerate(dataclasses.fields(LossParams))}
+    def value(i: int, spec: dataclasses.Field):
+        if isinstance(spec.default, bool):
+            return not spec.default
+        if spec.metadata.get("choices"):  # a named choice: another one than the default
+            return next(c for c in spec.metadata["choices"] if c != spec.default)
+        return 0.01 * (i + 2)
+
+    values = {spec.name: value(i, spec) for i, spec in enumerate(dataclasses.fields(LossParams))}
     cfg = build_config(None, {f"loss.{name}": value for name, value in values.items()})
     _, params = objective_from_config(cfg.loss)
     assert type(params) is LossParams and dataclasses.asdict(params) == values

@@ -33,7 +33,9 @@ from dpokit.losses import (
     validate_params,
 )
 
-PAIRWISE = ["sigmoid", "ipo", "cdpo", "robust", "hinge", "unlikelihood", "simpo", "orpo", "kto"]
+PAIRWISE = ["sigmoid", "ipo", "cdpo", "robust", "hinge", "unlikelihood", "simpo", "orpo", "kto", "sigmoid_norm",
+            "exo_pair", "discopop", "nca_pair", "bco_pair", "sppo_hard", "aot", "aot_unpaired", "apo_zero", "apo_down",
+            "alphapo"]
 
 
 def t(*values: float) -> torch.Tensor:
@@ -228,7 +230,7 @@ def test_kl_term_refuses_a_reference_free_objective():
 
 
 def test_registry_keys_match_spec_names():
-    assert set(LOSSES) == {*PAIRWISE, "plackett_luce", "sft", "kl"}
+    assert set(LOSSES) == {*PAIRWISE, "plackett_luce", "sft", "kl", "tpo"}
     assert all(spec.name == name for name, spec in LOSSES.items())
 
 
@@ -292,12 +294,13 @@ def test_cdpo_is_sigmoid_with_smoothing():
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_every_loss_runs_with_finite_loss_and_gradient(name: str):
-    """Each entry on consistent random inputs (K = 2, token log-probs, labels): finite (B,) losses, (B, K) detached
-    rewards, and a finite, non-zero gradient on the per-token policy log-probs."""
-    inputs, token_logps = random_inputs(b=4)
+    """Each entry on consistent random inputs (K = 2, or the K it takes; token log-probs, labels): finite (B,) losses,
+    (B, K) detached rewards, and a finite, non-zero gradient on the per-token policy log-probs."""
+    k = LOSSES[name].num_responses or 2
+    inputs, token_logps = random_inputs(b=4, k=k)
     params = LossParams(label_smoothing=0.1)
     out = LOSSES[name].fn(inputs, params, False)
-    assert out.losses.shape == (4,) and out.rewards.shape == (4, 2)
+    assert out.losses.shape == (4,) and out.rewards.shape == (4, k)
     assert not out.rewards.requires_grad
     assert torch.isfinite(out.losses).all() and torch.isfinite(out.rewards).all()
     out.losses.mean().backward()
@@ -379,7 +382,7 @@ def test_parse_objective_weights():
 @pytest.mark.parametrize(
     ("expr", "message"),
     [
-        ("dpo", "unknown loss 'dpo'; known losses: cdpo, hinge, ipo, kl, kto, orpo"),
+        ("dpo", "unknown loss 'dpo'; known losses: alphapo, aot, aot_unpaired, apo_down, apo_zero, bco_pair, cdpo"),
         ("sigmoid + -0.5*sft", "must be a finite number > 0"),
         ("sigmoid + 0*sft", "must be a finite number > 0"),
         ("sigmoid + inf*sft", "must be a finite number > 0"),
@@ -397,9 +400,10 @@ def test_parse_objective_errors(expr: str, message: str):
 
 
 def test_validate_params_accepts_defaults():
-    for name in sorted(set(LOSSES) - {"cdpo"}):
+    for name in sorted(set(LOSSES) - {"cdpo", "exo_pair"}):
         validate_params(parse_objective(name), LossParams())
     validate_params(parse_objective("cdpo"), LossParams(label_smoothing=0.1))
+    validate_params(parse_objective("exo_pair"), LossParams(label_smoothing=1e-3))
 
 
 @pytest.mark.parametrize(

@@ -59,6 +59,7 @@ class Wants:
     chosen_only: bool = False  # Preferred-FT: the best response alone
     unpaired: bool = False  # KTO: one response and a desirable/undesirable label
     ranked: bool = False  # Plackett-Luce: whole ranked lists, all of one length
+    responses: int | None = None  # exactly this many responses per prompt (TPO: gold, chosen, rejected)
 
     def __str__(self) -> str:
         return self.name
@@ -76,6 +77,9 @@ def fit(ex: Example, wants: Wants) -> tuple[list[Example], int]:
     if ex.label is not None and not wants.unpaired:
         raise ConfigError(f"loss '{wants.name}' needs preference pairs, but the data is unpaired (prompt/completion/"
                           f"label, e.g. {ex.where}); use loss.name=kto")
+    if wants.responses and len(ex.responses) != wants.responses:
+        raise ConfigError(f"loss '{wants.name}' takes {wants.responses} ranked responses per prompt; {ex.where} has "
+                          f"{len(ex.responses)}")
     if wants.chosen_only:  # the other responses are never computed
         return [replace(ex, responses=ex.responses[:1])], 0
     if wants.unpaired and ex.label is None:

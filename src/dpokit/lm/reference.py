@@ -33,7 +33,7 @@ from dpokit.data.collate import Batch
 from dpokit.data.packing import PackedBatch
 from dpokit.data.store import TokenStore
 from dpokit.data.tokenize import TokenizedExample
-from dpokit.lm.logprobs import PolicyLogps, head_logits, response_hidden
+from dpokit.lm.logprobs import PolicyLogps, SequenceLogps, head_logits, response_hidden
 from dpokit.lm.token_kl import ReferenceStates
 
 CACHE_FORMAT = "dpokit-reference-logps-v1"
@@ -53,8 +53,13 @@ class FrozenModel:
 
     @torch.no_grad()
     def logps(self, batch: Batch) -> Tensor:
+        return self.sequence(batch).logps
+
+    @torch.no_grad()
+    def sequence(self, batch: Batch | PackedBatch) -> SequenceLogps:
+        """Summed and per-token log-probs of every response (LD-DPO re-weights the tokens)."""
         with self.autocast():
-            return self.engine(batch).logps
+            return self.engine(batch)
 
     @torch.no_grad()
     def states(self, batch: Batch | PackedBatch) -> ReferenceStates:
@@ -74,11 +79,16 @@ class AdapterOff:
 
     @torch.no_grad()
     def logps(self, batch: Batch) -> Tensor:
+        return self.sequence(batch).logps
+
+    @torch.no_grad()
+    def sequence(self, batch: Batch | PackedBatch) -> SequenceLogps:
+        """As `FrozenModel.sequence`, adapter off."""
         was_training = self.model.training
         self.model.eval()
         try:
             with self.model.disable_adapter(), self.autocast():
-                return self.engine(batch).logps
+                return self.engine(batch)
         finally:
             self.model.train(was_training)
 

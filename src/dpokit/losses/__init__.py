@@ -1,19 +1,33 @@
 """Preference losses over per-sequence log-probs: pure functions, one registry, and a weighted-sum objective.
 
-Layout: `pairwise.py` (DPO family, SimPO, ORPO), `listwise.py` (Plackett-Luce), `likelihood.py` (SFT,
-Unlikelihood), `unpaired.py` (KTO), `kl.py` (the KL(πθ‖πref) regulariser) hold the pure functions; `base.py` the
-shared types; `registry.py` maps names to `LossSpec`s; `objective.py` parses "sigmoid + 0.5*sft" into an
-`Objective` the trainer calls, and `objective_from_config` builds it with its validated `LossParams` from a run's
-config.
+Layout: `pairwise.py` (DPO family, EXO, DiscoPOP, SimPO, AlphaPO, ORPO), `anchored.py` (NCA, BCO, SPPO, APO),
+`transport.py` (AOT), `listwise.py` (Plackett-Luce, TPO), `likelihood.py` (SFT, Unlikelihood, LD-DPO's weighting),
+`unpaired.py` (KTO), `kl.py` (the KL(πθ‖πref) regulariser) hold the pure functions; `divergence.py` f-DPO's scores;
+`base.py` the shared types; `registry.py` maps names to `LossSpec`s, with `adapters.py` reading each newer loss's
+inputs; `objective.py` parses "sigmoid + 0.5*sft" into an `Objective` the trainer calls, and `objective_from_config`
+builds it with its validated `LossParams` from a run's config.
 """
 
+from dpokit.losses.anchored import apo_down_loss, apo_zero_loss, bco_loss, nca_loss, sppo_hard_loss
 from dpokit.losses.base import LossInputs, LossOutput, LossParams, LossSpec
+from dpokit.losses.divergence import f_divergence_scores
 from dpokit.losses.kl import token_kl_loss
-from dpokit.losses.likelihood import log1mexp, sft_loss, unlikelihood_loss
-from dpokit.losses.listwise import plackett_luce_loss
+from dpokit.losses.likelihood import batch_token_nll, ld_weighted_logps, log1mexp, sft_loss, unlikelihood_loss
+from dpokit.losses.listwise import plackett_luce_loss, tpo_loss
 from dpokit.losses.objective import Objective, objective_from_config, parse_objective, validate_params
-from dpokit.losses.pairwise import hinge_loss, ipo_loss, orpo_loss, robust_loss, sigmoid_loss, simpo_loss
+from dpokit.losses.pairwise import (
+    alphapo_loss,
+    discopop_loss,
+    exo_loss,
+    hinge_loss,
+    ipo_loss,
+    orpo_loss,
+    robust_loss,
+    sigmoid_loss,
+    simpo_loss,
+)
 from dpokit.losses.registry import LOSSES
+from dpokit.losses.transport import aot_loss, aot_unpaired_loss
 from dpokit.losses.unpaired import kto_loss
 
 __all__ = [
@@ -23,10 +37,22 @@ __all__ = [
     "LossParams",
     "LossSpec",
     "Objective",
+    "alphapo_loss",
+    "aot_loss",
+    "aot_unpaired_loss",
+    "apo_down_loss",
+    "apo_zero_loss",
+    "batch_token_nll",
+    "bco_loss",
+    "discopop_loss",
+    "exo_loss",
+    "f_divergence_scores",
     "hinge_loss",
     "ipo_loss",
     "kto_loss",
+    "ld_weighted_logps",
     "log1mexp",
+    "nca_loss",
     "objective_from_config",
     "orpo_loss",
     "parse_objective",
@@ -35,7 +61,9 @@ __all__ = [
     "sft_loss",
     "sigmoid_loss",
     "simpo_loss",
+    "sppo_hard_loss",
     "token_kl_loss",
+    "tpo_loss",
     "unlikelihood_loss",
     "validate_params",
 ]

@@ -17,6 +17,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from dpokit.losses.divergence import f_divergence_scores
+
 
 class LossOutput(NamedTuple):
     """What a loss returns to the trainer.
@@ -43,6 +45,8 @@ class LossInputs:
         labels: (B,) bool, True if the record's completion is desirable; unpaired (KTO) batches only.
         kl: (B, K) Σ over each response's tokens of KL(πθ‖πref) between the next-token distributions (over the whole
             vocabulary), with gradients through πθ only; only when the objective `needs_reference_distributions`.
+        reference_token_logps: (B, K, T) per-token reference log-probs, same layout as `policy_token_logps`; only
+            when the objective `needs_reference_token_logps` (LD-DPO's `ld_alpha`).
     """
 
     policy_logps: Tensor
@@ -52,6 +56,10 @@ class LossInputs:
     token_mask: Tensor | None = None
     labels: Tensor | None = None
     kl: Tensor | None = None
+    reference_token_logps: Tensor | None = None
+
+
+F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
 
 
 @dataclass
@@ -73,6 +81,28 @@ class LossParams:
                                                                       "tokens"})
     kto_desirable_weight: float = field(default=1.0, metadata={"help": "KTO λ_D: weight of desirable examples"})
     kto_undesirable_weight: float = field(default=1.0, metadata={"help": "KTO λ_U: weight of undesirable examples"})
+    ipo_per_token: bool = field(default=True, metadata={
+        "help": "ipo on each response's log-ratio averaged over its tokens (TRL's form, which the IPO authors "
+                "confirmed gives the paper's results); false: summed log-ratios, as written in the paper's eq. 17"})
+    sft_mean: str = field(default="batch_tokens", metadata={
+        "help": "sft / tpo NLL: batch_tokens (mean over every chosen token of the micro-batch, as TRL) | sequence "
+                "(each response's per-token mean, then the mean over examples)",
+        "choices": ("batch_tokens", "sequence")})
+    f_divergence_type: str = field(default="reverse_kl", metadata={
+        "help": "f-DPO's divergence to πref for the margin losses (sigmoid, cdpo, robust, hinge, ipo, exo_pair, "
+                "discopop, sigmoid_norm): reverse_kl (DPO) | forward_kl | js_divergence | alpha_divergence",
+        "choices": F_DIVERGENCES})
+    f_alpha_divergence_coef: float = field(default=0.5, metadata={
+        "help": "α of alpha_divergence, as TRL: score (u^(α−1) − 1)/(α − 1) of u = πθ/πref (the f-DPO paper's α is "
+                "1 − this; both 0.5 by default)"})
+    discopop_tau: float = field(default=0.05, metadata={"help": "DiscoPOP τ: temperature of the logistic/exponential "
+                                                                 "mix (the paper's 0.05)"})
+    ld_alpha: float | None = field(default=None, metadata={
+        "help": "LD-DPO α in [0, 1]: weight of each response's tokens past the pair's shared length, in policy and "
+                "reference log-probs of the reference-based losses; null: no down-weighting (plain sums)"})
+    alphapo_alpha: float = field(default=0.25, metadata={"help": "AlphaPO α: reward (1 − p^(−α))/α of the per-token "
+                                                                  "mean probability p; α → 0 is SimPO"})
+    tpo_alpha: float = field(default=1.0, metadata={"help": "TPO weight α of the NLL on the gold (first) response"})
 
 
 LossFn = Callable[[LossInputs, LossParams, bool], LossOutput]
@@ -91,6 +121,9 @@ class LossSpec:
         chosen_only: reads only each example's best response (column 0), so the data layer may drop the others.
         needs_reference_distributions: reads `LossInputs.kl`, computed from the reference's next-token
             distributions at every response token: a live reference model (copy or adapter off), not cached log-probs.
+        f_divergence: accepts `f_divergence_type` other than reverse_kl: built on the chosen − rejected score
+            difference, where f-DPO's β·log Z(x) cancels, or (sft) reads no log-ratio at all.
+        num_responses: takes exactly this many responses per prompt (TPO: 3), None for any the entry allows.
         description: one line for `--help` and error messages.
         check: extra validation of params beyond `validate_params`' shared ranges; raises ConfigError.
     """
@@ -102,6 +135,8 @@ class LossSpec:
     unpaired: bool = False
     chosen_only: bool = False
     needs_reference_distributions: bool = False
+    f_divergence: bool = False
+    num_responses: int | None = None
     description: str = ""
     check: Callable[[LossParams], None] | None = None
 
@@ -123,6 +158,18 @@ def logratios(inputs: LossInputs, reference_free: bool, name: str) -> Tensor:
     if inputs.reference_logps is None:
         raise ValueError(f"loss '{name}' needs reference_logps (or a reference-free objective); got None")
     return policy - upcast(inputs.reference_logps)
+
+
+def scores(inputs: LossInputs, params: LossParams, reference_free: bool, name: str) -> Tensor:
+    """f'(πθ/πref) of each response, (B, K): the log-ratios under reverse_kl (DPO), else f-DPO's scores
+    (`divergence.f_divergence_scores`, `loss.f_divergence_type`)."""
+    ratios = logratios(inputs, reference_free, name)
+    return f_divergence_scores(ratios, params.f_divergence_type, params.f_alpha_divergence_coef)
+
+
+def per_token(values: Tensor, inputs: LossInputs) -> Tensor:
+    """(B, K) values divided by each response's token count (at least 1): a sum made a per-token mean."""
+    return values / inputs.num_tokens.to(values.dtype).clamp(min=1)
 
 
 def avg_logps(inputs: LossInputs) -> Tensor:

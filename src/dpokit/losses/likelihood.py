@@ -1,6 +1,7 @@
 """Likelihood baselines from the DPO paper: Preferred-FT (SFT on the chosen response) and Unlikelihood.
 
-Also `log1mexp`, the stable log(1 − exp(x)) that Unlikelihood and ORPO share.
+Also `log1mexp`, the stable log(1 − exp(x)) that Unlikelihood and ORPO share, and LD-DPO's down-weighting of the
+verbose tail of the longer response (`ld_weighted_logps`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,45 @@ def sft_loss(chosen_logps: Tensor, chosen_num_tokens: Tensor) -> Tensor:
         (B,) per-example loss.
     """
     return -chosen_logps / chosen_num_tokens.to(chosen_logps.dtype).clamp(min=1)
+
+
+def batch_token_nll(chosen_logps: Tensor, chosen_num_tokens: Tensor) -> Tensor:
+    """NLL per token over the whole batch (TRL's `sft`, TPO's gold NLL): every chosen token weighs the same.
+
+        L_i = −log π(y_w,i|x_i) · B / Σ_j |y_w,j|,   so   mean_i L_i = −Σ_i log π(y_w,i|x_i) / Σ_j |y_w,j|
+
+    Args:
+        chosen_logps: (B,) log-prob of the chosen response, summed over its tokens.
+        chosen_num_tokens: (B,) number of tokens summed (the total clamped to at least 1).
+
+    Returns:
+        (B,) per-example shares of the batch's per-token NLL.
+    """
+    total = chosen_num_tokens.to(chosen_logps.dtype).sum().clamp(min=1)
+    return -chosen_logps * chosen_logps.shape[0] / total
+
+
+def ld_weighted_logps(token_logps: Tensor, token_mask: Tensor, alpha: float) -> Tensor:
+    """LD-DPO (Liu et al. 2024, arXiv 2409.06411): log-probs with the tokens past the shared length down-weighted.
+
+        ℓ_k = Σ_{t ≤ l_s} log π(y_k,t) + α Σ_{t > l_s} log π(y_k,t),   l_s = min_k |y_k|
+
+    The first l_s tokens of every response count fully; the verbose tail of the longer ones counts α. α = 1 is the
+    plain sum, α = 0 compares equal-length prefixes only.
+
+    Args:
+        token_logps: (B, K, T) per-token log-probs, 0 where masked.
+        token_mask: (B, K, T) bool, True on response tokens (contiguous within each row).
+        alpha: α in [0, 1].
+
+    Returns:
+        (B, K) weighted sums.
+    """
+    mask = token_mask.bool()
+    position = mask.cumsum(-1)  # 1-based index of each response token within its response
+    shared = mask.sum(-1).min(-1).values[:, None, None]  # (B, 1, 1)
+    weights = torch.where(position <= shared, 1.0, alpha).to(token_logps.dtype)
+    return torch.where(mask, token_logps * weights, torch.zeros_like(token_logps)).sum(-1)
 
 
 def unlikelihood_loss(

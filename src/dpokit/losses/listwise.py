@@ -1,9 +1,12 @@
-"""Ranked-list preference loss: the Plackett-Luce generalisation of DPO to K >= 2 responses per prompt."""
+"""Ranked-list preference losses: the Plackett-Luce generalisation of DPO to K >= 2 responses per prompt, and TPO's
+triples (gold, chosen, rejected)."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from dpokit.losses.pairwise import sigmoid_loss
 
 
 def plackett_luce_loss(logratios: Tensor, beta: float) -> Tensor:
@@ -27,3 +30,24 @@ def plackett_luce_loss(logratios: Tensor, beta: float) -> Tensor:
     # tail_lse[:, k] = logsumexp(r_k, ..., r_{K−1}): a reversed cumulative logsumexp.
     tail_lse = torch.logcumsumexp(rewards.flip(-1), dim=-1).flip(-1)
     return -(rewards - tail_lse)[:, :-1].sum(-1)
+
+
+def tpo_loss(chosen_logps: Tensor, rejected_logps: Tensor, gold_nll: Tensor, beta: float, alpha: float,
+             label_smoothing: float = 0.0) -> Tensor:
+    """TPO (Saeidi et al. 2024, arXiv 2405.16681): a reference-free preference term on (chosen, rejected) plus an
+    NLL term on a third, gold response, in one step.
+
+        L = −(1 − ε) log σ(β (log πθ(y_w) − log πθ(y_l))) − ε log σ(−β (…)) + α · NLL(y_gold)
+
+    Args:
+        chosen_logps: (B,) summed log-prob of the preferred response.
+        rejected_logps: (B,) summed log-prob of the rejected response.
+        gold_nll: (B,) the gold response's NLL (per token, `likelihood.batch_token_nll` or per sequence).
+        beta: β > 0 (TRL's TPO default is 0.01).
+        alpha: α >= 0, weight of the NLL term.
+        label_smoothing: ε in [0, 0.5).
+
+    Returns:
+        (B,) per-example loss.
+    """
+    return sigmoid_loss(chosen_logps, rejected_logps, beta, label_smoothing) + alpha * gold_nll

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from dpokit.core.errors import ConfigError
-from dpokit.losses.base import LossInputs, LossOutput, LossParams, LossSpec
+from dpokit.losses.base import F_DIVERGENCES, LossInputs, LossOutput, LossParams, LossSpec
+from dpokit.losses.likelihood import ld_weighted_logps
 from dpokit.losses.registry import LOSSES
 
 _TERM = re.compile(r"^\s*(?:(?P<weight>[^*]+?)\s*\*\s*)?(?P<name>[A-Za-z_]\w*)\s*$")
@@ -23,10 +24,13 @@ class Objective:
     Attributes:
         terms: (weight, spec) pairs; rewards (and so reward metrics) come from the first term.
         reference_free: treat reference log-probs as 0 (logratios are the policy log-probs alone).
+        ld_alpha: LD-DPO's α (`loss.ld_alpha`): the terms that compare to a reference read log-probs whose tokens
+            past the responses' shared length weigh α (`likelihood.ld_weighted_logps`); None: plain sums.
     """
 
     terms: tuple[tuple[float, LossSpec], ...]
     reference_free: bool = False
+    ld_alpha: float | None = None
 
     @property
     def needs_reference(self) -> bool:
@@ -54,15 +58,41 @@ class Objective:
         `LossInputs.kl` with a live reference model; cached reference log-probs cannot give it."""
         return any(spec.needs_reference_distributions for _, spec in self.terms)
 
+    @property
+    def needs_reference_token_logps(self) -> bool:
+        """True if the trainer must give `LossInputs.reference_token_logps` (LD-DPO re-weights the reference's
+        tokens): a live reference; a cache holds summed log-probs only."""
+        return self.ld_alpha is not None and self.needs_reference
+
+    @property
+    def num_responses(self) -> int | None:
+        """The number of responses per prompt a term requires exactly (TPO's triples), else None."""
+        return next((spec.num_responses for _, spec in self.terms if spec.num_responses), None)
+
     def __call__(self, inputs: LossInputs, params: LossParams) -> LossOutput:
         """Σ_i w_i · L_i per example; rewards from the first term.
 
         Returns:
             LossOutput with losses (B,) and rewards (B, K).
         """
-        outputs = [spec.fn(inputs, params, self.reference_free) for _, spec in self.terms]
+        weighted = self._ld_weighted(inputs) if self.ld_alpha is not None else inputs
+        outputs = [spec.fn(weighted if spec.needs_reference else inputs, params, self.reference_free)
+                   for _, spec in self.terms]
         losses = sum(weight * out.losses for (weight, _), out in zip(self.terms, outputs, strict=True))
         return LossOutput(losses=losses, rewards=outputs[0].rewards)
+
+    def _ld_weighted(self, inputs: LossInputs) -> LossInputs:
+        """`inputs` with LD-DPO's weighted sums in place of the policy's (and the reference's) summed log-probs."""
+        if inputs.policy_token_logps is None or inputs.token_mask is None:
+            raise ValueError("loss.ld_alpha needs policy_token_logps and token_mask of shape (B, K, T)")
+        policy = ld_weighted_logps(inputs.policy_token_logps, inputs.token_mask, self.ld_alpha)
+        if not self.needs_reference:
+            return replace(inputs, policy_logps=policy)
+        if inputs.reference_token_logps is None:
+            raise ValueError("loss.ld_alpha needs reference_token_logps of shape (B, K, T): the trainer computes them "
+                             "when the objective needs_reference_token_logps")
+        reference = ld_weighted_logps(inputs.reference_token_logps, inputs.token_mask, self.ld_alpha)
+        return replace(inputs, policy_logps=policy, reference_logps=reference)
 
     def __str__(self) -> str:
         parts = [spec.name if weight == 1 else f"{weight:g}*{spec.name}" for weight, spec in self.terms]
@@ -124,14 +154,22 @@ def _require(ok: bool, key: str, condition: str, value: float) -> None:
 
 
 def validate_params(objective: Objective, params: LossParams) -> None:
-    """Checks the ranges of the hyper-parameters, then each term's own requirements (cdpo: 0 < ε < 0.5).
+    """Checks the ranges of the hyper-parameters, what the objective's terms accept together with them (f-DPO
+    scores, LD-DPO), then each term's own requirements (cdpo: 0 < ε < 0.5).
 
     The only place these ranges are checked: `trainer.config.Config.check` reaches them through `objective_from_config`.
 
     Raises:
         ConfigError: naming the key, e.g. "config key 'loss.beta' must be > 0, got -1.0".
     """
-    p = params
+    _check_ranges(params)
+    _check_combinations(objective, params)
+    for _, spec in objective.terms:
+        if spec.check is not None:
+            spec.check(params)
+
+
+def _check_ranges(p: LossParams) -> None:
     _require(math.isfinite(p.beta) and p.beta > 0, "beta", "> 0", p.beta)
     _require(0 <= p.label_smoothing < 0.5, "label_smoothing", "in [0, 0.5)", p.label_smoothing)
     _require(math.isfinite(p.simpo_gamma), "simpo_gamma", "finite", p.simpo_gamma)
@@ -141,9 +179,30 @@ def validate_params(objective: Objective, params: LossParams) -> None:
     for key in ("kto_desirable_weight", "kto_undesirable_weight"):
         value = getattr(p, key)
         _require(math.isfinite(value) and value > 0, key, "> 0", value)
-    for _, spec in objective.terms:
-        if spec.check is not None:
-            spec.check(p)
+    _require(math.isfinite(p.discopop_tau) and p.discopop_tau > 0, "discopop_tau", "> 0", p.discopop_tau)
+    coef = p.f_alpha_divergence_coef
+    _require(math.isfinite(coef), "f_alpha_divergence_coef", "finite", coef)
+    _require(math.isfinite(p.alphapo_alpha), "alphapo_alpha", "finite", p.alphapo_alpha)
+    _require(math.isfinite(p.tpo_alpha) and p.tpo_alpha >= 0, "tpo_alpha", ">= 0", p.tpo_alpha)
+    if p.ld_alpha is not None:
+        _require(0 <= p.ld_alpha <= 1, "ld_alpha", "in [0, 1] (or null)", p.ld_alpha)
+    for key, choices in (("f_divergence_type", F_DIVERGENCES), ("sft_mean", ("batch_tokens", "sequence"))):
+        if getattr(p, key) not in choices:
+            raise ConfigError(f"config key 'loss.{key}' must be one of {', '.join(choices)}, got {getattr(p, key)!r}")
+
+
+def _check_combinations(objective: Objective, p: LossParams) -> None:
+    """f-DPO's scores only where β·log Z(x) cancels; LD-DPO only where responses share a prompt and a live layout."""
+    if p.f_divergence_type != "reverse_kl":
+        others = [spec.name for _, spec in objective.terms if not spec.f_divergence]
+        if others:
+            supported = ", ".join(name for name, spec in LOSSES.items() if spec.f_divergence)
+            raise ConfigError(f"config key 'loss.f_divergence_type'={p.f_divergence_type} needs losses built on the "
+                              f"chosen − rejected score difference ({supported}); '{others[0]}' is not")
+    if p.ld_alpha is not None and (objective.unpaired or objective.needs_reference_distributions):
+        what = "unpaired (kto) batches have no pair" if objective.unpaired else "the kl term reads distributions"
+        raise ConfigError(f"config key 'loss.ld_alpha' down-weights the longer response of each pair past their "
+                          f"shared length, but {what}: unset loss.ld_alpha")
 
 
 def objective_from_config(loss: LossParams) -> tuple[Objective, LossParams]:
@@ -160,4 +219,4 @@ def objective_from_config(loss: LossParams) -> tuple[Objective, LossParams]:
     objective = parse_objective(loss.name, reference_free=loss.reference_free)
     params = LossParams(**{f.name: getattr(loss, f.name) for f in fields(LossParams)})
     validate_params(objective, params)
-    return objective, params
+    return replace(objective, ld_alpha=params.ld_alpha), params

@@ -2,11 +2,15 @@
 
 Each takes (B,) tensors and returns (B,) per-example losses. The DPO family works on log-ratios
 `logratio = log πθ(y|x) − log πref(y|x)` (summed over response tokens) and their difference
-`h = chosen_logratios − rejected_logratios`; SimPO and ORPO are reference-free and work on per-token mean log-probs.
+`h = chosen_logratios − rejected_logratios` (or of f-DPO's scores, `divergence.py`); SimPO, AlphaPO and ORPO are
+reference-free and work on per-token mean log-probs.
 """
 
 from __future__ import annotations
 
+import math
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -143,3 +147,79 @@ def orpo_loss(chosen_avg_logps: Tensor, rejected_avg_logps: Tensor, lam: float) 
     """
     log_odds_ratio = _log_odds(chosen_avg_logps) - _log_odds(rejected_avg_logps)
     return -chosen_avg_logps - lam * F.logsigmoid(log_odds_ratio)
+
+
+def exo_loss(chosen_scores: Tensor, rejected_scores: Tensor, beta: float, label_smoothing: float) -> Tensor:
+    """EXO-pref (Ji et al. 2024, arXiv 2402.00856, eq. 16 with K = 2): reverse KL from the model's to the labels'
+    preference distribution, instead of DPO's forward cross-entropy.
+
+        q = σ(β h),   L = q (log q − log(1 − ε)) + (1 − q) (log(1 − q) − log ε),   h = chosen − rejected
+
+    i.e. KL((q, 1 − q) ‖ (1 − ε, ε)); minimised at q = 1 − ε, so ε > 0 is needed (the paper's 1e-3).
+
+    Args:
+        chosen_scores: (B,) chosen log-ratios (or f-DPO scores).
+        rejected_scores: (B,) rejected log-ratios (or scores).
+        beta: β > 0.
+        label_smoothing: ε in (0, 1), the labels' probability that the rejected response is better.
+
+    Returns:
+        (B,) per-example loss, >= 0.
+    """
+    logits = beta * (chosen_scores - rejected_scores)
+    q_w, q_l = torch.sigmoid(logits), torch.sigmoid(-logits)
+    return (q_w * (F.logsigmoid(logits) - math.log1p(-label_smoothing))
+            + q_l * (F.logsigmoid(-logits) - math.log(label_smoothing)))
+
+
+def discopop_loss(chosen_scores: Tensor, rejected_scores: Tensor, beta: float, tau: float) -> Tensor:
+    """DiscoPOP / LRML (Lu et al. 2024, arXiv 2406.08414, eq. 5): the discovered log-ratio modulated loss.
+
+        ρ = β h,   m = σ(ρ / τ),   L = (1 − m) · (−log σ(ρ)) + m · exp(−ρ)
+
+    A blend of DPO's logistic loss (for ρ well below 0) and an exponential loss (for ρ well above 0), switched by the
+    margin itself at temperature τ (the paper's 0.05).
+
+    Args:
+        chosen_scores: (B,) chosen log-ratios (or f-DPO scores).
+        rejected_scores: (B,) rejected log-ratios (or scores).
+        beta: β > 0.
+        tau: τ > 0.
+
+    Returns:
+        (B,) per-example loss.
+    """
+    logits = beta * (chosen_scores - rejected_scores)
+    mix = torch.sigmoid(logits / tau)
+    return (1 - mix) * -F.logsigmoid(logits) + mix * torch.exp(-logits)
+
+
+def alphapo_rewards(avg_logps: Tensor, alpha: float) -> Tensor:
+    """AlphaPO's reward shape (Gupta et al. 2025, arXiv 2501.03884, without β): (1 − p^(−α)) / α with
+    p = exp(avg_logps) the per-token mean probability; → avg_logps (SimPO's reward) as α → 0. Any shape."""
+    if alpha == 0:
+        return avg_logps
+    return -torch.expm1(-alpha * avg_logps) / alpha
+
+
+def alphapo_loss(chosen_avg_logps: Tensor, rejected_avg_logps: Tensor, beta: float, gamma: float,
+                 alpha: float) -> Tensor:
+    """AlphaPO (Gupta et al. 2025, arXiv 2501.03884): SimPO with the reward's shape set by α.
+
+        L = −log σ(β (r_α(avg_w) − r_α(avg_l)) − γ),   r_α(avg) = (1 − exp(−α avg)) / α
+
+    α > 0 makes the reward concave in the log-probability, which the paper shows reduces likelihood displacement of
+    the chosen response; α = 0 is SimPO exactly.
+
+    Args:
+        chosen_avg_logps: (B,) per-token mean log-prob of the chosen response.
+        rejected_avg_logps: (B,) per-token mean log-prob of the rejected response.
+        beta: β > 0, reward scale.
+        gamma: γ, target reward margin.
+        alpha: α, reward shape.
+
+    Returns:
+        (B,) per-example loss.
+    """
+    margin = alphapo_rewards(chosen_avg_logps, alpha) - alphapo_rewards(rejected_avg_logps, alpha)
+    return -F.logsigmoid(beta * margin - gamma)

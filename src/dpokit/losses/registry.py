@@ -10,6 +10,7 @@ from collections.abc import Callable
 from torch import Tensor
 
 from dpokit.core.errors import ConfigError
+from dpokit.losses import adapters
 from dpokit.losses.base import (
     LossInputs,
     LossOutput,
@@ -22,25 +23,19 @@ from dpokit.losses.base import (
     upcast,
 )
 from dpokit.losses.kl import token_kl_loss
-from dpokit.losses.likelihood import sft_loss, unlikelihood_loss
+from dpokit.losses.likelihood import unlikelihood_loss
 from dpokit.losses.listwise import plackett_luce_loss
-from dpokit.losses.pairwise import hinge_loss, ipo_loss, orpo_loss, robust_loss, sigmoid_loss, simpo_loss
+from dpokit.losses.pairwise import hinge_loss, orpo_loss, robust_loss, sigmoid_loss, simpo_loss
 from dpokit.losses.unpaired import kto_loss
 
 
 def _pairwise(name: str, loss: Callable[[Tensor, Tensor, LossParams], Tensor]) -> Callable[..., LossOutput]:
-    """Adapter for a loss of the two log-ratios h_w, h_l (B,); rewards are β·log-ratio."""
-
-    def adapter(inputs: LossInputs, params: LossParams, reference_free: bool) -> LossOutput:
-        require_pairs(inputs, name)
-        ratios = logratios(inputs, reference_free, name)
-        return LossOutput(loss(ratios[:, 0], ratios[:, 1], params), (params.beta * ratios).detach())
-
-    return adapter
+    """Adapter for a margin loss of the chosen and rejected log-ratios h_w, h_l (B,), or of f-DPO's scores under
+    `loss.f_divergence_type` (`adapters.scored`); rewards are β·log-ratio."""
+    return adapters.scored(name, loss)
 
 
 _sigmoid = _pairwise("sigmoid", lambda hw, hl, p: sigmoid_loss(hw, hl, p.beta, p.label_smoothing))
-_ipo = _pairwise("ipo", lambda hw, hl, p: ipo_loss(hw, hl, p.beta))
 _robust = _pairwise("robust", lambda hw, hl, p: robust_loss(hw, hl, p.beta, p.label_smoothing))
 _hinge = _pairwise("hinge", lambda hw, hl, p: hinge_loss(hw, hl, p.beta))
 
@@ -51,7 +46,7 @@ def _plackett_luce(inputs: LossInputs, params: LossParams, reference_free: bool)
 
 
 def _sft(inputs: LossInputs, params: LossParams, reference_free: bool) -> LossOutput:
-    losses = sft_loss(upcast(inputs.policy_logps[:, 0]), inputs.num_tokens[:, 0])
+    losses = adapters.nll(upcast(inputs.policy_logps[:, 0]), inputs.num_tokens[:, 0], params)
     return LossOutput(losses, likelihood_rewards(inputs, params, reference_free).detach())
 
 
@@ -107,51 +102,55 @@ def _check_cdpo(params: LossParams) -> None:
         )
 
 
+def _check_exo(params: LossParams) -> None:
+    if not 0 < params.label_smoothing < 0.5:
+        raise ConfigError(f"config key 'loss.label_smoothing' must be in (0, 0.5) for exo_pair (the paper's 1e-3), "
+                          f"got {params.label_smoothing!r}")
+
+
+_F = {"f_divergence": True}
+_R = {"needs_reference": True}
 LOSSES: dict[str, LossSpec] = {
     spec.name: spec
     for spec in (
-        LossSpec("sigmoid", _sigmoid, needs_reference=True, description="DPO: −log σ(β h) (cDPO when ε > 0)"),
-        LossSpec("ipo", _ipo, needs_reference=True, description="IPO: (h − 1/(2β))²"),
-        LossSpec(
-            "cdpo",
-            _sigmoid,
-            needs_reference=True,
-            description="conservative DPO: −(1−ε) log σ(β h) − ε log σ(−β h), 0 < ε < 0.5",
-            check=_check_cdpo,
-        ),
-        LossSpec("robust", _robust, needs_reference=True, description="rDPO: noise-corrected DPO, ε < 0.5"),
-        LossSpec("hinge", _hinge, needs_reference=True, description="SLiC hinge: max(0, 1 − β h)"),
-        LossSpec(
-            "plackett_luce",
-            _plackett_luce,
-            needs_reference=True,
-            ranked=True,
-            description="DPO over ranked lists of K >= 2 responses",
-        ),
-        LossSpec(
-            "sft",
-            _sft,
-            needs_reference=False,
-            ranked=True,
-            chosen_only=True,
-            description="Preferred-FT: chosen NLL per token",
-        ),
-        LossSpec(
-            "unlikelihood",
-            _unlikelihood,
-            needs_reference=False,
-            description="chosen NLL + α · rejected unlikelihood, per token",
-        ),
+        LossSpec("sigmoid", _sigmoid, **_R, **_F, description="DPO: −log σ(β h) (cDPO when ε > 0)"),
+        LossSpec("ipo", adapters.ipo, **_R, **_F,
+                 description="IPO: (h − 1/(2β))², h of per-token mean log-ratios (loss.ipo_per_token)"),
+        LossSpec("cdpo", _sigmoid, **_R, **_F, check=_check_cdpo,
+                 description="conservative DPO: −(1−ε) log σ(β h) − ε log σ(−β h), 0 < ε < 0.5"),
+        LossSpec("robust", _robust, **_R, **_F, description="rDPO: noise-corrected DPO, ε < 0.5"),
+        LossSpec("hinge", _hinge, **_R, **_F, description="SLiC hinge: max(0, 1 − β h)"),
+        LossSpec("sigmoid_norm", adapters.sigmoid_norm, **_R, **_F,
+                 description="DPO on per-token mean log-ratios: −log σ(β (h_w/|y_w| − h_l/|y_l|))"),
+        LossSpec("exo_pair", adapters.exo_pair, **_R, **_F, check=_check_exo,
+                 description="EXO: KL(σ(β h) ‖ 1 − ε), reverse KL to the smoothed labels; 0 < ε < 0.5"),
+        LossSpec("discopop", adapters.discopop, **_R, **_F,
+                 description="DiscoPOP: logistic/exponential mix of β h at temperature loss.discopop_tau"),
+        LossSpec("nca_pair", adapters.nca_pair, **_R,
+                 description="NCA: −log σ(r_w) − ½ log σ(−r_w) − ½ log σ(−r_l)"),
+        LossSpec("bco_pair", adapters.bco_pair, **_R, description="BCO: −log σ(r_w) − log σ(−r_l)"),
+        LossSpec("sppo_hard", adapters.sppo_hard, **_R,
+                 description="SPPO (hard labels): (h_w − 1/(2β))² + (h_l + 1/(2β))²"),
+        LossSpec("aot", adapters.aot, **_R,
+                 description="AOT: DPO on the batch's sorted policy vs sorted reference margins"),
+        LossSpec("aot_unpaired", adapters.aot_unpaired, **_R,
+                 description="AOT: DPO on the batch's sorted chosen vs sorted rejected log-ratios"),
+        LossSpec("apo_zero", adapters.apo_zero, **_R, description="APO-zero: 1 − σ(r_w) + σ(r_l)"),
+        LossSpec("apo_down", adapters.apo_down, **_R, description="APO-down: σ(r_w) + 1 − σ(r_w − r_l)"),
+        LossSpec("plackett_luce", _plackett_luce, **_R, ranked=True,
+                 description="DPO over ranked lists of K >= 2 responses"),
+        LossSpec("sft", _sft, needs_reference=False, ranked=True, chosen_only=True, **_F,
+                 description="Preferred-FT: chosen NLL per token (loss.sft_mean)"),
+        LossSpec("unlikelihood", _unlikelihood, needs_reference=False,
+                 description="chosen NLL + α · rejected unlikelihood, per token"),
         LossSpec("simpo", _simpo, needs_reference=False, description="SimPO: −log σ(β Δavg − γ), reference-free"),
+        LossSpec("alphapo", adapters.alphapo, needs_reference=False,
+                 description="AlphaPO: SimPO on rewards (1 − p^(−α))/α of per-token mean probabilities"),
         LossSpec("orpo", _orpo, needs_reference=False, description="ORPO: chosen NLL + λ odds-ratio term"),
-        LossSpec("kto", _kto, needs_reference=True, unpaired=True, description="KTO: unpaired desirable/undesirable"),
-        LossSpec(
-            "kl",
-            _kl,
-            needs_reference=True,
-            ranked=True,
-            needs_reference_distributions=True,
-            description="per-token KL(πθ‖πref) over the vocabulary, all responses; add as 'sigmoid + λ*kl'",
-        ),
+        LossSpec("tpo", adapters.tpo, needs_reference=False, ranked=True, num_responses=3,
+                 description="TPO: triples (gold, chosen, rejected): −log σ(β Δlog π) + α·NLL(gold)"),
+        LossSpec("kto", _kto, **_R, unpaired=True, description="KTO: unpaired desirable/undesirable"),
+        LossSpec("kl", _kl, **_R, ranked=True, needs_reference_distributions=True,
+                 description="per-token KL(πθ‖πref) over the vocabulary, all responses; add as 'sigmoid + λ*kl'"),
     )
 }

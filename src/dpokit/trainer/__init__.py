@@ -5,6 +5,7 @@
     run.py         `build_run`: everything a run needs in one place; `evaluate_policy`
     loop.py        the optimizer steps, logging, evaluation, checkpoints, clean stops
     step.py        one optimizer step: micro-batches -> backward -> clip -> step
+    sync.py        TR-DPO: the frozen reference mixed toward the policy every τ steps (`reference.sync`)
     runtime.py     stop signals, checkpoint and resume, saving the model: shared with PPO
     dist.py        one `Parallel` for 1..N processes: DDP, FSDP2, DeepSpeed ZeRO
     launch.py      what torchrun / accelerate launch set, read once

@@ -9,7 +9,7 @@ import contextlib
 import copy
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -32,7 +32,7 @@ from dpokit.trainer.config import Config
 def wants_of(objective: Objective) -> Wants:
     """What the data layer must know of the loss: the shape of examples it consumes."""
     return Wants(str(objective), chosen_only=objective.chosen_only, unpaired=objective.unpaired,
-                 ranked=objective.ranked)
+                 ranked=objective.ranked, responses=objective.num_responses)
 
 
 def prepare_data(cfg: Config, tokenizer, objective: Objective) -> Prepared:
@@ -64,7 +64,7 @@ def _cache_key(cfg: Config, tokenizer, objective: Objective) -> str | None:
         "data": {k: getattr(data, k) for k in ("format", "split", "limit", "eval_fraction", "prompt_marker",
                                                 "on_bad_record", "max_length", "max_prompt_length",
                                                 "prompt_truncation")},
-        "seed": cfg.train.seed, "objective": [objective.chosen_only, objective.unpaired, objective.ranked],
+        "seed": cfg.train.seed, "objective": asdict(replace(wants_of(objective), name="")),  # its shape, not its name
     })
 
 
@@ -164,6 +164,9 @@ def plan_reference(cfg: Config, objective: Objective) -> ReferencePlan:
         raise ConfigError("reference.mode=adapter needs model.lora.enabled=true (the reference is the policy with its "
                           "LoRA adapter switched off)")
     if not objective.needs_reference:
+        if cfg.reference.sync.mode != "none":
+            raise ConfigError(f"reference.sync.mode={cfg.reference.sync.mode} (TR-DPO) updates a reference, but loss "
+                              f"'{objective}' uses none")
         if mode not in ("auto", "none"):
             why = "loss.reference_free=true" if objective.reference_free else f"loss '{objective}' uses none"
             raise ConfigError(f"reference.mode={mode}, but {why}: leave reference.mode at auto or set it to none")
@@ -175,11 +178,37 @@ def plan_reference(cfg: Config, objective: Objective) -> ReferencePlan:
         raise ConfigError(f"reference.mode=precomputed caches the reference's log-probs only, but loss '{objective}' "
                           "needs its next-token distributions at every response token (the kl term): use "
                           "reference.mode=auto, copy or adapter")
+    if mode == "precomputed" and objective.needs_reference_token_logps:
+        raise ConfigError("reference.mode=precomputed caches each response's summed log-probs, but loss.ld_alpha "
+                          "re-weights the reference's tokens past each pair's shared length: use reference.mode=auto, "
+                          "copy or adapter, or unset loss.ld_alpha")
     if mode == "precomputed" and objective.unpaired:
         raise ConfigError("reference.mode=precomputed does not support unpaired (KTO) losses: their mismatched "
                           "completions change with every batch")
     adapter = mode == "adapter" or (mode in ("auto", "precomputed") and lora and not name)
-    return ReferencePlan("adapter" if adapter else "copy", None if adapter else name, cached=mode == "precomputed")
+    plan = ReferencePlan("adapter" if adapter else "copy", None if adapter else name, cached=mode == "precomputed")
+    _check_sync(cfg, plan)
+    return plan
+
+
+def _check_sync(cfg: Config, plan: ReferencePlan) -> None:
+    """TR-DPO (reference.sync) moves a separate frozen copy toward the policy: refuses every reference it cannot."""
+    if cfg.reference.sync.mode == "none":
+        return
+    why = None
+    if plan.cached:
+        why = "reference.mode=precomputed caches the starting reference's log-probs once"
+    elif plan.live == "adapter":
+        why = "the reference is the LoRA policy with its adapter off: its base weights are the policy's own"
+    elif cfg.model.lora.enabled:
+        why = "a LoRA policy's parameters (base + adapter) do not map onto a full reference copy one to one"
+    elif cfg.train.fsdp:
+        why = "with train.fsdp each process holds a shard of the policy and of the reference; mixing them is not done"
+    elif cfg.train.resume:
+        why = "checkpoints do not hold the updated reference yet, so a resumed run would restart from the first one"
+    if why:
+        raise ConfigError(f"reference.sync.mode={cfg.reference.sync.mode} (TR-DPO) cannot work here: {why}; set "
+                          "reference.sync.mode=none or change that setting")
 
 
 def build_reference(cfg: Config, policy: torch.nn.Module, objective: Objective, data: Prepared,

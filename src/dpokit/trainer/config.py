@@ -16,12 +16,23 @@ from dpokit.losses import LossParams, objective_from_config
 
 
 @dataclass
+class SyncConfig:
+    """`reference.sync`: TR-DPO's reference updates (`trainer.sync`)."""
+
+    mode: str = setting("none", "TR-DPO: none | soft (πref ← α·πθ + (1−α)·πref) | hard (πref ← πθ), every "
+                                "reference.sync.every optimizer steps", choices=("none", "soft", "hard"))
+    alpha: float = setting(0.6, "α of the soft update (the TR-DPO paper's 0.6)", gt=0, le=1)
+    every: int = setting(512, "τ: optimizer steps between updates (the TR-DPO paper's 512)", gt=0)
+
+
+@dataclass
 class ReferenceConfig:
     mode: str = setting("auto", "auto (adapter with LoRA, else copy) | copy | adapter | precomputed | none",
                         choices=("auto", "copy", "adapter", "precomputed", "none"))
     name_or_path: str | None = setting(None, "reference weights; default: the policy's starting weights")
     cache_dir: str = setting("", "where precomputed reference log-probs are kept; empty: $DPOKIT_CACHE/reference, by "
                                  "default ~/.cache/dpokit/reference")
+    sync: SyncConfig = field(default_factory=SyncConfig)
 
 
 @dataclass

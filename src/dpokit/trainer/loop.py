@@ -129,6 +129,7 @@ def _steps(run: Run, first_step: int, writer: TrackedWriter, callback: Callback 
     with StopSignals(announce=main) as stop:
         for step in bar:
             last = _step(run, order, step + 1)
+            run.sync.after_step(step + 1)  # TR-DPO (reference.sync); nothing otherwise
             if (step + 1) % cfg.train.log_every == 0 or step + 1 == run.steps:
                 writer.write({"step": step + 1, "split": "train", **last})
             bar.set_postfix(**_postfix(last))

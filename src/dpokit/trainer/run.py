@@ -21,6 +21,7 @@ from dpokit.trainer.config import Config
 from dpokit.trainer.dist import Parallel
 from dpokit.trainer.optim import build_optimizer, build_scheduler
 from dpokit.trainer.step import Trainee, evaluate
+from dpokit.trainer.sync import NoSync, ReferenceSync
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Run:
     steps: int
     parallel: Parallel
     notes: list[str] = field(default_factory=list)
+    sync: ReferenceSync | NoSync = field(default_factory=NoSync)  # TR-DPO's reference updates, after each step
 
     @property
     def policy(self) -> torch.nn.Module:
@@ -56,6 +58,9 @@ def build_run(cfg: Config) -> Run:
     objective, params = objective_from_config(cfg.loss)
     torch.manual_seed(cfg.train.seed)
     parallel = Parallel(fsdp=cfg.train.fsdp)
+    if parallel.sharded and cfg.reference.sync.mode != "none":
+        raise ConfigError("reference.sync (TR-DPO) mixes whole parameters of policy and reference, which FSDP / ZeRO-3 "
+                          "shard: train it on one process or with DDP / ZeRO-1/2")
     if parallel.sharded and objective.needs_reference_distributions:
         raise ConfigError(f"loss '{objective}' computes both models' LM heads inside the policy's forward, which "
                           "FSDP / ZeRO-3 sharding does not support yet: train it on one process or with DDP / ZeRO-1/2")
@@ -84,8 +89,16 @@ def build_run(cfg: Config) -> Run:
         cfg=cfg, out_dir=out_dir, tokenizer=tokenizer, data=data, layout=layout,
         trainee=trainee(loaded.train_ref), eval_trainee=trainee(loaded.eval_ref),
         optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg.train, steps), steps=steps,
-        parallel=parallel, notes=data.notes,
+        parallel=parallel, notes=data.notes, sync=reference_sync(cfg, loaded.train_ref, policy),
     )
+
+
+def reference_sync(cfg: Config, reference, policy: torch.nn.Module) -> ReferenceSync | NoSync:
+    """TR-DPO's updates of the frozen reference copy (`plan_reference` has refused every other reference)."""
+    sync = cfg.reference.sync
+    if sync.mode == "none":
+        return NoSync()
+    return ReferenceSync(reference.model, policy, sync.mode, sync.alpha, sync.every)
 
 
 def _quiet(message: str) -> None:

@@ -55,11 +55,11 @@ def forward(trainee: Trainee, batch: Batch | PackedBatch) -> Forward:
         states = _live(trainee.reference).states(batch)
         with trainee.autocast():
             logps = trainee.engine(batch, states)
-        ref = logps.reference_logps
+        ref, ref_tokens = logps.reference_logps, None
     else:
         with trainee.autocast():
             logps = trainee.engine(batch)
-        ref = trainee.reference.logps(batch) if trainee.reference is not None else None
+        ref, ref_tokens = _reference_logps(trainee, batch)
     inputs = LossInputs(
         policy_logps=logps.logps,
         num_tokens=logps.num_tokens,
@@ -68,8 +68,19 @@ def forward(trainee: Trainee, batch: Batch | PackedBatch) -> Forward:
         token_mask=logps.token_mask,
         labels=batch.labels,
         kl=logps.kl,
+        reference_token_logps=ref_tokens,
     )
     return Forward(trainee.objective(inputs, trainee.params), logps)
+
+
+def _reference_logps(trainee: Trainee, batch: Batch | PackedBatch) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The reference's (B, K) summed log-probs, and its (B, K, T) per-token ones when the objective reads them."""
+    if trainee.reference is None:
+        return None, None
+    if trainee.objective.needs_reference_token_logps:
+        seq = _live(trainee.reference).sequence(batch)
+        return seq.logps, seq.token_logps
+    return trainee.reference.logps(batch), None
 
 
 def _live(reference: Reference | None) -> FrozenModel | AdapterOff:
