@@ -63,7 +63,12 @@ def bradley_terry_mle(winners: torch.Tensor, losers: torch.Tensor) -> torch.Tens
 @pytest.fixture(scope="module")
 def known_reward(tmp_path_factory) -> dict:
     """A reward model trained on 1,600 pairs sampled from r* (400 more held out), through `dpokit.rm`: ~4 s."""
-    root = tmp_path_factory.mktemp("known-bt")
+    return train_known(tmp_path_factory.mktemp("known-bt"), lora=False)
+
+
+def train_known(root: Path, lora: bool) -> dict:
+    """With `lora`: adapters on every linear layer, the score head trained in full (10 epochs: the embeddings stay
+    frozen, so it learns slower), saved merged plus the adapter."""
     vocab = {token: i for i, token in enumerate(["<|endoftext|>", "<|pad|>", "Q", *ITEMS])}
     words = Tokenizer(models.WordLevel(vocab, unk_token="<|pad|>"))
     words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -79,6 +84,8 @@ def known_reward(tmp_path_factory) -> dict:
     cfg.data.path, cfg.data.eval_path, cfg.data.max_length = str(root / "train.jsonl"), str(root / "held_out.jsonl"), 8
     cfg.train.batch_size, cfg.train.epochs, cfg.train.lr = 50, 5, 1e-2
     cfg.train.optimizer, cfg.train.schedule, cfg.train.progress = "adamw", "cosine", False
+    if lora:
+        cfg.model.lora.enabled, cfg.model.lora.target_modules, cfg.train.epochs = True, "all-linear", 10
     summary = dpokit.rm(cfg)
     return {"dir": root / "rm", "summary": summary, "train": train, "held_out": held_out,
             "score": load_reward(str(root / "rm"))}
@@ -94,6 +101,25 @@ def test_recovers_the_known_reward_up_to_a_constant(known_reward):
     assert (learned - truth).abs().max() < 0.35
     assert (learned - bradley_terry_mle(*known_reward["train"])).abs().max() < 0.25
     assert learned.argsort().tolist() == truth.argsort().tolist()
+
+
+def test_a_lora_reward_model_learns_the_order_and_saves_its_head_merged(tmp_path):
+    """LoRA on every linear layer plus the score head in full: r*'s order recovered (correlation 0.995 measured;
+    frozen embeddings cap it below full training's 0.999); the saved directory is the merged model, which
+    transformers' own forward scores as dpokit's scorer does, plus the adapter alone."""
+    known = train_known(tmp_path, lora=True)
+    learned = torch.tensor(known["score"](["Q"] * 8, [" " + item for item in ITEMS]))
+    assert torch.corrcoef(torch.stack([learned, TRUE]))[0, 1] > 0.99
+    assert learned.argsort().tolist() == TRUE.argsort().tolist()
+    assert (known["dir"] / "adapter" / "adapter_config.json").is_file()
+    model = AutoModelForSequenceClassification.from_pretrained(known["dir"]).eval()
+    assert not any("lora" in name for name, _ in model.named_parameters())
+    offset = getattr(model.config, MARKER)["offset"]
+    examples = tokenize_for_scoring(load_tokenizer(str(known["dir"])), getattr(model.config, MARKER), ["Q"] * 8,
+                                    [" " + i for i in ITEMS])
+    with torch.no_grad():
+        theirs = model(input_ids=torch.tensor([ex.prompt_ids + ex.response_ids[0] for ex in examples])).logits[:, 0]
+    torch.testing.assert_close(theirs - offset, learned, atol=1e-5, rtol=1e-5)
 
 
 def test_held_out_metrics_are_those_of_the_true_order(known_reward):
@@ -184,9 +210,16 @@ def test_cli_rm_names_a_bad_record_and_lists_its_keys(model_dir, tmp_path, capsy
     assert "loss.beta" not in printed and "reference.mode" not in printed
 
 
-def test_two_processes_equal_one_process_with_accumulation(model_dir, hh_path, tmp_path):
-    """DDP over 2 CPU processes (torchrun, gloo) trains the weights one process trains with grad_accum=2, and
-    centres them by the same offset (measured by the main process alone)."""
+LORA = ["model.lora.enabled=true"]
+
+
+@pytest.mark.parametrize(("two_extra", "one_extra"), [([], []), (["train.fsdp=true"], []), (LORA, LORA),
+                                                      (["train.fsdp=true", *LORA], LORA)],
+                         ids=["ddp", "fsdp", "ddp-lora", "fsdp-lora"])
+def test_two_processes_equal_one_process_with_accumulation(model_dir, hh_path, tmp_path, two_extra, one_extra):
+    """DDP or FSDP2 over 2 CPU processes (torchrun, gloo), full or LoRA, trains the weights one process trains with
+    grad_accum=2, and centres them by the same offset (every process scores the training set through the wrapped
+    engine: sharded weights are gathered as in training)."""
     data = tmp_path / "hh24.jsonl"
     with gzip.open(hh_path, "rt") as f:
         data.write_text("".join(line for _, line in zip(range(24), f, strict=False)))
@@ -197,13 +230,14 @@ def test_two_processes_equal_one_process_with_accumulation(model_dir, hh_path, t
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                          "127.0.0.1", "--master_port", str(port), "-m", "dpokit", *args, "--output-dir",
+                          "127.0.0.1", "--master_port", str(port), "-m", "dpokit", *args, *two_extra, "--output-dir",
                           str(tmp_path / "two")], capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
-    assert main([*args, "--output-dir", str(tmp_path / "one"), "train.grad_accum=2"]) == 0
+    assert main([*args, *one_extra, "--output-dir", str(tmp_path / "one"), "train.grad_accum=2"]) == 0
     weights = [load_file(str(tmp_path / run / "model.safetensors")) for run in ("two", "one")]
     for name, value in weights[0].items():
         torch.testing.assert_close(value, weights[1][name], atol=1e-5, rtol=1e-5)
     offsets = [json.loads((tmp_path / run / "config.json").read_text())[MARKER]["offset"] for run in ("two", "one")]
     assert offsets[0] == pytest.approx(offsets[1], abs=1e-5)
-    assert json.loads((tmp_path / "two" / "summary.json").read_text())["processes"] == 2
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["sharded"] == ("train.fsdp=true" in two_extra)

@@ -156,8 +156,6 @@ def test_engine_output_feeds_the_loop_objective():
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
-    ("model.lora.enabled", True, "LoRA is not supported"),
-    ("train.fsdp", True, "not sharded"),
     ("data.format", "unpaired", "learns from preferences"),
     ("train.lr", 0.0, "'train.lr' must be > 0"),  # train's own checks apply
 ])

@@ -170,7 +170,9 @@ def _refuse_pickle_only(name_or_path: str) -> None:
         )
 
 
-def apply_lora(model: torch.nn.Module, lora: LoraConfig) -> torch.nn.Module:
+def apply_lora(model: torch.nn.Module, lora: LoraConfig, head: str = "causal-lm") -> torch.nn.Module:
+    """LoRA adapters on `lora.target_modules`; with the reward head (`head="reward"`) the one-output `score` layer
+    is trained in full beside them (peft's SEQ_CLS task keeps it in `modules_to_save`)."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
@@ -180,7 +182,7 @@ def apply_lora(model: torch.nn.Module, lora: LoraConfig) -> torch.nn.Module:
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
-        task_type="CAUSAL_LM",
+        task_type="SEQ_CLS" if head == "reward" else "CAUSAL_LM",
     )
     return get_peft_model(model, peft_config)
 

@@ -57,11 +57,18 @@ def rewards(model: torch.nn.Module, batch: Batch | PackedBatch) -> Tensor:
     """
     batch = batch.to(next(model.parameters()).device)
     hidden = last_token_hidden(model, batch)  # (B*K, H)
-    return model.score(hidden).float().view(batch.num_examples, batch.num_responses)
+    return classifier(model).score(hidden).float().view(batch.num_examples, batch.num_responses)
+
+
+def classifier(model: torch.nn.Module) -> torch.nn.Module:
+    """The sequence-classification model itself: under LoRA, the one peft wraps (its `base_model` is the backbone,
+    its `score` the head, trained in full beside the adapters)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def last_token_hidden(model: torch.nn.Module, batch: Batch | PackedBatch) -> Tensor:
     """(B*K, H) hidden state of each response's last token; row b*K + k is example b's k-th response."""
+    model = classifier(model)
     backbone = model.base_model
     if isinstance(batch, PackedBatch):
         rows, cols = last_token_positions(batch)
@@ -91,7 +98,8 @@ def response_lengths(batch: Batch | PackedBatch) -> Tensor:
 
 def check_head(model: torch.nn.Module) -> None:
     """Refuses a model whose sequence-classification class is not a backbone plus one linear `score` output."""
-    head = getattr(model, "score", None)
+    head = getattr(classifier(model), "score", None)
+    head = getattr(head, "original_module", head)  # peft's copy of a head it trains in full
     if not isinstance(head, torch.nn.Linear) or head.out_features != 1:
         raise ConfigError(f"{type(model).__name__} has no one-output linear `score` head on its backbone; dpokit rm "
                           "reads decoder models' sequence-classification classes (Llama, Qwen2, Mistral, Gemma, Phi, "

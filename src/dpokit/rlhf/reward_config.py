@@ -29,11 +29,7 @@ class RewardModelConfig:
                       loss=LossConfig(name="plackett_luce", beta=1.0, reference_free=True))
 
     def check(self) -> None:
-        """`dpokit train`'s checks of these sections, then what a reward model does not support (yet)."""
+        """`dpokit train`'s checks of these sections, then what a reward model cannot learn from."""
         self.as_train_config().check()
         if self.data.format == "unpaired":
             raise ConfigError("data.format=unpaired: a reward model learns from preferences (pairs or ranked lists)")
-        if self.model.lora.enabled:
-            raise ConfigError("model.lora.enabled=true: dpokit rm trains all weights (LoRA is not supported yet)")
-        if self.train.fsdp:
-            raise ConfigError("train.fsdp=true: dpokit rm runs on one process or data-parallel (DDP), not sharded")

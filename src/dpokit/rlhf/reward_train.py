@@ -105,7 +105,7 @@ def build_reward_run(cfg: RewardModelConfig) -> Run:
     train_cfg = cfg.as_train_config()
     objective, params = objective_from_config(train_cfg.loss)
     torch.manual_seed(cfg.train.seed)  # the new head's initial weights
-    parallel = Parallel()
+    parallel = Parallel(fsdp=cfg.train.fsdp)
     out_dir = Path(cfg.train.output_dir)
     if parallel.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -120,7 +120,7 @@ def build_reward_run(cfg: RewardModelConfig) -> Run:
                       metrics=RewardMetrics)
     return Run(cfg=train_cfg, out_dir=out_dir, tokenizer=tokenizer, data=data, layout=layout, trainee=trainee,
                eval_trainee=trainee, optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg.train, steps),
-               steps=steps, parallel=parallel, notes=data.notes)
+               steps=steps, parallel=parallel, notes=data.notes, head="reward")
 
 
 def _load(cfg: Config, objective: Objective, device: torch.device,
@@ -149,7 +149,8 @@ def centring(run: Run, data: DataConfig) -> Callback:
 
     It measures the mean reward over every training response and stores it, with the tokenization settings, in the
     model's config (`MARKER`), which `save_pretrained` then writes to config.json; dpokit's scorer subtracts it.
-    metrics.jsonl gets it as `{"split": "callback", "reward_offset": ...}`.
+    metrics.jsonl gets it as `{"split": "callback", "reward_offset": ...}`. It is collective: every process scores
+    every batch through the wrapped engine (sharded weights are gathered layer by layer, as in training).
     """
 
     @torch.no_grad()
@@ -160,7 +161,7 @@ def centring(run: Run, data: DataConfig) -> Callback:
         total, count = 0.0, 0
         with run.trainee.autocast():
             for batch in batches(run.data.train, size, run.tokenizer.pad_token_id, False, layout=run.layout):
-                scores = rewards(model, batch)
+                scores = run.trainee.engine(batch.to(run.parallel.device)).logps
                 total, count = total + scores.sum().item(), count + scores.numel()
         offset = total / count
         setattr(model.config, MARKER, reward_settings(offset, data))
@@ -168,6 +169,7 @@ def centring(run: Run, data: DataConfig) -> Callback:
                          f"by dpokit's scorer (config.json: {MARKER}.offset)")
         return {"reward_offset": offset}
 
+    centre.collective = True
     return centre
 
 

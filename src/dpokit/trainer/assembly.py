@@ -125,7 +125,7 @@ def build_policy(cfg: Config, device: torch.device, head: str = "causal-lm") -> 
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if cfg.model.lora.enabled:
-        model = apply_lora(model, cfg.model.lora)
+        model = apply_lora(model, cfg.model.lora, head)
     return model.to(device)
 
 

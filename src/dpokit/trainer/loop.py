@@ -65,7 +65,8 @@ def train(cfg: Config, callback: Callback | None = None, keep_group: bool = Fals
         cfg: the run's configuration (validated before anything loads).
         callback: called as `callback(step, policy)` with the policy in eval mode and gradients off, at every
             `train.eval_every` steps and after the last one, e.g. to sample and score completions. A dict it returns
-            is written to metrics.jsonl with `"split": "callback"`.
+            is written to metrics.jsonl with `"split": "callback"`. It runs on the main process only, unless it
+            has `collective = True` (then on every process, which it must keep in step: the same forwards).
         keep_group: leave the process group up at the end (a caller that trains again in it, as `dpokit online`
             does round after round, tears it down itself); by default the job ends it.
     """
@@ -95,7 +96,7 @@ def run_training(run: Run, callback: Callback | None = None, start: float | None
 def _train(run: Run, callback: Callback | None, start: float) -> RunSummary:
     cfg = run.cfg
     main = run.parallel.is_main
-    if callback is not None and run.parallel.sharded:
+    if callback is not None and run.parallel.sharded and not _collective(callback):
         raise ConfigError("a training callback needs the whole policy in one process; with FSDP or ZeRO-3 each holds "
                           "only a part: evaluate the saved model instead")
     first_step = resume(run.out_dir, run.cfg.train.resume, run.policy, run.optimizer, run.scheduler,
@@ -164,8 +165,10 @@ def _save(run: Run) -> None:
     state = run.parallel.full_state(run.policy)
     if run.parallel.is_main:
         if run.cfg.model.lora.enabled:
-            whole = build_policy(run.cfg, torch.device("cpu"))
+            whole = build_policy(run.cfg, torch.device("cpu"), run.head)
             whole.load_state_dict(state, strict=True)
+            for key, value in vars(run.policy.config).items():  # what the run noted there (dpokit rm's offset)
+                setattr(whole.config, key, value)
             save_model(whole, run.tokenizer, run.out_dir)
         else:
             save_model(run.policy, run.tokenizer, run.out_dir, state)
@@ -208,7 +211,7 @@ def _order(run: Run, first_step: int) -> Iterator[list[int]]:
 
 
 def _evaluate(run: Run, step: int, writer: TrackedWriter, callback: Callback | None) -> dict[str, float] | None:
-    if callback is not None and run.parallel.is_main:
+    if callback is not None and (run.parallel.is_main or _collective(callback)):
         _run_callback(callback, step, run.policy, writer)
     if not run.data.eval:
         return None
@@ -217,6 +220,12 @@ def _evaluate(run: Run, step: int, writer: TrackedWriter, callback: Callback | N
     result = evaluate(run.eval_trainee, rows)
     writer.write({"step": step, "split": "eval", **result})
     return result
+
+
+def _collective(callback: Callback) -> bool:
+    """A callback marked `collective = True` runs on every process (through the wrapped engine, so it works on
+    sharded weights too); any other runs on the main process alone."""
+    return bool(getattr(callback, "collective", False))
 
 
 def _run_callback(callback: Callback, step: int, policy: torch.nn.Module, writer: TrackedWriter) -> None:

@@ -39,6 +39,7 @@ class Run:
     parallel: Parallel
     notes: list[str] = field(default_factory=list)
     sync: ReferenceSync | NoSync = field(default_factory=NoSync)  # TR-DPO's reference updates, after each step
+    head: str = "causal-lm"  # the policy's head (models.HEADS): what a sharded LoRA policy is rebuilt with to save
 
     @property
     def policy(self) -> torch.nn.Module:
