@@ -17,7 +17,6 @@ and a tiny random Llama with SmolLM2's vocabulary, so its model costs nothing; i
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import resource
@@ -83,12 +82,11 @@ def phase_alone(data: str) -> dict:
 def phase_trl(data: str, pairs: int, work: str) -> dict:
     import datasets
     import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     from dpokit.models.loading import load_tokenizer
     from dpokit.models.tiny import tiny_llama
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     datasets.config.HF_DATASETS_CACHE = work
     saved = Path(work) / "model"  # TRL reads models and tokenizers by path (not GGUF)
@@ -140,7 +138,8 @@ def main() -> None:
         alone = run_phase("alone", data)
         cold = run_phase("cold", data, cache)
         warm = run_phase("warm", data, cache)
-        assert warm["from_cache"] and not cold["from_cache"] and warm["examples"] == cold["examples"]
+        if not warm["from_cache"] or cold["from_cache"] or warm["examples"] != cold["examples"]:
+            sys.exit(f"the warm run did not read back the cold run's examples: cold {cold}, warm {warm}")
         trl = run_phase("trl", data, str(min(args.trl_pairs, args.pairs)), tmp) if args.trl_pairs else None
     lines = [f"{args.pairs:,} HH pairs ({size / 2**20:,.0f} MiB of JSONL; {cold['examples']:,} training examples, "
              f"{cold['tokens']:,} tokens counting each prompt once per response), tokenizer {TOKENIZER}, "
