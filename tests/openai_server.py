@@ -73,14 +73,17 @@ class OpenAIServer:
         api_key: when set, a request without "Authorization: Bearer <api_key>" gets 401.
         retry_after_ms: sent with failures as `retry-after-ms` (the client waits that long before its retry); None
             leaves the client to its own exponential backoff.
+        unsupported: request fields the "model" refuses with HTTP 400 the way OpenAI's reasoning models do (e.g.
+            "max_tokens": `Unsupported parameter: 'max_tokens' is not supported with this model. Use
+            'max_completion_tokens' instead.`, param "max_tokens", code "unsupported_parameter").
     """
 
     def __init__(self, rule: Rule, *, fail_first: int = 0, fail_status: int = 500, fail_always: bool = False,
                  delay: float = 0.0, slow_first: int = 0, slow_delay: float = 0.0, api_key: str | None = None,
-                 retry_after_ms: int | None = 1):
+                 retry_after_ms: int | None = 1, unsupported: tuple[str, ...] = ()):
         self.rule, self.fail_first, self.fail_status, self.fail_always = rule, fail_first, fail_status, fail_always
         self.delay, self.slow_first, self.slow_delay = delay, slow_first, slow_delay
-        self.api_key, self.retry_after_ms = api_key, retry_after_ms
+        self.api_key, self.retry_after_ms, self.unsupported = api_key, retry_after_ms, unsupported
         self.requests = 0  # POSTs received, failed ones included
         self.in_flight = 0
         self.max_in_flight = 0
@@ -119,6 +122,9 @@ class OpenAIServer:
             time.sleep(self.slow_delay if number <= self.slow_first else self.delay)
             if self.api_key is not None and authorization != f"Bearer {self.api_key}":
                 return 401, _error("Incorrect API key provided.", "invalid_request_error")
+            refused = [name for name in self.unsupported if name in body]
+            if refused:
+                return 400, _unsupported(refused[0])
             if self.fail_always or number <= self.fail_first:
                 kind = "rate_limit_exceeded" if self.fail_status == 429 else "server_error"
                 return self.fail_status, _error(f"scripted failure of request {number}", kind)
@@ -130,6 +136,16 @@ class OpenAIServer:
 
 def _error(message: str, kind: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": None, "code": kind}}
+
+
+# what OpenAI answers a reasoning model's request with a field it does not take (HTTP 400)
+INSTEAD = {"max_tokens": " Use 'max_completion_tokens' instead.", "max_completion_tokens": ""}
+
+
+def _unsupported(name: str) -> dict[str, Any]:
+    message = f"Unsupported parameter: '{name}' is not supported with this model.{INSTEAD.get(name, '')}"
+    return {"error": {"message": message, "type": "invalid_request_error", "param": name,
+                      "code": "unsupported_parameter"}}
 
 
 def _completion(number: int, body: dict[str, Any], content: str) -> dict[str, Any]:

@@ -19,14 +19,17 @@ from typing import Any
 import dpokit
 from dpokit.core.settings import keys_of
 
-# the file `dpokit frontier --config` reads: not exported by the package root, so named by its module
+# the file `dpokit frontier --config` reads, and `dpokit eval`'s settings: not exported by the package root, so named
+# by their modules
 FRONTIER_MODULE = "dpokit.experiments.frontier_config"
+EVAL_MODULE = "dpokit.eval.eval_config"
 
 PAGE = "config-reference.md"
 SIGNS = {"gt": "&gt;", "ge": "&gt;=", "le": "&lt;="}
 MARKER = re.compile(r"<!-- settings: (\w+) -->")
 SETTINGS: dict[str, Callable[[], type]] = {
     "Config": lambda: dpokit.Config,
+    "EvalConfig": lambda: importlib.import_module(EVAL_MODULE).EvalConfig,
     "RewardModelConfig": lambda: dpokit.RewardModelConfig,
     "BonConfig": lambda: dpokit.BonConfig,
     "PPOConfig": lambda: dpokit.PPOConfig,

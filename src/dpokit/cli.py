@@ -7,7 +7,7 @@ import importlib
 import sys
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 
 from dpokit.core.errors import DpokitError
 from dpokit.core.settings import describe_keys, field_of
@@ -65,6 +65,14 @@ ONLINE_FLAGS = {
     "loss": "loss.name", "beta": "loss.beta", "lr": "train.lr", "batch_size": "train.batch_size",
     "temperature": "temperature", "max_new_tokens": "max_new_tokens", "seed": "train.seed",
 }
+# flag -> key of `dpokit eval`'s settings (eval.eval_config.EvalConfig); --perplexity repeats
+EVAL_FLAGS = {
+    "policy": "model.name_or_path", "reference": "reference.name_or_path", "data": "data.path", "beta": "loss.beta",
+    "loss": "loss.name", "max_length": "data.max_length", "max_prompt_length": "data.max_prompt_length",
+    "batch_size": "batch_size", "output": "output", "perplexity": "perplexity.sources",
+    "perplexity_field": "perplexity.field", "perplexity_limit": "perplexity.limit",
+    "perplexity_split": "perplexity.split",
+}
 # flag -> key of `dpokit rm`'s settings (rlhf.reward_config.RewardModelConfig): train's flags less the loss's
 RM_FLAGS = {name: key for name, key in TRAIN_FLAGS.items() if not key.startswith("loss.")}
 
@@ -77,6 +85,9 @@ KEY_COMMANDS = {
     "rm": KeyCommand("dpokit.rlhf.reward_config:RewardModelConfig", RM_FLAGS, "train a Bradley-Terry reward model on "
                      "preference data: a scalar head on each response's last token, rewards centred on the training "
                      "data", "train.resume", "train.lr=1e-5"),
+    "eval": KeyCommand("dpokit.eval.eval_config:EvalConfig", EVAL_FLAGS, "preference metrics of a policy against a "
+                       "reference on a dataset, and/or perplexity on held-out text before (reference) and after "
+                       "(policy) (JSON out)", example="data.format=implicit"),
     "bon": KeyCommand("dpokit.rlhf.bon_config:BonConfig", BON_FLAGS, "Best-of-N: n samples per prompt from a model, "
                       "each scored by a reward, the best kept (JSON lines); prints mean rewards and the analytic KL "
                       "log N - (N-1)/N", example="temperature=0.7"),
@@ -93,7 +104,7 @@ def _add_key_command(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFor
     command = KEY_COMMANDS[name]
     settings = command.dataclass()
     epilog = "config keys (YAML, or key=value overrides), default, meaning:\n" + describe_keys(settings)
-    if settings is Config or name == "online":
+    if settings is Config or name in ("online", "eval"):
         epilog += "\n\n" + losses_help()
     parser = sub.add_parser(name, help=command.help, epilog=epilog, formatter_class=fmt)
     parser.add_argument("--config", help="YAML file with any of the keys below")
@@ -111,22 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("train", "sft"):
         _add_key_command(sub, fmt, name)
 
-    ev = sub.add_parser("eval", help="preference metrics of a policy against a reference on a dataset, and/or "
-                        "perplexity on held-out text before (reference) and after (policy) (JSON out)")
-    ev.add_argument("--policy", required=True, help="policy model (hub name or directory)")
-    ev.add_argument("--reference", help="reference model; omit with a reference-free loss")
-    ev.add_argument("--data", help="preference data file or `datasets` name (preference metrics; optional with "
-                    "--perplexity)")
-    ev.add_argument("--beta", type=float, default=0.1)
-    ev.add_argument("--loss", default="sigmoid")
-    ev.add_argument("--max-length", type=int, default=1024)
-    ev.add_argument("--max-prompt-length", type=int, default=None,
-                    help="over-long examples cut the prompt's start to this many tokens (default: max_length // 2)")
-    ev.add_argument("--batch-size", type=int, default=8)
-    ev.add_argument("--output", help="write the metrics JSON here (always printed too)")
-    _add_perplexity_flags(ev)
-    ev.add_argument("overrides", nargs="*", metavar="key.sub=value", help="any config key, e.g. data.format=implicit")
-
+    _add_key_command(sub, fmt, "eval")
     _add_experiment_commands(sub, fmt)
     for name in ("bon", "ppo", "rm", "online"):
         _add_key_command(sub, fmt, name)
@@ -158,18 +154,6 @@ def _add_winrate_command(sub: argparse._SubParsersAction, fmt: type[argparse.Hel
                         "[temperatures]")
     _add_key_flags(parser, WinrateConfig, WINRATE_FLAGS)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="any key below, e.g. judge.concurrency=4")
-
-
-def _add_perplexity_flags(ev: argparse.ArgumentParser) -> None:
-    """`dpokit eval --perplexity`: capability retention on held-out text (eval.perplexity)."""
-    ev.add_argument("--perplexity", action="append", metavar="TEXT_SOURCE",
-                    help="held-out text: a .txt file (one document per line), or a data file or `datasets` name "
-                    "with a text field; per-token NLL and perplexity of the reference (before) and the policy "
-                    "(after), in windows of --max-length tokens; repeatable")
-    ev.add_argument("--perplexity-field", default="text",
-                    help="the record field holding the text, a string or {role, content} messages (default text)")
-    ev.add_argument("--perplexity-limit", type=int, default=None, help="score at most this many documents per source")
-    ev.add_argument("--perplexity-split", default="train", help="the split of a `datasets` source (default train)")
 
 
 def _add_experiment_commands(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatter]) -> None:
@@ -223,10 +207,13 @@ def _add_key_flags(parser: argparse.ArgumentParser, settings: type, flags: dict[
         spec, hint = field_of(settings, key)
         kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
         kind = next(k for k in kinds if k is not type(None))  # `int | None` -> int
+        repeated = typing.get_origin(kind) is list  # `list[str]`: the flag repeats, each time one item
+        kind = typing.get_args(kind)[0] if repeated else kind
         kind = str if kind not in (int, float, str) else kind  # `str | int | None` (reward.label): taken as text
-        default = "" if spec.default in ("", None) else f" (default {spec.default!r})"
+        default = "" if spec.default in ("", None, MISSING) else f" (default {spec.default!r})"
         text = spec.metadata["help"].replace("%", "%%")
-        parser.add_argument("--" + name.replace("_", "-"), type=kind, help=f"{text}{default} [{key}]")
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, action="append" if repeated else "store",
+                            help=f"{text}{default} [{key}]")
 
 
 def losses_help() -> str:
@@ -286,11 +273,11 @@ def _run(args: argparse.Namespace) -> int:
             flags[command.resume_key] = args.resume
         if args.command in ("train", "sft"):
             return commands.train(args.command, args.config, flags, args.overrides)
+        if args.command == "eval":
+            return commands.evaluate(args.config, flags, args.overrides)
         return getattr(commands, args.command)(args.config, flags, args.overrides)
     if args.command == "winrate":
         return commands.winrate(args.config, _winrate_flags(args), args.overrides)
-    if args.command == "eval":
-        return commands.evaluate(args)
     if args.command == "generate":
         return commands.generate(args)
     if args.command == "frontier":

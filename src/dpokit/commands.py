@@ -7,12 +7,15 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dpokit import api
 from dpokit.core import settings as config_io
 from dpokit.core.errors import ConfigError
-from dpokit.losses import objective_from_config
 from dpokit.trainer.config import Config, build_config
+
+if TYPE_CHECKING:
+    from dpokit.eval.eval_config import EvalConfig
 
 
 def train(command: str, yaml_path: str | None, flags: dict, overrides: list[str]) -> int:
@@ -31,40 +34,28 @@ def train(command: str, yaml_path: str | None, flags: dict, overrides: list[str]
     return 0
 
 
-def evaluate(args: argparse.Namespace) -> int:
-    """Preference metrics (--data) and/or held-out perplexity before and after (--perplexity); JSON out."""
-    if not args.data and not args.perplexity:
-        raise ConfigError("nothing to evaluate: give --data (preference metrics) and/or --perplexity (held-out text)")
-    cfg = Config()
-    config_io.apply(cfg, {
-        "model.name_or_path": args.policy, "reference.name_or_path": args.reference,
-        "data.path": args.data or "", "loss.name": args.loss, "loss.beta": args.beta,
-        "data.max_length": args.max_length, "data.max_prompt_length": args.max_prompt_length,
-        "train.batch_size": args.batch_size, "train.shuffle": False, "train.progress": False,
-    })
-    config_io.apply(cfg, config_io.parse_overrides(args.overrides))
-    held_out = _held_out(args)  # read first: a bad text source fails before any model loads
-    result: dict = {}
-    if args.data:
-        objective, _ = objective_from_config(cfg.loss)
-        if objective.needs_reference and not args.reference:
-            raise ConfigError(f"loss '{objective}' compares against a reference: pass --reference (or "
-                              "loss.reference_free=true)")
-        result = api.evaluate(cfg)
+def evaluate(yaml_path: str | None, flags: dict, overrides: list[str]) -> int:
+    """Preference metrics (data.path) and/or held-out perplexity before and after (perplexity.sources); JSON out."""
+    from dpokit.eval.eval_config import EvalConfig
+
+    cfg = config_io.load(EvalConfig(), yaml_path, flags, config_io.parse_overrides(overrides))
+    config_io.validate(cfg, require=("model.name_or_path",))
+    held_out = _held_out(cfg)  # read first: a bad text source fails before any model loads
+    result: dict = api.evaluate(cfg.as_train_config()) if cfg.data.path else {}
     if held_out:
         result["perplexity"] = _perplexity(cfg, held_out)
-    _emit(json.dumps(result, indent=2), args.output)
+    _emit(json.dumps(result, indent=2), cfg.output or None)
     return 0
 
 
-def _held_out(args: argparse.Namespace) -> list:
+def _held_out(cfg: EvalConfig) -> list:
     from dpokit.eval.perplexity import read_held_out
 
-    return [read_held_out(path, args.perplexity_field, args.perplexity_limit, args.perplexity_split)
-            for path in args.perplexity or []]
+    p = cfg.perplexity
+    return [read_held_out(path, p.field, p.limit, p.split) for path in p.sources]
 
 
-def _perplexity(cfg: Config, held_out: list) -> dict:
+def _perplexity(cfg: EvalConfig, held_out: list) -> dict:
     """The reference (before, when there is one) and the policy (after) on the held-out text, with the policy's
     tokenizer for both, as in training; the table goes to stderr, the figures into the JSON."""
     import sys
@@ -77,7 +68,7 @@ def _perplexity(cfg: Config, held_out: list) -> dict:
     models = {"reference": ModelSpec(cfg.reference.name_or_path, settings=m)} if cfg.reference.name_or_path else {}
     models["policy"] = ModelSpec(m.name_or_path, m.gguf_file, m)
     report = api.perplexity(models, held_out, tokenizer=tokenizer, max_length=cfg.data.max_length,
-                            batch_size=cfg.train.batch_size, progress=True)
+                            batch_size=cfg.batch_size, progress=True)
     print(table(report), file=sys.stderr)
     return report
 

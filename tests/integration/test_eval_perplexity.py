@@ -91,5 +91,7 @@ def test_eval_needs_data_or_perplexity_and_names_bad_text(model_dir, tmp_path, c
     assert "nothing to evaluate: give --data" in capsys.readouterr().err
     held = tmp_path / "held.jsonl"
     held.write_text('{"text": "fine"}\n{"body": "no text"}\n')
-    assert main(["eval", "--policy", str(tmp_path / "not-loaded"), "--perplexity", str(held)]) == 2
+    assert main(["eval", "--policy", str(model_dir), "--perplexity", str(held)]) == 2
     assert f"{held}:2: field 'text': missing field" in capsys.readouterr().err  # before any model loads
+    assert main(["eval", "--policy", str(tmp_path / "not-there"), "--perplexity", str(held)]) == 2
+    assert "config key 'model.name_or_path': no such directory" in capsys.readouterr().err  # settings first

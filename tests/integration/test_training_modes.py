@@ -65,6 +65,13 @@ def test_lora_with_adapter_reference(model_dir, hh_path, tmp_path):
     assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # B = 0 at init: adapter on == adapter off
     assert steps[-1]["loss"] < steps[0]["loss"]
     assert (out / "adapter" / "adapter_config.json").is_file() and (out / "model.safetensors").is_file()
+    adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(model_dir)  # the base as named in model.name_or_path
+    card = (out / "README.md").read_text()  # the model card: base, data, loss, β, steps, final metrics
+    assert card.startswith("---\nlibrary_name: transformers\n") and "- lora\n" in card
+    assert f"`{model_dir}`" in card and f"`{hh_path}`" in card and "β = 0.1" in card and "6 optimizer steps" in card
+    assert f"| loss | {steps[-1]['loss']:.4g} |" in card
+    assert "library_name: peft" in (out / "adapter" / "README.md").read_text()
 
 
 def test_bf16_autocast_runs_the_same_objective(model_dir, hh_path, tmp_path):

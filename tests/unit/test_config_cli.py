@@ -91,3 +91,55 @@ def test_help_documents_commands_and_keys():
     top = subprocess.run([sys.executable, "-m", "dpokit", "--help"], capture_output=True, text=True).stdout
     for command in ("train", "sft", "eval", "demo"):
         assert command in top
+
+
+def _eval_parser():
+    import argparse
+
+    from dpokit.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return commands.choices["eval"]
+
+
+def test_eval_flags_come_from_its_settings_dataclass():
+    """Every `dpokit eval` flag is a key of `EvalConfig`: its type, help and default are the field's, none written
+    by hand; --perplexity repeats into the list key."""
+    from dpokit.cli import EVAL_FLAGS, parse
+    from dpokit.core.settings import field_of
+    from dpokit.eval.eval_config import EvalConfig
+
+    actions = {a.dest: a for a in _eval_parser()._actions}
+    for flag, key in EVAL_FLAGS.items():
+        spec, _ = field_of(EvalConfig, key)
+        assert actions[flag].default is None and actions[flag].help.endswith(f"[{key}]"), flag  # defaults: the field
+        assert actions[flag].help.startswith(spec.metadata["help"]), flag
+    assert (actions["beta"].type, actions["max_length"].type, actions["perplexity_limit"].type) == (float, int, int)
+    args = parse(["eval", "--policy", "p", "--perplexity", "a.txt", "--perplexity", "b.txt", "data.limit=3"])
+    assert args.perplexity == ["a.txt", "b.txt"] and args.overrides == ["data.limit=3"]
+    assert "(default 1024) [data.max_length]" in actions["max_length"].help  # eval's own default, from its field
+    cfg = EvalConfig()
+    assert (cfg.data.max_length, cfg.batch_size, cfg.loss.name, cfg.loss.beta) == (1024, 8, "sigmoid", 0.1)
+
+
+def test_eval_settings_load_from_yaml_flags_and_overrides_and_are_checked(tmp_path, capsys):
+    from dpokit.core.settings import load
+    from dpokit.eval.eval_config import EvalConfig
+
+    yaml_file = tmp_path / "eval.yaml"
+    yaml_file.write_text("loss: {beta: 0.3}\nperplexity: {sources: [held.txt], limit: 5}\nbatch_size: 2\n")
+    cfg = load(EvalConfig(), yaml_file, {"model.name_or_path": "m", "loss.beta": 0.2}, {"data.format": "implicit"})
+    assert (cfg.loss.beta, cfg.perplexity.sources, cfg.perplexity.limit, cfg.batch_size, cfg.data.format) == (
+        0.2, ["held.txt"], 5, 2, "implicit")
+    train = cfg.as_train_config()
+    assert (train.train.batch_size, train.train.shuffle, train.data is cfg.data) == (2, False, True)
+    for argv, message in [
+        (["eval", "--policy", "m"], "nothing to evaluate: give --data"),
+        (["eval", "--data", str(yaml_file)], "config key 'model.name_or_path' is required"),
+        (["eval", "--policy", "m", "--data", str(yaml_file), "--beta", "0"], "'loss.beta' must be > 0"),
+        (["eval", "--policy", "m", "--data", str(yaml_file)], "loss 'sigmoid' compares against a reference"),
+        (["eval", "--policy", "m", "--data", str(yaml_file), "data.eval_fraction=0.5"], "scores every example"),
+        (["eval", "--policy", "m", "--perplexity", "x.txt", "train.lr=1"], "unknown config key 'train"),
+    ]:
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv

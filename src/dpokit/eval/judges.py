@@ -183,8 +183,15 @@ class JudgeConfig:
                                         "answer that names A or B")
     base_url: str | None = setting(None, "openai: the API's base URL (default: $OPENAI_BASE_URL, else OpenAI's)")
     api_key_env: str = setting("OPENAI_API_KEY", "openai: the environment variable that holds the API key")
-    temperature: float = setting(0.0, "openai: sampling temperature of the judge's answer")
-    max_tokens: int = setting(256, "openai: answer budget in tokens", gt=0)
+    temperature: float | None = setting(0.0, "openai: sampling temperature of the judge's answer; null: not sent "
+                                             "(reasoning models take only their default)")
+    max_tokens: int = setting(256, "openai: answer budget in tokens (a reasoning model's reasoning counts too)",
+                              gt=0)
+    max_tokens_param: str = setting("auto", "openai: the request field max_tokens is sent as: max_tokens | "
+                                            "max_completion_tokens (what reasoning models such as o1, o3, gpt-5 "
+                                            "take) | auto: max_tokens until the API refuses it as unsupported, "
+                                            "then max_completion_tokens for the rest of the run",
+                                    choices=("auto", "max_tokens", "max_completion_tokens"))
     concurrency: int = setting(8, "openai: requests in flight at once", gt=0)
     max_retries: int = setting(5, "openai: retries of a failed request (rate limit, server error, timeout), with "
                                   "exponential backoff", ge=0)

@@ -19,11 +19,12 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import math
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dpokit.core.errors import ConfigError, DataError
+from dpokit.core.errors import ConfigError, DataError, DpokitError
 from dpokit.core.settings import setting
 from dpokit.data.chat import plain_text
 
@@ -60,7 +61,14 @@ class Reward:
     fn: ScoreFn
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
-        scores = list(self.fn(list(prompts), list(completions)))
+        """The scores, checked. An exception of the function itself becomes a `RewardError` that says what it raised
+        and where (the innermost file and line), in one line; dpokit's own errors pass as they are."""
+        try:
+            scores = list(self.fn(list(prompts), list(completions)))
+        except DpokitError:
+            raise
+        except Exception as err:
+            raise RewardError(f"reward {self.name} raised {type(err).__name__}: {err}{_where(err)}") from err
         if len(scores) != len(completions):
             raise DataError(f"reward {self.name} returned {len(scores)} scores for {len(completions)} completions")
         bad = [i for i, s in enumerate(scores)
@@ -70,6 +78,19 @@ class Reward:
             raise DataError(f"reward {self.name} returned a score that is not a finite number: {scores[bad[0]]!r} "
                             f"(prompt {bad[0]}: {prompt[:80]!r}{'...' if len(prompt) > 80 else ''})")
         return [float(s) for s in scores]
+
+
+class RewardError(DpokitError):
+    """A reward function raised: what it raised and where, from `Reward.__call__`."""
+
+
+def _where(err: BaseException) -> str:
+    """" (at file.py:12 in fn)": the innermost frame of the traceback, where the error was raised."""
+    frames = traceback.extract_tb(err.__traceback__)
+    if not frames:
+        return ""
+    last = frames[-1]
+    return f" (at {last.filename}:{last.lineno} in {last.name})"
 
 
 def load_reward(source: str, label: str | None = None, text: str = "completion") -> Reward:

@@ -41,7 +41,7 @@ from dpokit.lm.sampling import Samples, sample
 from dpokit.lm.sequence_kl import sequence_kl
 from dpokit.models.sampling import SamplingModel, load_for_sampling
 from dpokit.rewards.preferences import label_group, training_texts, usable
-from dpokit.rewards.sources import Reward
+from dpokit.rewards.sources import Reward, RewardError
 from dpokit.rlhf.online_config import OnlineConfig
 from dpokit.trainer import loop
 from dpokit.trainer.dist import Parallel, Single
@@ -49,7 +49,8 @@ from dpokit.trainer.run import evaluate_policy
 from dpokit.trainer.trackers import Trackers, open_trackers
 
 ROUNDS_FILE = "rounds.jsonl"
-RUN_FILES = {"metrics.jsonl", "summary.json", "config.yaml", "round.json"}  # a round's own records, not its model
+# a round's own records (its model card too), not its model
+RUN_FILES = {"metrics.jsonl", "summary.json", "config.yaml", "round.json", "README.md"}
 
 
 @dataclass
@@ -246,6 +247,9 @@ def _share(cfg: OnlineConfig, r: int, current: str, start: SamplingModel, batch:
     t = time.perf_counter()
     try:
         scores = labeller.scores(samples, k)
+    except RewardError as err:
+        raise RewardError(f"round {r}: {err}; the rounds before it are kept: fix the reward, then continue with "
+                          "--resume") from None
     except DataError as err:
         raise DataError(f"round {r}: {err}") from None
     except DpokitError:

@@ -7,7 +7,7 @@
         train_step(...)                 step.py: micro-batches -> backward -> clip -> step (NaN/inf checked)
         metrics.jsonl (and trackers.py: train.report_to), eval, callback, checkpoint every train.save_every
         SIGTERM/SIGINT -> checkpoint, exit with how to resume
-      final eval, save_pretrained, summary.json
+      final eval, save_pretrained, summary.json, README.md (model_card.py)
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from dpokit.data.batching import batches
 from dpokit.data.store import token_counts
 from dpokit.trainer.assembly import build_policy
 from dpokit.trainer.config import Config
+from dpokit.trainer.model_card import write_model_cards
 from dpokit.trainer.optim import NonFiniteError
 from dpokit.trainer.order import batch_indices
 from dpokit.trainer.run import Run, build_run, total_steps
@@ -71,7 +72,11 @@ def train(cfg: Config, callback: Callback | None = None, keep_group: bool = Fals
             does round after round, tears it down itself); by default the job ends it.
     """
     start = time.perf_counter()
-    return run_training(build_run(cfg), callback, start, keep_group)
+    run = build_run(cfg)
+    summary = run_training(run, callback, start, keep_group)
+    if cfg.train.save and run.parallel.is_main:
+        write_model_cards(cfg, summary, run.out_dir)  # README.md: base, data, loss, β, steps, final metrics
+    return summary
 
 
 def run_training(run: Run, callback: Callback | None = None, start: float | None = None,
@@ -158,9 +163,10 @@ def _postfix(metrics: dict[str, float]) -> dict[str, str]:
 def _save(run: Run) -> None:
     """The final model, from the main process. Sharded weights are gathered first (all processes take part); a
     sharded LoRA policy is rebuilt whole in the main process from them, so it can be merged and saved as usual."""
+    base = run.cfg.model.name_or_path  # as the user named it: the adapter's base
     if not run.parallel.sharded:
         if run.parallel.is_main:
-            save_model(run.policy, run.tokenizer, run.out_dir)
+            save_model(run.policy, run.tokenizer, run.out_dir, base=base)
         return
     state = run.parallel.full_state(run.policy)
     if run.parallel.is_main:
@@ -169,7 +175,7 @@ def _save(run: Run) -> None:
             whole.load_state_dict(state, strict=True)
             for key, value in vars(run.policy.config).items():  # what the run noted there (dpokit rm's offset)
                 setattr(whole.config, key, value)
-            save_model(whole, run.tokenizer, run.out_dir)
+            save_model(whole, run.tokenizer, run.out_dir, base=base)
         else:
             save_model(run.policy, run.tokenizer, run.out_dir, state)
     run.parallel.barrier()

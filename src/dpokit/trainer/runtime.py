@@ -90,14 +90,23 @@ def checkpoint(out_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Opt
     return ckpt.save_checkpoint(out_dir, model, optimizer, extra, state, keep, parallel)
 
 
-def save_model(policy: torch.nn.Module, tokenizer, out_dir: Path, state: dict | None = None) -> None:
+def save_model(policy: torch.nn.Module, tokenizer, out_dir: Path, state: dict | None = None,
+               base: str | None = None) -> None:
     """safetensors weights + tokenizer. A LoRA policy is saved merged (loadable anywhere) plus its adapter.
 
-    `state`: the gathered weights of a sharded policy (its own parameters hold only this process's part).
+    Args:
+        state: the gathered weights of a sharded policy (its own parameters hold only this process's part).
+        base: the base model as the user named it (a short name, path or hub id), for the adapter's
+            `base_model_name_or_path`; None keeps what peft took from the loaded model (for GGUF weights, the
+            directory the file sits in).
     """
     with deepspeed_unprobed():  # transformers would import DeepSpeed just to unwrap the model
         if hasattr(policy, "merge_and_unload"):
-            policy.save_pretrained(out_dir / "adapter")
+            if base:
+                for adapter in policy.peft_config.values():
+                    adapter.base_model_name_or_path = base
+            # dpokit never resizes the embeddings, so peft need not look for the base's config.json to check
+            policy.save_pretrained(out_dir / "adapter", save_embedding_layers=False)
             policy = policy.merge_and_unload()
         policy.save_pretrained(out_dir, safe_serialization=True, state_dict=state)
     tokenizer.save_pretrained(out_dir)
