@@ -10,7 +10,7 @@ import torch
 
 from dpokit.data.batching import Layout
 from dpokit.data.collate import collate
-from dpokit.data.packing import pack
+from dpokit.data.packing import _bin, _units, pack
 from dpokit.data.tokenize import TokenizedExample
 from dpokit.lm.logprobs import chunked_token_logps, sequence_logps
 from dpokit.losses import LossInputs, LossParams, parse_objective
@@ -93,6 +93,27 @@ def test_packing_puts_several_units_in_a_row_and_counts_real_tokens():
     plain = collate(examples, PAD)
     assert int(plain.attention_mask.sum()) == 2 * (5 + 5) + 40 + 14  # the plain layout repeats every prompt
 
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_packing_takes_the_capacity_with_the_fewest_cells(seed):
+    """`pack` tries the capacities from row_length down; checked against first-fit decreasing at *every* capacity:
+    no capacity gives fewer rows × width, the rows hold every unit once and none is wider than row_length."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = [(int(torch.randint(1, 30, (), generator=g)), tuple(int(x) for x in torch.randint(1, 40, (2,),
+                                                                                                 generator=g)))
+               for _ in range(9)]
+    examples = make_examples(lengths, seed=seed)
+    units = _units(examples, [ex.response_ids for ex in examples], shared_prompt=True)
+    longest, row_length = max(map(len, units)), 200
+    packed = pack(examples, PAD, shared_prompt=True, packing=True, row_length=row_length)
+    rows, width = packed.input_ids.shape
+    every = [_bin(units, c) for c in range(longest, row_length + 1)]
+    fewest = min(len(r) * max(sum(map(len, row)) for row in r) for r in every)
+    assert rows * width == fewest
+    assert width <= row_length and packed.num_real_tokens == sum(map(len, units))
+    at_row_length = every[-1]  # the rule before: capacity = row_length
+    assert rows * width <= len(at_row_length) * max(sum(map(len, row)) for row in at_row_length)
 
 def test_chunked_token_logps_matches_full_logits_in_value_and_gradient():
     torch.manual_seed(0)
