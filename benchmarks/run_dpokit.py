@@ -31,6 +31,7 @@ MODES: dict[str, list[str]] = {
     # the least memory: no reference model in memory while training, activations recomputed in backward
     "lean": ["reference.mode=precomputed", "model.gradient_checkpointing=true"],
     "lora": ["model.lora.enabled=true"],
+    "compiled": ["train.compile=true"],  # the default mode with each transformer block under torch.compile
 }
 TRUNCATION = {
     "matched": ["data.prompt_truncation=none", "data.on_bad_record=skip"],

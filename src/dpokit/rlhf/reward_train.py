@@ -43,7 +43,7 @@ from dpokit.trainer.dist import Parallel
 from dpokit.trainer.loop import Callback, RunSummary, run_training
 from dpokit.trainer.metrics import PreferenceMetrics
 from dpokit.trainer.optim import build_optimizer, build_scheduler
-from dpokit.trainer.run import Run, total_steps
+from dpokit.trainer.run import Run, compile_models, refuse_compile, total_steps
 from dpokit.trainer.step import Trainee
 
 
@@ -106,6 +106,7 @@ def build_reward_run(cfg: RewardModelConfig) -> Run:
     objective, params = objective_from_config(train_cfg.loss)
     torch.manual_seed(cfg.train.seed)  # the new head's initial weights
     parallel = Parallel(fsdp=cfg.train.fsdp)
+    refuse_compile(cfg.train.compile, parallel)
     out_dir = Path(cfg.train.output_dir)
     if parallel.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -114,6 +115,8 @@ def build_reward_run(cfg: RewardModelConfig) -> Run:
     tokenizer, data, model, layout = _load(train_cfg, objective, parallel.device, tell)
     model.train()
     engine, optimizer = parallel.wrap(RewardEngine(model), None, lambda ps: build_optimizer(ps, cfg.train), cfg.train)
+    if cfg.train.compile:
+        compile_models(model)
     steps = total_steps(train_cfg, len(data.train), parallel.world)
     trainee = Trainee(policy=model, reference=None, objective=objective, params=params, engine=engine,
                       autocast=autocast_for(cfg.train.precision, parallel.device), parallel=parallel,

@@ -14,7 +14,9 @@ from dpokit.core.errors import ConfigError
 from dpokit.core.progress import say
 from dpokit.data.batching import Layout, batches
 from dpokit.lm.logprobs import PolicyLogps
+from dpokit.lm.reference import FrozenModel
 from dpokit.losses import objective_from_config
+from dpokit.models.compiling import compile_blocks
 from dpokit.models.loading import default_device
 from dpokit.trainer.assembly import Prepared, autocast_for, load_all
 from dpokit.trainer.config import Config
@@ -62,6 +64,7 @@ def build_run(cfg: Config) -> Run:
     if parallel.sharded and cfg.reference.sync.mode != "none":
         raise ConfigError("reference.sync (TR-DPO) mixes whole parameters of policy and reference, which FSDP / ZeRO-3 "
                           "shard: train it on one process or with DDP / ZeRO-1/2")
+    refuse_compile(cfg.train.compile, parallel)
     if parallel.sharded and objective.needs_reference_distributions:
         raise ConfigError(f"loss '{objective}' computes both models' LM heads inside the policy's forward, which "
                           "FSDP / ZeRO-3 sharding does not support yet: train it on one process or with DDP / ZeRO-1/2")
@@ -79,6 +82,8 @@ def build_run(cfg: Config) -> Run:
     policy.train()
     engine, optimizer = parallel.wrap(PolicyLogps(policy, chunk), loaded.train_ref,
                                       lambda params: build_optimizer(params, cfg.train), cfg.train)
+    if cfg.train.compile:
+        compile_models(policy, loaded.train_ref, loaded.eval_ref)
     autocast = autocast_for(cfg.train.precision, device)
     steps = total_steps(cfg, len(data.train), parallel.world)
 
@@ -92,6 +97,24 @@ def build_run(cfg: Config) -> Run:
         optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg.train, steps), steps=steps,
         parallel=parallel, notes=data.notes, sync=reference_sync(cfg, loaded.train_ref, policy),
     )
+
+
+def refuse_compile(compile: bool, parallel: Parallel) -> None:
+    """`train.compile` under DeepSpeed is refused before any load: its engine runs the model through its own hooks
+    (ZeRO-3 gathers parameters in them) and has its own `compile` setting; dpokit has not tested blocks compiled
+    beneath it."""
+    if compile and parallel.zero is not None:
+        raise ConfigError("train.compile=true is not supported under DeepSpeed (its engine wraps the model with its "
+                          "own hooks and compile setting): use DDP or FSDP (train.fsdp=true), or train.compile=false")
+
+
+def compile_models(policy: torch.nn.Module, *references) -> None:
+    """Regional compilation (`models.compiling`) of the policy and of every frozen reference copy among
+    `references` (an adapter-off reference is the policy itself; cached log-probs run no model)."""
+    compile_blocks(policy)
+    for reference in references:
+        if isinstance(reference, FrozenModel) and reference.model is not policy:
+            compile_blocks(reference.model)
 
 
 def reference_sync(cfg: Config, reference, policy: torch.nn.Module) -> ReferenceSync | NoSync:
