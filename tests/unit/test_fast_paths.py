@@ -115,17 +115,25 @@ def test_packing_takes_the_capacity_with_the_fewest_cells(seed):
     at_row_length = every[-1]  # the rule before: capacity = row_length
     assert rows * width <= len(at_row_length) * max(sum(map(len, row)) for row in at_row_length)
 
-def test_chunked_token_logps_matches_full_logits_in_value_and_gradient():
+@pytest.mark.parametrize(("chunk", "head_calls"), [(10, 5 + 4), (47, 1), (0, 1), (46, 2 + 1)])
+def test_chunked_token_logps_matches_full_logits_in_value_and_gradient(chunk, head_calls):
+    """Values and gradients (hidden and head) equal the full-vocabulary computation; every chunk but the last is
+    recomputed in backward (47 tokens in chunks of 10: 5 forwards + 4 recomputes), the last keeps its logits."""
     torch.manual_seed(0)
     hidden = torch.randn(47, 31, requires_grad=True)
     head = torch.nn.Linear(31, 123, bias=True)
     targets = torch.randint(0, 123, (47,))
     full = torch.log_softmax(head(hidden), -1).gather(-1, targets[:, None]).squeeze(-1)
-    (g_full,) = torch.autograd.grad(full.sum(), hidden)
-    chunked = chunked_token_logps(hidden, head, targets, chunk_size=10)
-    (g_chunk,) = torch.autograd.grad(chunked.sum(), hidden)
+    g_full = torch.autograd.grad(full.sum(), (hidden, head.weight))
+    calls = []
+    hook = head.register_forward_hook(lambda *_: calls.append(1))
+    chunked = chunked_token_logps(hidden, head, targets, chunk_size=chunk)
+    g_chunk = torch.autograd.grad(chunked.sum(), (hidden, head.weight))
+    hook.remove()
     torch.testing.assert_close(chunked, full)
-    torch.testing.assert_close(g_chunk, g_full)
+    for a, b in zip(g_chunk, g_full, strict=True):
+        torch.testing.assert_close(a, b)
+    assert len(calls) == head_calls
 
 
 def test_check_layout_falls_back_to_plain_when_the_fast_path_disagrees(tokenizer):

@@ -203,15 +203,20 @@ def chunked_token_logps(
 ) -> Tensor:
     """log softmax(head(hidden))[targets] for (M, H) hidden states, `chunk_size` rows at a time.
 
-    With gradients on, each chunk runs under activation checkpointing: its (chunk, V) logits are freed after the
-    forward and recomputed in backward, so no (M, V) tensor ever exists. `chunk_size` <= 0 means one chunk.
+    With gradients on, each chunk but the last runs under activation checkpointing: its (chunk, V) logits are freed
+    after the forward and recomputed in backward, so no (M, V) tensor ever exists. The last chunk keeps its logits
+    for backward instead: backward starts with it and frees them before recomputing any other chunk, so the peak
+    stays one chunk's logits, and its recompute (a third of its head work) is saved; with one chunk, the whole
+    recompute. `chunk_size` <= 0 means one chunk.
     """
-    size = chunk_size if chunk_size > 0 else max(1, hidden.shape[0])
+    m = hidden.shape[0]
+    size = chunk_size if chunk_size > 0 else max(1, m)
     grad = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in head.parameters()))
     parts = []
-    for start in range(0, hidden.shape[0], size):
+    for start in range(0, m, size):
         args = (hidden[start:start + size], targets[start:start + size], head, softcap)
-        parts.append(checkpoint(_chunk_logps, *args, use_reentrant=False) if grad else _chunk_logps(*args))
+        recompute = grad and start + size < m
+        parts.append(checkpoint(_chunk_logps, *args, use_reentrant=False) if recompute else _chunk_logps(*args))
     if not parts:
         return hidden.new_zeros(0, dtype=torch.float32)
     return torch.cat(parts)
