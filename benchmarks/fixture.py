@@ -51,6 +51,11 @@ class Fixture:
     num_params: int
 
 
+def load(manifest: str | Path) -> Fixture:
+    """A fixture another builder wrote (`benchmarks/gpu/bench.py`): its fixture.json manifest."""
+    return Fixture(**json.loads(Path(manifest).read_text())["fixture"])
+
+
 def data_path() -> Path:
     return Path(os.environ.get("DPOKIT_BENCH_DATA", DEFAULT_DATA)).expanduser().resolve()
 

@@ -12,6 +12,7 @@ import json
 import os
 import resource
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -39,10 +40,12 @@ class RunResult:
     loadavg_1m: float  # at the end of the run; above the core count, other jobs were competing for the CPU
     other_cores: float | None  # CPU cores other processes kept busy on average over this run (from /proc/stat)
     config: dict[str, object] = field(default_factory=dict)
+    peak_gpu_gib: float | None = None  # torch.cuda.max_memory_allocated over the whole run; None off CUDA
 
 
 SHARED = ("model", "steps", "warmup", "batch_size", "max_length", "beta", "lr", "optimizer", "max_grad_norm",
-          "gradient_checkpointing", "limit", "seed", "threads")  # passed by the driver to both runners unchanged
+          "gradient_checkpointing", "limit", "seed", "threads", "fixture", "precision",
+          "device")  # passed by the driver to both runners unchanged
 
 
 def add_shared_args(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +66,12 @@ def add_shared_args(parser: argparse.ArgumentParser) -> None:
                         help="use only the first N pairs, 0 for all (bounds tokenization and precompute time)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--fixture", default=None,
+                        help="a fixture.json manifest to use instead of --model/--small's (benchmarks/gpu/bench.py)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="fp32, or bf16 autocast over fp32 weights (dpokit train.precision, TRL bf16=True)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where TRL trains (dpokit: CUDA "
+                                                                                "when there is one)")
 
 
 def add_runner_args(parser: argparse.ArgumentParser) -> None:
@@ -133,6 +142,14 @@ def peak_hwm_gib() -> float | None:
     return None
 
 
+def peak_gpu_gib() -> float | None:
+    """torch.cuda.max_memory_allocated in GiB, if this process imported torch and used CUDA; else None."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return torch.cuda.max_memory_allocated() / 2**30
+
+
 def pair_tokens(sequence_tokens: int, response_tokens: int, responses: int) -> int:
     """Tokens of a batch with each prompt counted once per example, from what every layout can count.
 
@@ -158,6 +175,7 @@ def summarize(system: str, mode: str, args: argparse.Namespace, times: list[floa
         tokens_per_s=statistics.median(n / t for n, t in zip(measured_tokens, measured, strict=True)),
         peak_rss_gib=peak_rss_gib(), peak_hwm_gib=peak_hwm_gib(), setup_s=setup_s,
         first_batch=first_batch, loadavg_1m=os.getloadavg()[0], other_cores=other_cores(START), config=config,
+        peak_gpu_gib=peak_gpu_gib(),
     )
 
 

@@ -32,6 +32,8 @@ MODES: dict[str, list[str]] = {
     "lean": ["reference.mode=precomputed", "model.gradient_checkpointing=true"],
     "lora": ["model.lora.enabled=true"],
     "compiled": ["train.compile=true"],  # the default mode with each transformer block under torch.compile
+    "plain": ["train.packing=false", "train.shared_prompt=false"],  # padded rows: the fast paths' reference
+    "flex": ["train.attention=flex"],  # packed rows through FlexAttention block masks (CUDA only, experimental)
 }
 TRUNCATION = {
     "matched": ["data.prompt_truncation=none", "data.on_bad_record=skip"],
@@ -48,7 +50,7 @@ def overrides(args: argparse.Namespace, fix: fixture.Fixture, workdir: Path) -> 
         f"loss.beta={args.beta}", f"train.lr={args.lr}", f"train.optimizer={args.optimizer}",
         f"train.max_grad_norm={args.max_grad_norm}", f"train.batch_size={args.batch_size}",
         f"train.max_steps={args.steps}", f"train.seed={args.seed}", "train.shuffle=false",
-        "train.save=false", "train.progress=false", "train.log_every=1", "train.precision=fp32",
+        "train.save=false", "train.progress=false", "train.log_every=1", f"train.precision={args.precision}",
         f"train.output_dir={workdir / 'run'}", f"reference.cache_dir={workdir / 'ref-cache'}",
         f"model.gradient_checkpointing={'true' if args.gradient_checkpointing == 'on' else 'false'}",
     ]
@@ -68,7 +70,7 @@ def run(args: argparse.Namespace) -> RunResult:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    fix = fixture.build(args.small, args.model)
+    fix = fixture.load(args.fixture) if args.fixture else fixture.build(args.small, args.model)
     with tempfile.TemporaryDirectory(prefix="bench-dpokit-") as tmp:
         items = overrides(args, fix, Path(tmp))
         cfg = build_config(None, config_io.parse_overrides(items))

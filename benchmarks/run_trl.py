@@ -3,7 +3,8 @@
 TRL is an optional benchmark dependency only: `pip install trl==1.16.0` (it leaves torch and transformers alone).
 
 Settings are aligned with the dpokit runner wherever DPOConfig allows (see README.md, "What is aligned"):
-CPU, fp32 (`bf16=False`; TRL's default is bf16), constant lr with no warmup (TRL's default decays linearly),
+CPU (`--device cuda` on a GPU), fp32 (`bf16=False`, TRL's default is bf16; `--precision bf16` sets it as dpokit's
+`train.precision=bf16`: autocast over fp32 weights), constant lr with no warmup (TRL's default decays linearly),
 `torch.optim.AdamW` / `RMSprop` without the fused kernel (TRL's default is `adamw_torch_fused`), the same gradient
 clipping, sequential sampling (no shuffling), gradient checkpointing per `--gradient-checkpointing` (TRL's default
 is on), and `truncation_mode="keep_start"`, which cuts `prompt + response` to its first max_length tokens and drops
@@ -27,7 +28,7 @@ import time
 import fixture
 from measure import RunResult, add_runner_args, emit, pair_tokens, parse_sets, summarize
 
-MODES = ("default", "precompute", "lora")
+MODES = ("default", "precompute", "lora", "liger")  # liger: use_liger_kernel=True (needs liger-kernel, CUDA)
 FIRST_BATCH_KEYS = ("logps/chosen", "logps/rejected", "rewards/margins")
 
 
@@ -42,7 +43,8 @@ def dpo_config(args: argparse.Namespace, output_dir: str):
     from trl import DPOConfig
 
     values: dict[str, object] = dict(
-        output_dir=output_dir, use_cpu=True, bf16=False, fp16=False, seed=args.seed,
+        output_dir=output_dir, use_cpu=args.device == "cpu", bf16=args.precision == "bf16", fp16=False,
+        seed=args.seed, use_liger_kernel=args.mode == "liger",
         per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1, max_steps=args.steps,
         learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         optim="adamw_torch" if args.optimizer == "adamw" else "rmsprop", max_grad_norm=args.max_grad_norm,
@@ -119,7 +121,7 @@ def run(args: argparse.Namespace) -> RunResult:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    fix = fixture.build(args.small, args.model)
+    fix = fixture.load(args.fixture) if args.fixture else fixture.build(args.small, args.model)
     trainer_cls, timer = trainer_class(), step_timer()  # imports trl before the clock starts, like dpokit's imports
     with tempfile.TemporaryDirectory(prefix="bench-trl-") as tmp:
         config, values = dpo_config(args, tmp)

@@ -39,6 +39,8 @@ class PackedBatch:
     input_ids: Tensor  # (R, L) long
     position_ids: Tensor  # (R, L) long, restarting per unit
     attention_mask: Tensor  # (R, 1, L, L) bool, True where a query position may attend a key position
+    unit_ids: Tensor  # (R, L) long: the unit of each column, -1 on padding (the mask's ingredients, for mask_mod)
+    segments: Tensor  # (R, L) long: 0 in a prompt, j + 1 in a unit's response j
     pred_rows: Tensor  # (M,) row of the hidden state that predicts each response token
     pred_cols: Tensor  # (M,) column of that hidden state
     targets: Tensor  # (M,) the response token ids
@@ -108,7 +110,9 @@ def pack(
     return PackedBatch(
         input_ids=grid.ids,
         position_ids=grid.pos,
-        attention_mask=_mask(grid.unit_id, grid.seg),
+        attention_mask=dense_mask(grid.unit_id, grid.seg),
+        unit_ids=grid.unit_id,
+        segments=grid.seg,
         pred_rows=pred[:, 0],
         pred_cols=pred[:, 1],
         targets=pred[:, 2],
@@ -219,10 +223,11 @@ class _Grid:
         self.seg[r, col:end] = segment
 
 
-def _mask(unit_id: Tensor, seg: Tensor) -> Tensor:
+def dense_mask(unit_id: Tensor, seg: Tensor) -> Tensor:
     """(R, 1, L, L): causal, within a unit, keys in the prompt (segment 0) or the query's own segment.
 
     Padding positions attend only to themselves, so no attention row is empty (an empty row gives NaN).
+    `lm.attention.packed_block_mask` states the same rule per (query, key) pair for FlexAttention.
     """
     width = unit_id.shape[1]
     causal = torch.ones(width, width, dtype=torch.bool).tril()

@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from dpokit.data.collate import Batch
 from dpokit.data.packing import PackedBatch
+from dpokit.lm.attention import packed_block_mask, uses_flex
 from dpokit.lm.token_kl import ReferenceStates, ResponsePositions, chunked_token_kl, final_logits, response_positions
 
 
@@ -181,6 +182,9 @@ def _per_response(token_logps: Tensor, positions: ResponsePositions, b: int, k: 
 def packed_hidden_states(model: torch.nn.Module, backbone: torch.nn.Module, batch: PackedBatch) -> Tensor:
     """The backbone's last hidden states over the packed rows, attention confined by the batch's 4D mask.
 
+    The mask goes in the form the model's attention implementation takes: boolean for SDPA, additive for eager,
+    a FlexAttention BlockMask (`lm.attention`) for a model loaded with `train.attention=flex`.
+
     Args:
         model: the whole model, whose config names the attention implementation.
         backbone: its transformer without a head (`get_decoder()`, or `base_model` of a classifier).
@@ -190,7 +194,9 @@ def packed_hidden_states(model: torch.nn.Module, backbone: torch.nn.Module, batc
         (R, L, H) hidden states.
     """
     mask = batch.attention_mask
-    if model.config._attn_implementation != "sdpa":  # eager attention adds the mask: 0 keeps, dtype-min drops
+    if uses_flex(model):
+        mask = packed_block_mask(batch)
+    elif model.config._attn_implementation != "sdpa":  # eager attention adds the mask: 0 keeps, dtype-min drops
         dtype = next(backbone.parameters()).dtype
         mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
     return backbone(

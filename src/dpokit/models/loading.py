@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -33,6 +34,8 @@ PICKLE_WEIGHTS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
 # What sits on the transformer: the LM head, or a scalar reward head (the architecture's sequence-classification
 # class with one output, as `AutoModelForSequenceClassification.from_pretrained` loads it back): class, config keys.
 HEADS = {"causal-lm": (AutoModelForCausalLM, {}), "reward": (AutoModelForSequenceClassification, {"num_labels": 1})}
+# `train.attention` -> transformers' attn_implementation (None: its default, SDPA), how packed rows' masks are passed.
+ATTENTION = {"dense": None, "flex": "flex_attention"}
 
 
 def default_device() -> torch.device:
@@ -61,7 +64,7 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False,
 
 
 def load_model(name_or_path: str, cfg: ModelConfig, gguf_file: str | None = None,
-               head: str = "causal-lm") -> torch.nn.Module:
+               head: str = "causal-lm", attention: str = "dense") -> torch.nn.Module:
     """A causal LM (or another `HEADS` entry) with dropout switched off (if asked), in the configured dtype.
 
     Safetensors only, unless `cfg.allow_pickle`: then safetensors are still preferred and pickle weights accepted.
@@ -84,7 +87,7 @@ def load_model(name_or_path: str, cfg: ModelConfig, gguf_file: str | None = None
     if not cfg.allow_pickle and not source.gguf_file:
         _refuse_pickle_only(source.path)
     with _gguf_bar_on_terminal_only():
-        model = _from_pretrained(source, cfg, head)
+        model = _from_pretrained(source, cfg, head, attention)
     if source.gguf_file:
         _drop_quantization_state(model)
     if cfg.disable_dropout:
@@ -94,17 +97,19 @@ def load_model(name_or_path: str, cfg: ModelConfig, gguf_file: str | None = None
     return model
 
 
-def _from_pretrained(source: ModelSource, cfg: ModelConfig, head: str) -> torch.nn.Module:
+def _from_pretrained(source: ModelSource, cfg: ModelConfig, head: str, attention: str) -> torch.nn.Module:
     auto_class, settings = HEADS[head]
     try:
         config = AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file,
                                             trust_remote_code=cfg.trust_remote_code, **settings)
         if cfg.disable_dropout:
             _zero_dropout(config)
+        check_attention(auto_class, config, attention)
         return auto_class.from_pretrained(
             source.path,
             config=config,
             dtype=DTYPES[cfg.dtype],
+            attn_implementation=ATTENTION[attention],
             trust_remote_code=cfg.trust_remote_code,
             use_safetensors=None if cfg.allow_pickle or source.gguf_file else True,  # None: safetensors if present
             **_gguf_kwargs(source),
@@ -112,6 +117,20 @@ def _from_pretrained(source: ModelSource, cfg: ModelConfig, head: str) -> torch.
     except (OSError, ValueError) as err:
         hint = " (only safetensors weights load unless model.allow_pickle=true)" if "safetensors" in str(err) else ""
         raise ConfigError(f"cannot load model '{source}': {err}{hint}") from None
+
+
+def check_attention(auto_class: Any, config: Any, attention: str) -> None:
+    """Refuses `train.attention=flex` for a model class without FlexAttention support, from its config alone.
+
+    A class the auto mapping does not know (remote code) is left to `from_pretrained`, whose ValueError becomes a
+    ConfigError in `_from_pretrained`.
+    """
+    if ATTENTION[attention] is None:
+        return
+    model_class = auto_class._model_mapping.get(type(config), None)
+    if model_class is not None and not getattr(model_class, "_supports_flex_attn", False):
+        raise ConfigError(f"train.attention={attention}: {model_class.__name__} has no FlexAttention in transformers "
+                          f"{transformers.__version__}; use train.attention=dense")
 
 
 @contextlib.contextmanager

@@ -37,7 +37,15 @@ from dpokit.losses import LossOutput, Objective, objective_from_config
 from dpokit.models.loading import load_tokenizer
 from dpokit.rewards.reward_model import MARKER, check_head, response_lengths, reward_settings, rewards
 from dpokit.rlhf.reward_config import RewardModelConfig
-from dpokit.trainer.assembly import Prepared, autocast_for, build_policy, check_layout, layout_of, prepare_data
+from dpokit.trainer.assembly import (
+    Prepared,
+    autocast_for,
+    build_policy,
+    check_layout,
+    check_training_attention,
+    layout_of,
+    prepare_data,
+)
 from dpokit.trainer.config import Config
 from dpokit.trainer.dist import Parallel
 from dpokit.trainer.loop import Callback, RunSummary, run_training
@@ -111,6 +119,7 @@ def build_reward_run(cfg: RewardModelConfig) -> Run:
     if parallel.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         config_io.save(cfg, out_dir / "config.yaml")
+    check_training_attention(cfg.train.attention, parallel.device)
     tell = say if parallel.is_main else _quiet
     tokenizer, data, model, layout = _load(train_cfg, objective, parallel.device, tell)
     model.train()

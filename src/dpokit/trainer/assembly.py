@@ -115,9 +115,17 @@ def autocast_for(precision: str, device: torch.device):
     return contextlib.nullcontext
 
 
+def check_training_attention(attention: str, device: torch.device) -> None:
+    """Refuses `train.attention=flex` for training off CUDA, before anything loads: torch has no FlexAttention
+    backward on CPU (its forward runs there, so `dpokit eval` may use it)."""
+    if attention == "flex" and device.type != "cuda":
+        raise ConfigError(f"train.attention=flex trains on CUDA only (torch {torch.__version__} has no FlexAttention "
+                          f"backward on {device.type}); use train.attention=dense")
+
+
 def build_policy(cfg: Config, device: torch.device, head: str = "causal-lm") -> torch.nn.Module:
     """The model being trained, on `device`: loaded with `head` (models.HEADS), checkpointing and LoRA as set."""
-    model = load_model(cfg.model.name_or_path, cfg.model, cfg.model.gguf_file, head)
+    model = load_model(cfg.model.name_or_path, cfg.model, cfg.model.gguf_file, head, cfg.train.attention)
     if cfg.model.gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
             model.activation_checkpointing_enable({"use_reentrant": False})
@@ -222,8 +230,8 @@ def build_reference(cfg: Config, policy: torch.nn.Module, objective: Objective, 
     if plan.live == "adapter":
         live: Reference = AdapterOff(policy, autocast, chunk)
     elif plan.weights is not None or cfg.model.lora.enabled:  # a LoRA policy is no copy of its starting weights
-        model = (load_model(plan.weights, cfg.model) if plan.weights
-                 else load_model(cfg.model.name_or_path, cfg.model, cfg.model.gguf_file))
+        model = (load_model(plan.weights, cfg.model, attention=cfg.train.attention) if plan.weights
+                 else load_model(cfg.model.name_or_path, cfg.model, cfg.model.gguf_file, attention=cfg.train.attention))
         live = FrozenModel(model.to(device), autocast, chunk)
     else:
         live = FrozenModel(copy.deepcopy(policy), autocast, chunk)

@@ -70,6 +70,10 @@ class TrainConfig(Checkpoints, Tracking):
     shared_prompt: bool = setting(True, "compute each prompt once for all of its responses")
     row_length: int | None = setting(None, "packed row capacity in tokens; null: data.max_length (or the longest "
                                            "example)", gt=0)
+    attention: str = setting("dense", "packed/shared-prompt rows' attention: dense (a 4D mask, the reference path) | "
+                                      "flex (FlexAttention block masks, no dense mask; EXPERIMENTAL: untested on CUDA "
+                                      "so far, needs CUDA to train, transformers classes with FlexAttention only)",
+                             choices=("dense", "flex"))
     logps_chunk_size: int = setting(1024, "response tokens per LM-head chunk (0: all at once); bounds logits memory",
                                     ge=0)
     fsdp: bool = setting(False, "with several processes: shard weights, grads, optimizer state, reference (FSDP2)")

@@ -18,7 +18,7 @@ from dpokit.lm.reference import FrozenModel
 from dpokit.losses import objective_from_config
 from dpokit.models.compiling import compile_blocks
 from dpokit.models.loading import default_device
-from dpokit.trainer.assembly import Prepared, autocast_for, load_all
+from dpokit.trainer.assembly import Prepared, autocast_for, check_training_attention, load_all
 from dpokit.trainer.config import Config
 from dpokit.trainer.dist import Parallel
 from dpokit.trainer.optim import build_optimizer, build_scheduler
@@ -73,6 +73,7 @@ def build_run(cfg: Config) -> Run:
         out_dir.mkdir(parents=True, exist_ok=True)
         config_io.save(cfg, out_dir / "config.yaml")
     device = parallel.device
+    check_training_attention(cfg.train.attention, device)
     tell = say if parallel.is_main else _quiet
 
     # a precomputed reference is computed once by the main process, then loaded by the others
