@@ -101,7 +101,7 @@ SHARED = {
     "sigmoid_norm": ({}, {}),
     "exo_pair": ({"label_smoothing": 1e-3}, {"label_smoothing": 1e-3}),
     "nca_pair": ({}, {}),
-    "bco_pair": ({}, {}),
+    "bco_pair": ({"bco_delta": "zero"}, {}),  # TRL 1.x dropped the running shift δ
     "sppo_hard": ({}, {}),
     "aot": ({"label_smoothing": 0.1}, {"label_smoothing": 0.1}),
     "aot_unpaired": ({"label_smoothing": 0.1}, {"label_smoothing": 0.1}),
@@ -143,7 +143,7 @@ def test_ld_alpha_matches_trl(name: str, alpha: float):
 def test_weighted_sum_matches_trl_loss_weights():
     """MPO-style: TRL's loss_type [sigmoid, bco_pair, sft] with loss_weights [0.8, 0.2, 1.0]."""
     assert_same_loss_and_grad(
-        lambda p, r, m: dpokit("0.8*sigmoid + 0.2*bco_pair + sft", p, r, m),
+        lambda p, r, m: dpokit("0.8*sigmoid + 0.2*bco_pair + sft", p, r, m, bco_delta="zero"),
         lambda p, r, m: trl_dpo(["sigmoid", "bco_pair", "sft"], p, r, m, loss_weights=[0.8, 0.2, 1.0]))
 
 

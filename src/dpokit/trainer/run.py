@@ -14,7 +14,7 @@ from dpokit.core.errors import ConfigError
 from dpokit.core.progress import say
 from dpokit.data.batching import Layout, batches
 from dpokit.lm.logprobs import PolicyLogps
-from dpokit.losses import objective_from_config
+from dpokit.losses import LossState, objective_from_config
 from dpokit.models.loading import default_device
 from dpokit.trainer.assembly import Prepared, autocast_for, load_all
 from dpokit.trainer.config import Config
@@ -82,9 +82,11 @@ def build_run(cfg: Config) -> Run:
     autocast = autocast_for(cfg.train.precision, device)
     steps = total_steps(cfg, len(data.train), parallel.world)
 
+    loss_state = LossState()  # one for both trainees: evaluation reads what training keeps (BCO's δ)
+
     def trainee(reference) -> Trainee:
         return Trainee(policy=policy, reference=reference, objective=objective, params=params, autocast=autocast,
-                       chunk_size=chunk, engine=engine, parallel=parallel)
+                       chunk_size=chunk, engine=engine, parallel=parallel, loss_state=loss_state)
 
     return Run(
         cfg=cfg, out_dir=out_dir, tokenizer=tokenizer, data=data, layout=layout,
