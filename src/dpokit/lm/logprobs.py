@@ -279,9 +279,10 @@ def chunked_token_stats(hidden: Tensor, head: torch.nn.Module, targets: Tensor, 
 
 def _chunk_logps(hidden: Tensor, targets: Tensor, head: torch.nn.Module, softcap: float | None,
                  sum_sq: bool) -> tuple[Tensor, ...]:
-    logp = final_logits(head, hidden, softcap).log_softmax(-1)
-    picked = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return (picked, log_sum_sq_probs(logp)) if sum_sq else (picked,)
+    logits = final_logits(head, hidden, softcap)
+    lse = torch.logsumexp(logits, dim=-1)
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
+    return (picked, log_sum_sq_probs(logits - lse.unsqueeze(-1))) if sum_sq else (picked,)
 
 
 class PolicyLogps(torch.nn.Module):
