@@ -75,3 +75,23 @@ def test_non_finite_loss_stops_naming_the_step_and_pairs(model_dir, hh_path, tmp
     assert saved["step"] == 2 and len(saved["pairs"]) == 8
     assert all(p.startswith(str(hh_path) + ":") for p in saved["pairs"])
     assert saved["pairs"][0] in str(err.value)
+
+
+def test_bco_running_delta_resumes_exactly(model_dir, hh_path, tmp_path):
+    """bco_pair's δ (a running mean over every micro-batch so far) is saved in the checkpoint: resuming at step 4 of
+    8 gives the unbroken run's δ, loss and rewards at every later step; a δ restarted from nothing would not."""
+    out = tmp_path / "bco"
+    run = args(model_dir, hh_path, out, "--max-steps", "8", "--loss", "bco_pair", "train.save_every=4",
+               "train.eval_every=0", "train.grad_accum=2", "--batch-size", "2")
+    assert main(run) == 0
+    whole = metrics(out)
+    deltas = [json.loads(line).get("running_mean/bco_pair") for line in (out / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line)["split"] == "train"]
+    assert all(d is not None for d in deltas) and len(set(deltas)) == len(deltas)  # reported, and moving
+    state = json.loads((out / "checkpoints" / "step-00000004" / "state.json").read_text())
+    assert state["loss_state"]["bco_pair"]["count"] == 4 * 2  # one per micro-batch: 4 steps of 2
+
+    assert main([*run, "train.resume=" + str(out / "checkpoints" / "step-00000004")]) == 0
+    resumed = [json.loads(line).get("running_mean/bco_pair") for line in (out / "metrics.jsonl").read_text()
+               .splitlines() if json.loads(line)["split"] == "train"]
+    assert metrics(out) == whole and resumed == deltas

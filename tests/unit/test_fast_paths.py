@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+from dataclasses import replace
 
 import pytest
 import torch
@@ -208,3 +209,54 @@ def test_check_layout_falls_back_when_the_fast_forward_raises(tokenizer, monkeyp
     model = tiny_llama(tokenizer, hidden_size=36, num_layers=1, num_heads=3, seed=5)
     layout, warning = pipeline.check_layout(model, make_examples(ODD_PAIRS), Layout(True, True), PAD, False, 8)
     assert layout.plain and "ValueError: 4D masks are not supported" in warning
+
+
+def full_vocab_sum_sq(model, batch) -> torch.Tensor:
+    """(B, K) Σ over response tokens of log Σ_v π(v)², from the model's whole (N, T, V) logits: written out here."""
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
+        per_token = torch.logsumexp(2 * torch.log_softmax(logits, -1), -1) * batch.loss_mask[:, 1:]
+    return per_token.sum(-1).view(batch.num_examples, batch.num_responses)
+
+
+@pytest.mark.parametrize(("shared", "packing", "chunk"), list(layouts()))
+def test_log_sum_sq_probs_and_wpo_loss_match_plain(model, shared, packing, chunk):
+    """WPO (`use_weighting`): log Σ_v πθ(v)² per response in every layout equals a full-vocabulary computation, and
+    the weighted loss and its gradients equal the plain path's; not asked, no path computes it."""
+    examples = make_examples(ODD_PAIRS, seed=2)
+    objective = replace(parse_objective("sigmoid + 0.3*sft"), use_weighting=True, wpo_clamp=False)
+    plain_batch = collate(examples, PAD)
+    expected = full_vocab_sum_sq(model, plain_batch)
+    results = []
+    for batch in (plain_batch, pack(examples, PAD, shared_prompt=shared, packing=packing, row_length=50)):
+        model.zero_grad()
+        assert sequence_logps(model, batch, chunk_size=chunk).log_sum_sq_probs is None
+        got = sequence_logps(model, batch, chunk_size=chunk, sum_sq=True)
+        torch.testing.assert_close(got.log_sum_sq_probs, expected, atol=1e-4, rtol=1e-5)
+        assert not got.log_sum_sq_probs.requires_grad
+        inputs = LossInputs(got.logps, got.num_tokens, got.logps.detach() + 0.5, log_sum_sq_probs=got.log_sum_sq_probs)
+        out = objective(inputs, LossParams(beta=0.7))
+        out.losses.mean().backward()
+        results.append((out.losses.detach(), grads(model)))
+    (plain_loss, plain_grads), (fast_loss, fast_grads) = results
+    torch.testing.assert_close(fast_loss, plain_loss, atol=1e-5, rtol=1e-5)
+    for a, b in zip(fast_grads, plain_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["plain", "packed"])
+def test_log_sum_sq_probs_in_the_kl_path(model, packed):
+    """With the `kl` term's reference states, the chunked KL loop gives log Σ_v πθ(v)² too (its own chunk loop)."""
+    from dpokit.lm.logprobs import head_logits, response_hidden
+    from dpokit.lm.token_kl import ReferenceStates
+
+    examples = make_examples(ODD_PAIRS, seed=6)
+    reference = copy.deepcopy(model).eval()
+    plain_batch = collate(examples, PAD)
+    batch = pack(examples, PAD, shared_prompt=True, packing=True, row_length=50) if packed else plain_batch
+    with torch.no_grad():
+        hidden, _ = response_hidden(reference, batch)
+    states = ReferenceStates(hidden, lambda h: head_logits(reference, h))
+    got = sequence_logps(model, batch, chunk_size=7, reference=states, sum_sq=True)
+    torch.testing.assert_close(got.log_sum_sq_probs, full_vocab_sum_sq(model, plain_batch), atol=1e-4, rtol=1e-5)
+    assert sequence_logps(model, batch, chunk_size=7, reference=states).log_sum_sq_probs is None

@@ -41,7 +41,16 @@ VARIANTS = {  # name -> (objective expression, params, ld_alpha)
     "sigmoid (alpha_divergence)": ("sigmoid", {"f_divergence_type": "alpha_divergence"}, None),
     "sigmoid (ld_alpha)": ("sigmoid", {}, 0.5),
     "mpo": ("0.8*sigmoid + 0.2*bco_pair + sft", {}, None),
+    "bco_pair (zero δ)": ("bco_pair", {"bco_delta": "zero"}, None),
+    "sigmoid (wpo)": ("sigmoid", {"use_weighting": True}, None),
+    "mpo (wpo)": ("0.8*sigmoid + 0.2*bco_pair + sft", {"use_weighting": True}, None),
 }
+
+
+def objective_of(expr: str, extra: dict, ld_alpha: float | None):
+    """The objective as `objective_from_config` builds it: its modifiers (LD-DPO, WPO) from the params."""
+    return replace(parse_objective(expr), ld_alpha=ld_alpha, use_weighting=extra.get("use_weighting", False),
+                   wpo_clamp=extra.get("wpo_clamp", True))
 
 
 def examples(tokenizer, k: int):
@@ -52,7 +61,7 @@ def examples(tokenizer, k: int):
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_each_loss_trains_the_tiny_model(tokenizer, variant: str):
     expr, extra, ld_alpha = VARIANTS[variant]
-    objective = replace(parse_objective(expr), ld_alpha=ld_alpha)
+    objective = objective_of(expr, extra, ld_alpha)
     k = objective.num_responses or 2
     policy = tiny_llama(tokenizer, hidden_size=16, num_layers=1, num_heads=2, seed=0).train()
     reference = FrozenModel(copy.deepcopy(policy)) if objective.needs_reference else None
@@ -69,11 +78,13 @@ def test_each_loss_trains_the_tiny_model(tokenizer, variant: str):
     assert final < losses[0], (losses, final)
 
 
-@pytest.mark.parametrize("name", [n for n in NEW if LOSSES[n].needs_reference] + ["sigmoid (ld_alpha)"])
+@pytest.mark.parametrize("name", [n for n in NEW if LOSSES[n].needs_reference]
+                         + ["sigmoid (ld_alpha)", "sigmoid (wpo)", "mpo (wpo)"])
 def test_fast_path_gives_the_plain_paths_loss_and_gradient(tokenizer, name: str):
-    """Packed rows with a shared prompt and a chunked head against plain padded rows, loss and gradients."""
+    """Packed rows with a shared prompt and a chunked head against plain padded rows, loss and gradients (through
+    the trainer's `forward`: WPO's log Σ_v πθ(v)² asked of the engine; BCO's δ is 0, no training step taken)."""
     expr, extra, ld_alpha = VARIANTS.get(name, (name, {}, None))
-    objective = replace(parse_objective(expr), ld_alpha=ld_alpha)
+    objective = objective_of(expr, extra, ld_alpha)
     policy = tiny_llama(tokenizer, hidden_size=16, num_layers=1, num_heads=2, seed=1).train()
     reference = tiny_llama(tokenizer, hidden_size=16, num_layers=1, num_heads=2, seed=2)
     trainee = Trainee(policy=policy, reference=FrozenModel(reference), objective=objective,
@@ -90,6 +101,26 @@ def test_fast_path_gives_the_plain_paths_loss_and_gradient(tokenizer, name: str)
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
     for a, b in zip(fast_grads, plain_grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_bco_delta_in_train_step_is_the_running_mean_of_micro_batch_rewards(tokenizer):
+    """Two steps of two micro-batches: after step s, δ = the mean of the 2s micro-batches' mean rewards
+    β·log πθ/πref over chosen and rejected, each computed with the weights of its step (read here before it)."""
+    policy = tiny_llama(tokenizer, hidden_size=16, num_layers=1, num_heads=2, seed=0).train()
+    trainee = Trainee(policy=policy, reference=FrozenModel(copy.deepcopy(policy)), objective=parse_objective(
+        "bco_pair"), params=LossParams(beta=0.5), chunk_size=7)
+    data, pad = examples(tokenizer, 2), tokenizer.pad_token_id
+    micro = [collate(data[:2], pad), pack(data[2:], pad, shared_prompt=True, packing=True)]
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=2e-2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    seen = []
+    for _ in range(2):
+        with torch.no_grad():
+            seen += [forward(trainee, batch).out.rewards.mean().item() for batch in micro]
+        metrics = train_step(trainee, micro, optimizer, scheduler, 10.0)
+        assert metrics["running_mean/bco_pair"] == pytest.approx(sum(seen) / len(seen), abs=1e-6)
+    assert trainee.loss_state.means["bco_pair"].count == 4
+    assert abs(seen[-1] - seen[0]) > 1e-3  # the rewards moved, so δ is a mean of different numbers
 
 
 @pytest.mark.parametrize("mode", ["soft", "hard"])

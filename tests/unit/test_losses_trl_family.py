@@ -128,9 +128,9 @@ def test_ld_weighted_logps_hand_value():
 
 
 def test_batch_token_nll_and_tpo_hand_values():
-    """sft as TRL: log-probs (−6, −1) over (3, 1) tokens: shares (6·2/4, 1·2/4) = (3, 0.5), mean 7/4 = all tokens' NLL.
+    """sft as TRL: log-probs (−6, −1) over (3, 1) tokens: the batch's NLL 7/4 for each example (mean 7/4).
     TPO, β = 0.5, α = 1: gold NLL 2, chosen −2, rejected −4: −log σ(1) + 2 = 2.3132616875."""
-    torch.testing.assert_close(batch_token_nll(t(-6.0, -1.0), torch.tensor([3, 1])), t(3.0, 0.5))
+    torch.testing.assert_close(batch_token_nll(t(-6.0, -1.0), torch.tensor([3, 1])), t(1.75, 1.75))
     assert tpo_loss(t(-2.0), t(-4.0), t(2.0), 0.5, 1.0).item() == pytest.approx(2.3132616875)
     inputs = LossInputs(t(-6.0, -2.0, -4.0)[None], torch.tensor([[3, 2, 2]]))
     assert LOSSES["tpo"].fn(inputs, LossParams(beta=0.5), False).losses.item() == pytest.approx(2.3132616875)
@@ -149,7 +149,9 @@ def _formulas():
         "discopop": lambda w, lo, nw, nl, p: ((1 - s(p.beta * (w - lo) / p.discopop_tau)) * -ls(p.beta * (w - lo))
                                              + s(p.beta * (w - lo) / p.discopop_tau) * torch.exp(-p.beta * (w - lo))),
         "nca_pair": lambda w, lo, nw, nl, p: -ls(p.beta * w) - ls(-p.beta * w) / 2 - ls(-p.beta * lo) / 2,
-        "bco_pair": lambda w, lo, nw, nl, p: -ls(p.beta * w) - ls(-p.beta * lo),
+        # δ: with no running state, the batch's own mean reward over chosen and rejected, detached
+        "bco_pair": lambda w, lo, nw, nl, p: (-ls(p.beta * w - p.beta * torch.cat([w, lo]).mean().detach())
+                                             - ls(-(p.beta * lo - p.beta * torch.cat([w, lo]).mean().detach()))),
         "sppo_hard": lambda w, lo, nw, nl, p: (w - 1 / (2 * p.beta)) ** 2 + (lo + 1 / (2 * p.beta)) ** 2,
         "apo_zero": lambda w, lo, nw, nl, p: 1 - s(p.beta * w) + s(p.beta * lo),
         "apo_down": lambda w, lo, nw, nl, p: s(p.beta * w) + 1 - s(p.beta * (w - lo)),

@@ -32,13 +32,15 @@ class FakeLM:
 
     training, is_gradient_checkpointing, _modules = True, False, {}
 
-    def __init__(self, token_logps: torch.Tensor):
+    def __init__(self, token_logps: torch.Tensor, log_sum_sq_probs: torch.Tensor | None = None):
         self.token_logps = token_logps
+        self.log_sum_sq_probs = log_sum_sq_probs
 
     def __call__(self, **kwargs):
         zeros = torch.zeros_like(self.token_logps)
+        sq = zeros if self.log_sum_sq_probs is None else self.log_sum_sq_probs
         return SimpleNamespace(log_probs=self.token_logps, entropy=zeros, mean_logits=zeros, is_top1=zeros.bool(),
-                               log_sum_sq_probs=zeros, aux_loss=None)
+                               log_sum_sq_probs=sq, aux_loss=None)
 
 
 def tokens(seed: int = 0, b: int = B):
@@ -56,14 +58,16 @@ def rows(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x[:, 0], x[:, 1]])
 
 
-def trl_dpo(loss_type: list[str], policy, reference, mask, **args) -> torch.Tensor:
+def trl_dpo(loss_type: list[str], policy, reference, mask, sum_sq=None, **args) -> torch.Tensor:
+    """TRL's loss; `sum_sq` (B, 2, T): per-token log Σ_v πθ(v)², given to its WPO weighting (use_weighting)."""
     n = 2 * policy.shape[0]
     completion = torch.cat([torch.zeros(n, 1, dtype=torch.long), rows(mask).long()], dim=1)  # a prompt column
     config = {"beta": 0.1, "label_smoothing": 0.0, "ld_alpha": None, "f_divergence_type": "reverse_kl",
               "f_alpha_divergence_coef": 0.5, "discopop_tau": 0.05, "loss_weights": None, **args}
     fake = SimpleNamespace(
-        model=FakeLM(rows(policy) * rows(mask)), ref_model=FakeLM(rows(reference)), accelerator=accelerator(),
-        aux_loss_enabled=False, precompute_ref_logps=False, use_weighting=False, loss_types=loss_type,
+        model=FakeLM(rows(policy) * rows(mask), None if sum_sq is None else rows(sum_sq)),
+        ref_model=FakeLM(rows(reference)), accelerator=accelerator(),
+        aux_loss_enabled=False, precompute_ref_logps=False, use_weighting=sum_sq is not None, loss_types=loss_type,
         loss_weights=config.pop("loss_weights") or [1.0] * len(loss_type),
         _metrics=defaultdict(lambda: defaultdict(list)), _total_train_tokens=0, _tp_size=1,
         args=SimpleNamespace(gradient_checkpointing_kwargs=None, discopop_tau=config["discopop_tau"]), **config,
@@ -73,11 +77,15 @@ def trl_dpo(loss_type: list[str], policy, reference, mask, **args) -> torch.Tens
     return DPOTrainer._compute_loss(fake, fake.model, inputs, return_outputs=False)
 
 
-def dpokit(expr: str, policy, reference, mask, ld_alpha=None, reference_free=False, **params) -> torch.Tensor:
+def dpokit(expr: str, policy, reference, mask, ld_alpha=None, reference_free=False, sum_sq=None,
+           **params) -> torch.Tensor:
+    """dpokit's loss; with `sum_sq` (B, 2, T), WPO's weighting on its masked sums, unclamped as TRL 1.x."""
     policy = policy * mask  # as the log-prob layer gives them: no gradient reaches a masked position
     inputs = LossInputs(policy_logps=policy.sum(-1), num_tokens=mask.sum(-1), reference_logps=reference.sum(-1),
-                        policy_token_logps=policy, token_mask=mask, reference_token_logps=reference)
-    objective = replace(parse_objective(expr, reference_free=reference_free), ld_alpha=ld_alpha)
+                        policy_token_logps=policy, token_mask=mask, reference_token_logps=reference,
+                        log_sum_sq_probs=None if sum_sq is None else (sum_sq * mask).sum(-1))
+    objective = replace(parse_objective(expr, reference_free=reference_free), ld_alpha=ld_alpha,
+                        use_weighting=sum_sq is not None, wpo_clamp=False)
     return objective(inputs, LossParams(**params)).losses.mean()
 
 
@@ -101,7 +109,7 @@ SHARED = {
     "sigmoid_norm": ({}, {}),
     "exo_pair": ({"label_smoothing": 1e-3}, {"label_smoothing": 1e-3}),
     "nca_pair": ({}, {}),
-    "bco_pair": ({}, {}),
+    "bco_pair": ({"bco_delta": "zero"}, {}),  # TRL 1.x dropped the running shift δ
     "sppo_hard": ({}, {}),
     "aot": ({"label_smoothing": 0.1}, {"label_smoothing": 0.1}),
     "aot_unpaired": ({"label_smoothing": 0.1}, {"label_smoothing": 0.1}),
@@ -143,8 +151,65 @@ def test_ld_alpha_matches_trl(name: str, alpha: float):
 def test_weighted_sum_matches_trl_loss_weights():
     """MPO-style: TRL's loss_type [sigmoid, bco_pair, sft] with loss_weights [0.8, 0.2, 1.0]."""
     assert_same_loss_and_grad(
-        lambda p, r, m: dpokit("0.8*sigmoid + 0.2*bco_pair + sft", p, r, m),
+        lambda p, r, m: dpokit("0.8*sigmoid + 0.2*bco_pair + sft", p, r, m, bco_delta="zero"),
         lambda p, r, m: trl_dpo(["sigmoid", "bco_pair", "sft"], p, r, m, loss_weights=[0.8, 0.2, 1.0]))
+
+
+def sum_sq_like(mask: torch.Tensor, seed: int = 9) -> torch.Tensor:
+    """(B, 2, T) per-token log Σ_v πθ(v)² in (−1.5, 0), off the mask too (both sides must ignore those)."""
+    return -1.5 * torch.rand(mask.shape, generator=torch.Generator().manual_seed(seed))
+
+
+# TRL refuses use_weighting with the sorting losses, and raises on sft's (its `*=` writes into an expanded tensor):
+# dpokit weighs sft's batch NLL as TRL's code means to, w_i·NLL (test_losses_wpo_bco.py checks the formula)
+WPO = sorted(set(SHARED) - {"aot", "aot_unpaired", "sft"})
+
+
+@pytest.mark.parametrize("name", WPO)
+def test_use_weighting_matches_trl(name: str):
+    """WPO on every TRL loss type it applies to (TRL 1.16 does not clamp the weights: wpo_clamp=false)."""
+    ours, theirs = SHARED[name]
+    policy, reference, mask = tokens(4)
+    sq = sum_sq_like(mask)
+
+    def dpokit_loss(p, r, m):
+        return dpokit(name, p, r, m, sum_sq=sq, beta=0.3, **ours)
+
+    def trl_loss(p, r, m):
+        return trl_dpo([name], p, r, m, sum_sq=sq, beta=0.3, **theirs)
+
+    if name == "hinge":  # TRL 1.16 scales relu's output in place (`*=`), so its backward raises: values only
+        torch.testing.assert_close(dpokit_loss(policy, reference, mask), trl_loss(policy, reference, mask))
+        return
+    assert_same_loss_and_grad(dpokit_loss, trl_loss, seed=4)
+
+
+def test_use_weighting_with_loss_weights_and_ld_alpha_matches_trl():
+    """TRL weighs every term of its loss_type list alike, from the plain (not LD-DPO) sums."""
+    _, _, mask = tokens(6)
+    sq = sum_sq_like(mask, seed=2)
+    assert_same_loss_and_grad(
+        lambda p, r, m: dpokit("0.8*sigmoid + 0.2*bco_pair", p, r, m, sum_sq=sq, ld_alpha=0.5, bco_delta="zero"),
+        lambda p, r, m: trl_dpo(["sigmoid", "bco_pair"], p, r, m, sum_sq=sq, ld_alpha=0.5, loss_weights=[0.8, 0.2]),
+        seed=6)
+
+
+def test_log_sum_sq_probs_match_trls_chunked_kernel():
+    """dpokit's chunked head against TRL's own `ChunkedLogProbFunction` (its fused LM head, torch ops on CPU) at an
+    odd shape: log π(y_t) and log Σ_v π(v)², (M, H, V) = (47, 31, 123), chunks of 10 vs TRL's vocabulary tiles."""
+    from trl.kernels.chunked_logprob import ChunkedLogProbFunction
+
+    from dpokit.lm.logprobs import chunked_token_stats
+
+    torch.manual_seed(0)
+    hidden, head = torch.randn(47, 31), torch.nn.Linear(31, 123)
+    targets = torch.randint(0, 123, (47,))
+    with torch.no_grad():
+        theirs = ChunkedLogProbFunction.apply(hidden, head.weight, head.bias, targets, 1.0, 32, None, 1.0,
+                                               ("log_sum_sq_probs",))
+        ours = chunked_token_stats(hidden, head, targets, 10, sum_sq=True)
+    torch.testing.assert_close(ours.logps, theirs[0])
+    torch.testing.assert_close(ours.log_sum_sq_probs, theirs[2])
 
 
 def test_cdpo_label_smoothing_matches_trl_aot_of_one_pair():

@@ -84,6 +84,16 @@ def final_logits(head: torch.nn.Module, hidden: Tensor, softcap: float | None) -
     return logits
 
 
+def log_sum_sq_probs(logp: Tensor) -> Tensor:
+    """log Σ_v p(v)² of each row of (..., V) log-probabilities, without gradient: logsumexp(2·log p) over V.
+
+    WPO's (Zhou et al. 2024, arXiv 2406.11827, eq. 2) normaliser of a token's probability: log p(y_t) minus this is
+    the token's log-probability relative to the distribution's own expected probability Σ_v p(v)·p(v).
+    """
+    with torch.no_grad():
+        return torch.logsumexp(2 * logp.detach(), dim=-1)
+
+
 class TokenKL(NamedTuple):
     """Per response token, (M,) fp32 each.
 
@@ -91,15 +101,17 @@ class TokenKL(NamedTuple):
         logps: log πθ(y_t | ·), with gradient.
         reference_logps: log πref(y_t | ·), without.
         kl: KL(πθ(· | ·) ‖ πref(· | ·)) over the whole vocabulary, >= 0, with gradient through πθ.
+        log_sum_sq_probs: log Σ_v πθ(v | ·)², without gradient (WPO's weights); None unless asked.
     """
 
     logps: Tensor
     reference_logps: Tensor
     kl: Tensor
+    log_sum_sq_probs: Tensor | None = None
 
 
 def chunked_token_kl(hidden: Tensor, head: torch.nn.Module, targets: Tensor, reference: ReferenceStates,
-                     chunk_size: int, softcap: float | None = None) -> TokenKL:
+                     chunk_size: int, softcap: float | None = None, sum_sq: bool = False) -> TokenKL:
     """Log-probs under both models and the exact token KL, `chunk_size` response tokens at a time.
 
     Args:
@@ -109,6 +121,7 @@ def chunked_token_kl(hidden: Tensor, head: torch.nn.Module, targets: Tensor, ref
         reference: πref's hidden states at the same M positions, and its head.
         chunk_size: tokens per chunk; <= 0 means one chunk.
         softcap: the policy's final logit softcap, if its config has one.
+        sum_sq: also log Σ_v πθ(v)² per token, from the same chunk's log-probs.
 
     Raises:
         ValueError: the reference's hidden states are not at the same M positions, or its vocabulary differs.
@@ -121,16 +134,16 @@ def chunked_token_kl(hidden: Tensor, head: torch.nn.Module, targets: Tensor, ref
     parts = []
     for start in range(0, hidden.shape[0], size):
         args = (hidden[start:start + size], targets[start:start + size], head, softcap,
-                reference.hidden[start:start + size], reference.logits)
+                reference.hidden[start:start + size], reference.logits, sum_sq)
         parts.append(checkpoint(_chunk_kl, *args, use_reentrant=False) if grad else _chunk_kl(*args))
     if not parts:
         empty = hidden.new_zeros(0, dtype=torch.float32)
-        return TokenKL(empty, empty, empty)
+        return TokenKL(empty, empty, empty, empty if sum_sq else None)
     return TokenKL(*(torch.cat(column) for column in zip(*parts, strict=True)))
 
 
 def _chunk_kl(hidden: Tensor, targets: Tensor, head: torch.nn.Module, softcap: float | None, ref_hidden: Tensor,
-              ref_logits: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+              ref_logits: Callable[[Tensor], Tensor], sum_sq: bool = False) -> tuple[Tensor, ...]:
     logp = final_logits(head, hidden, softcap).log_softmax(-1)
     with torch.no_grad():
         logq = ref_logits(ref_hidden).float().log_softmax(-1)
@@ -139,4 +152,5 @@ def _chunk_kl(hidden: Tensor, targets: Tensor, head: torch.nn.Module, softcap: f
                          f"({logp.shape[-1]}): a token KL needs the same vocabulary")
     kl = (logp.exp() * (logp - logq)).sum(-1)
     index = targets.unsqueeze(-1)
-    return logp.gather(-1, index).squeeze(-1), logq.gather(-1, index).squeeze(-1), kl
+    out = (logp.gather(-1, index).squeeze(-1), logq.gather(-1, index).squeeze(-1), kl)
+    return out + (log_sum_sq_probs(logp),) if sum_sq else out

@@ -3,6 +3,7 @@
 Layout: `pairwise.py` (DPO family, EXO, DiscoPOP, SimPO, AlphaPO, ORPO), `anchored.py` (NCA, BCO, SPPO, APO),
 `transport.py` (AOT), `listwise.py` (Plackett-Luce, TPO), `likelihood.py` (SFT, Unlikelihood, LD-DPO's weighting),
 `unpaired.py` (KTO), `kl.py` (the KL(πθ‖πref) regulariser) hold the pure functions; `divergence.py` f-DPO's scores;
+`weighting.py` WPO's pair weights; `state.py` the running statistics a loss keeps across steps (BCO's δ);
 `base.py` the shared types; `registry.py` maps names to `LossSpec`s, with `adapters.py` reading each newer loss's
 inputs; `objective.py` parses "sigmoid + 0.5*sft" into an `Objective` the trainer calls, and `objective_from_config`
 builds it with its validated `LossParams` from a run's config.
@@ -27,8 +28,10 @@ from dpokit.losses.pairwise import (
     simpo_loss,
 )
 from dpokit.losses.registry import LOSSES
+from dpokit.losses.state import LossState, RunningMean
 from dpokit.losses.transport import aot_loss, aot_unpaired_loss
 from dpokit.losses.unpaired import kto_loss
+from dpokit.losses.weighting import wpo_weights
 
 __all__ = [
     "LOSSES",
@@ -36,7 +39,9 @@ __all__ = [
     "LossOutput",
     "LossParams",
     "LossSpec",
+    "LossState",
     "Objective",
+    "RunningMean",
     "alphapo_loss",
     "aot_loss",
     "aot_unpaired_loss",
@@ -66,4 +71,5 @@ __all__ = [
     "tpo_loss",
     "unlikelihood_loss",
     "validate_params",
+    "wpo_weights",
 ]

@@ -62,11 +62,34 @@ sigmoid_norm = scored("sigmoid_norm", lambda hw, hl, p: sigmoid_loss(hw, hl, p.b
 exo_pair = scored("exo_pair", lambda hw, hl, p: exo_loss(hw, hl, p.beta, p.label_smoothing))
 discopop = scored("discopop", lambda hw, hl, p: discopop_loss(hw, hl, p.beta, p.discopop_tau))
 nca_pair = anchored("nca_pair", lambda hw, hl, p: nca_loss(hw, hl, p.beta))
-bco_pair = anchored("bco_pair", lambda hw, hl, p: bco_loss(hw, hl, p.beta))
 sppo_hard = anchored("sppo_hard", lambda hw, hl, p: sppo_hard_loss(hw, hl, p.beta))
 apo_zero = anchored("apo_zero", lambda hw, hl, p: apo_zero_loss(hw, hl, p.beta))
 apo_down = anchored("apo_down", lambda hw, hl, p: apo_down_loss(hw, hl, p.beta))
 aot_unpaired = anchored("aot_unpaired", lambda hw, hl, p: aot_unpaired_loss(hw, hl, p.beta, p.label_smoothing))
+
+
+def bco_pair(inputs: LossInputs, params: LossParams, reference_free: bool) -> LossOutput:
+    """BCO with δ = `inputs.running_mean` (`loss.bco_delta=running`; this batch's own mean when no state is kept)
+    or 0 (`zero`)."""
+    require_pairs(inputs, "bco_pair")
+    ratios = logratios(inputs, reference_free, "bco_pair")
+    delta = 0.0
+    if params.bco_delta == "running":
+        delta = inputs.running_mean
+        if delta is None:
+            total, count = bco_statistic(inputs, params, reference_free).tolist()
+            delta = total / count
+    return LossOutput(bco_loss(ratios[:, 0], ratios[:, 1], params.beta, delta), (params.beta * ratios).detach())
+
+
+def bco_statistic(inputs: LossInputs, params: LossParams, reference_free: bool) -> Tensor | None:
+    """[x̄, 1]: the micro-batch's mean implicit reward β·log πθ/πref over its chosen and rejected responses, counted
+    once per process and micro-batch, as TRL's `RunningMoments.update` of BCO's δ; None for `bco_delta=zero`."""
+    if params.bco_delta != "running":
+        return None
+    with torch.no_grad():
+        rewards = params.beta * logratios(inputs, reference_free, "bco_pair")
+        return torch.stack([rewards.mean(), torch.ones((), dtype=rewards.dtype, device=rewards.device)])
 
 
 def aot(inputs: LossInputs, params: LossParams, reference_free: bool) -> LossOutput:

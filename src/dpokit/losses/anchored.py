@@ -37,13 +37,15 @@ def bco_loss(chosen_logratios: Tensor, rejected_logratios: Tensor, beta: float, 
 
         L = −log σ(r_w − δ) − log σ(−(r_l − δ)),   r = β · logratio
 
-    The paper keeps δ as a running mean of the rewards; TRL's `bco_pair` uses δ = 0, the default here.
+    δ shifts the classifier's decision boundary to where the rewards are: the paper (sec. 3.2) and TRL < 1.0 keep it
+    as the running mean of the (detached) rewards of chosen and rejected over training, which the registry's
+    `bco_pair` does with `loss.bco_delta=running` (`state.LossState`); TRL 1.x uses δ = 0 (`bco_delta=zero`).
 
     Args:
         chosen_logratios: (B,) log πθ(y_w|x) − log πref(y_w|x).
         rejected_logratios: (B,) log πθ(y_l|x) − log πref(y_l|x).
         beta: β > 0.
-        delta: reward shift δ, a detached scalar.
+        delta: reward shift δ, a detached scalar (a float, or a 0-dim tensor).
 
     Returns:
         (B,) per-example loss.

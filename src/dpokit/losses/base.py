@@ -47,6 +47,10 @@ class LossInputs:
             vocabulary), with gradients through πθ only; only when the objective `needs_reference_distributions`.
         reference_token_logps: (B, K, T) per-token reference log-probs, same layout as `policy_token_logps`; only
             when the objective `needs_reference_token_logps` (LD-DPO's `ld_alpha`).
+        log_sum_sq_probs: (B, K) Σ over each response's tokens of log Σ_v πθ(v)², no gradient; only when the
+            objective `needs_log_sum_sq_probs` (WPO's `use_weighting`).
+        running_mean: the running mean of this term's `running_statistic` over every training micro-batch so far,
+            this one included, over all processes (BCO's δ); set by `Objective` for the term that declared it.
     """
 
     policy_logps: Tensor
@@ -57,6 +61,8 @@ class LossInputs:
     labels: Tensor | None = None
     kl: Tensor | None = None
     reference_token_logps: Tensor | None = None
+    log_sum_sq_probs: Tensor | None = None
+    running_mean: float | None = None
 
 
 F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
@@ -103,6 +109,17 @@ class LossParams:
     alphapo_alpha: float = field(default=0.25, metadata={"help": "AlphaPO α: reward (1 − p^(−α))/α of the per-token "
                                                                   "mean probability p; α → 0 is SimPO"})
     tpo_alpha: float = field(default=1.0, metadata={"help": "TPO weight α of the NLL on the gold (first) response"})
+    use_weighting: bool = field(default=False, metadata={
+        "help": "WPO: each pair's loss times w = exp(w̄_w + w̄_l), w̄ = mean over the response's tokens of "
+                "log πθ(y_t) − log Σ_v πθ(v)², without gradient (TRL's use_weighting); pairwise losses, not aot"})
+    wpo_clamp: bool = field(default=True, metadata={
+        "help": "with use_weighting: cap each pair's weight at 1 (the WPO authors' code, TRL < 1.0); false: "
+                "unclamped, as TRL 1.x"})
+    bco_delta: str = field(default="running", metadata={
+        "help": "bco_pair's reward shift δ: running (the mean of the implicit rewards β·log πθ/πref of chosen and "
+                "rejected over every training micro-batch so far, all processes: the paper, TRL < 1.0) | zero "
+                "(δ = 0, TRL 1.x)",
+        "choices": ("running", "zero")})
 
 
 LossFn = Callable[[LossInputs, LossParams, bool], LossOutput]
@@ -124,6 +141,11 @@ class LossSpec:
         f_divergence: accepts `f_divergence_type` other than reverse_kl: built on the chosen − rejected score
             difference, where f-DPO's β·log Z(x) cancels, or (sft) reads no log-ratio at all.
         num_responses: takes exactly this many responses per prompt (TPO: 3), None for any the entry allows.
+        pair_weights: each example's loss is its pair's own, so WPO (`use_weighting`) may scale it; False where
+            the loss sorts the batch (aot), reads lists, triples or unpaired rows.
+        running_statistic: `statistic(inputs, params, reference_free)` -> (2,) [sum, count] of values to keep a
+            running mean of across training micro-batches (`state.LossState`), read back as `inputs.running_mean`;
+            None (or a None result for these params): the loss keeps no state.
         description: one line for `--help` and error messages.
         check: extra validation of params beyond `validate_params`' shared ranges; raises ConfigError.
     """
@@ -137,6 +159,8 @@ class LossSpec:
     needs_reference_distributions: bool = False
     f_divergence: bool = False
     num_responses: int | None = None
+    pair_weights: bool = True
+    running_statistic: Callable[[LossInputs, LossParams, bool], Tensor | None] | None = None
     description: str = ""
     check: Callable[[LossParams], None] | None = None
 

@@ -58,17 +58,20 @@ def sft_loss(chosen_logps: Tensor, chosen_num_tokens: Tensor) -> Tensor:
 def batch_token_nll(chosen_logps: Tensor, chosen_num_tokens: Tensor) -> Tensor:
     """NLL per token over the whole batch (TRL's `sft`, TPO's gold NLL): every chosen token weighs the same.
 
-        L_i = −log π(y_w,i|x_i) · B / Σ_j |y_w,j|,   so   mean_i L_i = −Σ_i log π(y_w,i|x_i) / Σ_j |y_w,j|
+        L_i = −Σ_j log π(y_w,j|x_j) / Σ_j |y_w,j|   for every i: the batch's per-token NLL, as each example's loss
+
+    The batch value stands in each example's place, as in TRL, so that a per-pair weight (WPO's `use_weighting`)
+    scales it as TRL does: mean_i w_i·L_i = mean(w)·NLL. The mean, and so the gradient, is the per-token NLL either way.
 
     Args:
         chosen_logps: (B,) log-prob of the chosen response, summed over its tokens.
         chosen_num_tokens: (B,) number of tokens summed (the total clamped to at least 1).
 
     Returns:
-        (B,) per-example shares of the batch's per-token NLL.
+        (B,) the batch's per-token NLL, repeated.
     """
     total = chosen_num_tokens.to(chosen_logps.dtype).sum().clamp(min=1)
-    return -chosen_logps * chosen_logps.shape[0] / total
+    return (-chosen_logps.sum() / total).expand(chosen_logps.shape[0])
 
 
 def ld_weighted_logps(token_logps: Tensor, token_mask: Tensor, alpha: float) -> Tensor:

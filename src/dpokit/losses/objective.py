@@ -6,10 +6,14 @@ import math
 import re
 from dataclasses import dataclass, fields, replace
 
+from torch import Tensor
+
 from dpokit.core.errors import ConfigError
 from dpokit.losses.base import F_DIVERGENCES, LossInputs, LossOutput, LossParams, LossSpec
 from dpokit.losses.likelihood import ld_weighted_logps
 from dpokit.losses.registry import LOSSES
+from dpokit.losses.state import LossState
+from dpokit.losses.weighting import wpo_weights
 
 _TERM = re.compile(r"^\s*(?:(?P<weight>[^*]+?)\s*\*\s*)?(?P<name>[A-Za-z_]\w*)\s*$")
 
@@ -26,11 +30,16 @@ class Objective:
         reference_free: treat reference log-probs as 0 (logratios are the policy log-probs alone).
         ld_alpha: LD-DPO's α (`loss.ld_alpha`): the terms that compare to a reference read log-probs whose tokens
             past the responses' shared length weigh α (`likelihood.ld_weighted_logps`); None: plain sums.
+        use_weighting: WPO (`loss.use_weighting`): the sum of the terms, per pair, times the pair's weight
+            (`weighting.wpo_weights`); as TRL, which weighs every term of its `loss_type` list alike.
+        wpo_clamp: cap those weights at 1 (`loss.wpo_clamp`).
     """
 
     terms: tuple[tuple[float, LossSpec], ...]
     reference_free: bool = False
     ld_alpha: float | None = None
+    use_weighting: bool = False
+    wpo_clamp: bool = True
 
     @property
     def needs_reference(self) -> bool:
@@ -65,21 +74,59 @@ class Objective:
         return self.ld_alpha is not None and self.needs_reference
 
     @property
+    def needs_log_sum_sq_probs(self) -> bool:
+        """True if the trainer must give `LossInputs.log_sum_sq_probs` (WPO's weights): the policy's LM head computes
+        log Σ_v πθ(v)² at each response token, in whichever log-prob path the batch takes."""
+        return self.use_weighting
+
+    @property
     def num_responses(self) -> int | None:
         """The number of responses per prompt a term requires exactly (TPO's triples), else None."""
         return next((spec.num_responses for _, spec in self.terms if spec.num_responses), None)
 
-    def __call__(self, inputs: LossInputs, params: LossParams) -> LossOutput:
-        """Σ_i w_i · L_i per example; rewards from the first term.
+    def __call__(self, inputs: LossInputs, params: LossParams, state: LossState | None = None) -> LossOutput:
+        """Σ_i w_i · L_i per example (times WPO's pair weight with `use_weighting`); rewards from the first term.
+
+        Args:
+            state: the running means the trainer keeps (`statistics`, `state.LossState`); None: a fresh state that
+                has seen this batch alone (one process), as at a run's first micro-batch.
 
         Returns:
             LossOutput with losses (B,) and rewards (B, K).
         """
-        weighted = self._ld_weighted(inputs) if self.ld_alpha is not None else inputs
-        outputs = [spec.fn(weighted if spec.needs_reference else inputs, params, self.reference_free)
-                   for _, spec in self.terms]
+        if state is None:
+            state = LossState()
+            state.update(self.statistics(inputs, params), lambda values: values)
+        per_term = self._term_inputs(inputs)
+        outputs = [spec.fn(replace(term, running_mean=state.mean(spec.name)) if spec.running_statistic else term,
+                           params, self.reference_free)
+                   for (_, spec), term in zip(self.terms, per_term, strict=True)]
         losses = sum(weight * out.losses for (weight, _), out in zip(self.terms, outputs, strict=True))
+        if self.use_weighting:
+            losses = losses * self._pair_weights(inputs)
         return LossOutput(losses=losses, rewards=outputs[0].rewards)
+
+    def statistics(self, inputs: LossInputs, params: LossParams) -> dict[str, Tensor]:
+        """This micro-batch's (2,) [sum, count] of each term that keeps a running mean (`LossSpec.running_statistic`),
+        by term name; empty for most objectives. The trainer sums them over processes into its `LossState`."""
+        stats = {}
+        for (_, spec), term in zip(self.terms, self._term_inputs(inputs), strict=True):
+            value = spec.running_statistic(term, params, self.reference_free) if spec.running_statistic else None
+            if value is not None:
+                stats[spec.name] = value
+        return stats
+
+    def _term_inputs(self, inputs: LossInputs) -> list[LossInputs]:
+        """What each term reads: LD-DPO's weighted sums for the terms with a reference, else `inputs`."""
+        weighted = self._ld_weighted(inputs) if self.ld_alpha is not None else inputs
+        return [weighted if spec.needs_reference else inputs for _, spec in self.terms]
+
+    def _pair_weights(self, inputs: LossInputs) -> Tensor:
+        """(B,) WPO weights from the policy's plain summed log-probs (not LD-DPO's) and `log_sum_sq_probs`."""
+        if inputs.log_sum_sq_probs is None:
+            raise ValueError("loss.use_weighting needs log_sum_sq_probs of shape (B, 2): the trainer computes them "
+                             "when the objective needs_log_sum_sq_probs")
+        return wpo_weights(inputs.policy_logps, inputs.log_sum_sq_probs, inputs.num_tokens, self.wpo_clamp)
 
     def _ld_weighted(self, inputs: LossInputs) -> LossInputs:
         """`inputs` with LD-DPO's weighted sums in place of the policy's (and the reference's) summed log-probs."""
@@ -186,7 +233,9 @@ def _check_ranges(p: LossParams) -> None:
     _require(math.isfinite(p.tpo_alpha) and p.tpo_alpha >= 0, "tpo_alpha", ">= 0", p.tpo_alpha)
     if p.ld_alpha is not None:
         _require(0 <= p.ld_alpha <= 1, "ld_alpha", "in [0, 1] (or null)", p.ld_alpha)
-    for key, choices in (("f_divergence_type", F_DIVERGENCES), ("sft_mean", ("batch_tokens", "sequence"))):
+    choices_of = (("f_divergence_type", F_DIVERGENCES), ("sft_mean", ("batch_tokens", "sequence")),
+                  ("bco_delta", ("running", "zero")))
+    for key, choices in choices_of:
         if getattr(p, key) not in choices:
             raise ConfigError(f"config key 'loss.{key}' must be one of {', '.join(choices)}, got {getattr(p, key)!r}")
 
@@ -199,10 +248,24 @@ def _check_combinations(objective: Objective, p: LossParams) -> None:
             supported = ", ".join(name for name, spec in LOSSES.items() if spec.f_divergence)
             raise ConfigError(f"config key 'loss.f_divergence_type'={p.f_divergence_type} needs losses built on the "
                               f"chosen − rejected score difference ({supported}); '{others[0]}' is not")
+    _check_weighting(objective, p)
     if p.ld_alpha is not None and (objective.unpaired or objective.needs_reference_distributions):
         what = "unpaired (kto) batches have no pair" if objective.unpaired else "the kl term reads distributions"
         raise ConfigError(f"config key 'loss.ld_alpha' down-weights the longer response of each pair past their "
                           f"shared length, but {what}: unset loss.ld_alpha")
+
+
+def _check_weighting(objective: Objective, p: LossParams) -> None:
+    """WPO weighs pairs: every term must take pairs and keep each pair's loss its own (aot sorts the batch)."""
+    if not p.use_weighting:
+        return
+    if objective.ranked:
+        raise ConfigError(f"config key 'loss.use_weighting' weighs pairs, but loss '{objective}' takes ranked lists "
+                          "of any length: add a pairwise term or unset loss.use_weighting")
+    others = [spec.name for _, spec in objective.terms if not spec.pair_weights]
+    if others:
+        raise ConfigError(f"config key 'loss.use_weighting' scales each pair's own loss, which loss '{others[0]}' "
+                          "does not have (it sorts the batch, or reads lists, triples or unpaired rows): unset it")
 
 
 def objective_from_config(loss: LossParams) -> tuple[Objective, LossParams]:
@@ -219,4 +282,5 @@ def objective_from_config(loss: LossParams) -> tuple[Objective, LossParams]:
     objective = parse_objective(loss.name, reference_free=loss.reference_free)
     params = LossParams(**{f.name: getattr(loss, f.name) for f in fields(LossParams)})
     validate_params(objective, params)
-    return replace(objective, ld_alpha=params.ld_alpha), params
+    return replace(objective, ld_alpha=params.ld_alpha, use_weighting=params.use_weighting,
+                   wpo_clamp=params.wpo_clamp), params

@@ -4,7 +4,8 @@ Layout: `<output_dir>/checkpoints/step-00000012/` holding
 - `model.safetensors`: the trainable weights (all of them, or only the LoRA adapter's),
 - `optimizer.pt`: optimizer + scheduler state, loaded with `torch.load(weights_only=True)` (no arbitrary unpickling),
 - `rng.pt`: Python, NumPy and torch (CPU and CUDA) generator states, same loader,
-- `state.json`: step, the metrics.jsonl line count at that step, and `shards`.
+- `state.json`: step, the metrics.jsonl line count at that step, `shards`, and the objective's running statistics
+  (`losses.LossState`: BCO's δ; the same on every process, as they are summed over processes).
 Sharded (FSDP), every process writes its own part instead: `model-rank00001.safetensors`, `optimizer-rank00001.pt`,
 `rng-rank00001.pt` (`shards` = the number of processes), and a resume needs the same number of processes. DeepSpeed
 ZeRO: the main process writes the whole trainable weights (gathered under ZeRO-3) to `model.safetensors`, every
@@ -60,6 +61,7 @@ class TrainState:
     shards: int = 0  # processes that each wrote their own part (sharded training); 0: one whole copy
     zero_stage: int = 0  # DeepSpeed ZeRO stage of the run that wrote it; 0: not DeepSpeed
     files: dict[str, str] = field(default_factory=dict)  # file name -> SHA-256 of every other file, checked on load
+    loss_state: dict[str, dict[str, float]] = field(default_factory=dict)  # the objective's running means (BCO's δ)
 
 
 def checkpoint_dir(output_dir: str | Path) -> Path:

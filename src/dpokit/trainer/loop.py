@@ -105,7 +105,7 @@ def _train(run: Run, callback: Callback | None, start: float) -> RunSummary:
         raise ConfigError("a training callback needs the whole policy in one process; with FSDP or ZeRO-3 each holds "
                           "only a part: evaluate the saved model instead")
     first_step = resume(run.out_dir, run.cfg.train.resume, run.policy, run.optimizer, run.scheduler,
-                        run.parallel, f"step {{}}/{run.steps}")
+                        run.parallel, f"step {{}}/{run.steps}", run.trainee.loss_state)
     writer = metrics_writer(run.out_dir, Tracking.of(cfg.train), to_dict(cfg), first_step, main)
     with closing(writer):  # metrics.jsonl and the trackers (train.report_to), closed also when a run stops early
         last = _steps(run, first_step, writer, callback)
@@ -144,7 +144,7 @@ def _steps(run: Run, first_step: int, writer: TrackedWriter, callback: Callback 
             stopping = run.parallel.any(stop.signum is not None)  # every process stops after the same step
             if stopping or (cfg.train.save_every and (step + 1) % cfg.train.save_every == 0):
                 path = checkpoint(run.out_dir, run.policy, run.optimizer, run.scheduler, step + 1, writer,
-                                  cfg.train.keep_checkpoints, run.parallel)
+                                  cfg.train.keep_checkpoints, run.parallel, run.trainee.loss_state)
                 if stopping:
                     signum = stop.signum or signal.SIGTERM
                     raise Interrupted(f"stopped by signal {signum} after step {step + 1}/{run.steps}; "

@@ -15,7 +15,7 @@ from dpokit.core.progress import say
 from dpokit.data.batching import Layout, batches
 from dpokit.lm.logprobs import PolicyLogps
 from dpokit.lm.reference import FrozenModel
-from dpokit.losses import objective_from_config
+from dpokit.losses import LossState, objective_from_config
 from dpokit.models.compiling import compile_blocks
 from dpokit.models.loading import default_device
 from dpokit.trainer.assembly import Prepared, autocast_for, check_training_attention, load_all
@@ -65,6 +65,7 @@ def build_run(cfg: Config) -> Run:
         raise ConfigError("reference.sync (TR-DPO) mixes whole parameters of policy and reference, which FSDP / ZeRO-3 "
                           "shard: train it on one process or with DDP / ZeRO-1/2")
     refuse_compile(cfg.train.compile, parallel)
+    check_training_attention(cfg.train.attention, parallel.device)
     if parallel.sharded and objective.needs_reference_distributions:
         raise ConfigError(f"loss '{objective}' computes both models' LM heads inside the policy's forward, which "
                           "FSDP / ZeRO-3 sharding does not support yet: train it on one process or with DDP / ZeRO-1/2")
@@ -73,7 +74,6 @@ def build_run(cfg: Config) -> Run:
         out_dir.mkdir(parents=True, exist_ok=True)
         config_io.save(cfg, out_dir / "config.yaml")
     device = parallel.device
-    check_training_attention(cfg.train.attention, device)
     tell = say if parallel.is_main else _quiet
 
     # a precomputed reference is computed once by the main process, then loaded by the others
@@ -88,9 +88,11 @@ def build_run(cfg: Config) -> Run:
     autocast = autocast_for(cfg.train.precision, device)
     steps = total_steps(cfg, len(data.train), parallel.world)
 
+    loss_state = LossState()  # one for both trainees: evaluation reads what training keeps (BCO's δ)
+
     def trainee(reference) -> Trainee:
         return Trainee(policy=policy, reference=reference, objective=objective, params=params, autocast=autocast,
-                       chunk_size=chunk, engine=engine, parallel=parallel)
+                       chunk_size=chunk, engine=engine, parallel=parallel, loss_state=loss_state)
 
     return Run(
         cfg=cfg, out_dir=out_dir, tokenizer=tokenizer, data=data, layout=layout,

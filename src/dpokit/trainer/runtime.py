@@ -19,6 +19,7 @@ import torch
 
 from dpokit.core.errors import DpokitError
 from dpokit.core.progress import say
+from dpokit.losses import LossState
 from dpokit.trainer import checkpoint as ckpt
 from dpokit.trainer.dist import Parallel
 from dpokit.trainer.launch import deepspeed_unprobed
@@ -61,10 +62,11 @@ class StopSignals:
 
 
 def resume(out_dir: Path, checkpoint_name: str | None, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-           extra: Any, parallel: Parallel, progress: str) -> int:
+           extra: Any, parallel: Parallel, progress: str, loss_state: LossState | None = None) -> int:
     """Loads the checkpoint `checkpoint_name` ("latest" or a directory; None: start afresh) into the model, the
-    optimizer and `extra` (the lr scheduler, PPO's KL controller), with the RNG state, and trims metrics.jsonl to the
-    lines written up to it. Starting afresh removes an old metrics.jsonl. Returns the step to continue from.
+    optimizer and `extra` (the lr scheduler, PPO's KL controller), with the RNG state (and the objective's running
+    statistics into `loss_state`), and trims metrics.jsonl to the lines written up to it. Starting afresh removes an
+    old metrics.jsonl. Returns the step to continue from.
 
     Args:
         progress: the resumed position for the message, `{}` standing for the step: "step {}/100".
@@ -76,6 +78,8 @@ def resume(out_dir: Path, checkpoint_name: str | None, model: torch.nn.Module, o
         return 0
     path = ckpt.resolve(out_dir, checkpoint_name)
     state = ckpt.load_checkpoint(path, model, optimizer, extra, parallel)
+    if loss_state is not None:
+        loss_state.load_state_dict(state.loss_state)
     if parallel.is_main:
         trim_jsonl(metrics, state.metrics_lines)
         say(f"resumed from {path} at {progress.format(state.step)}")
@@ -84,9 +88,10 @@ def resume(out_dir: Path, checkpoint_name: str | None, model: torch.nn.Module, o
 
 
 def checkpoint(out_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, extra: Any, step: int,
-               writer: TrackedWriter, keep: int, parallel: Parallel) -> Path:
+               writer: TrackedWriter, keep: int, parallel: Parallel, loss_state: LossState | None = None) -> Path:
     """Every process calls this: replicated, the main one writes; sharded, each writes its part."""
-    state = ckpt.TrainState(step=step, metrics_lines=writer.lines)
+    held = loss_state.state_dict() if loss_state is not None else {}
+    state = ckpt.TrainState(step=step, metrics_lines=writer.lines, loss_state=held)
     return ckpt.save_checkpoint(out_dir, model, optimizer, extra, state, keep, parallel)
 
 

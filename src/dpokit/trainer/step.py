@@ -13,7 +13,7 @@ from dpokit.data.collate import Batch
 from dpokit.data.packing import PackedBatch
 from dpokit.lm.logprobs import PolicyLogps, SequenceLogps
 from dpokit.lm.reference import AdapterOff, FrozenModel, Reference
-from dpokit.losses import LossInputs, LossOutput, LossParams, Objective
+from dpokit.losses import LossInputs, LossOutput, LossParams, LossState, Objective
 from dpokit.trainer.dist import Single
 from dpokit.trainer.metrics import PreferenceMetrics
 from dpokit.trainer.optim import NonFiniteError
@@ -38,27 +38,32 @@ class Trainee:
     engine: torch.nn.Module | None = None  # computes the policy's log-probs; default PolicyLogps(policy), or wrapped
     parallel: Single = field(default_factory=Single)  # the process group: one process unless a dist.Parallel
     metrics: type[PreferenceMetrics] = PreferenceMetrics  # what a step reports (dpokit rm: its RewardMetrics)
+    # what the objective keeps across steps (BCO's δ); shared by a run's train and eval trainees, checkpointed
+    loss_state: LossState = field(default_factory=LossState)
 
     def __post_init__(self) -> None:
         if self.engine is None:
             self.engine = PolicyLogps(self.policy, self.chunk_size)
 
 
-def forward(trainee: Trainee, batch: Batch | PackedBatch) -> Forward:
+def forward(trainee: Trainee, batch: Batch | PackedBatch, update_state: bool = False) -> Forward:
     """Policy (with grad) and reference (without) log-probs of every response, then the objective.
 
     When the objective needs the reference's token distributions (the `kl` term), the reference gives its hidden
     states first and the policy's chunked head computes the token KL and both models' log-probs in one pass.
+    With `update_state` (training micro-batches; every process calls it alike), the objective's running statistics
+    take this batch in, summed over the processes, before the loss reads them.
     """
     batch = batch.to(next(trainee.policy.parameters()).device)  # so reference rows and labels share its device
+    asks = {"sum_sq": True} if trainee.objective.needs_log_sum_sq_probs else {}  # WPO's log Σ_v πθ(v)²
     if trainee.objective.needs_reference_distributions:
         states = _live(trainee.reference).states(batch)
         with trainee.autocast():
-            logps = trainee.engine(batch, states)
+            logps = trainee.engine(batch, states, **asks)
         ref, ref_tokens = logps.reference_logps, None
     else:
         with trainee.autocast():
-            logps = trainee.engine(batch)
+            logps = trainee.engine(batch, **asks)
         ref, ref_tokens = _reference_logps(trainee, batch)
     inputs = LossInputs(
         policy_logps=logps.logps,
@@ -69,8 +74,12 @@ def forward(trainee: Trainee, batch: Batch | PackedBatch) -> Forward:
         labels=batch.labels,
         kl=logps.kl,
         reference_token_logps=ref_tokens,
+        log_sum_sq_probs=logps.log_sum_sq_probs,
     )
-    return Forward(trainee.objective(inputs, trainee.params), logps)
+    if update_state:
+        stats = trainee.objective.statistics(inputs, trainee.params)
+        trainee.loss_state.update(stats, trainee.parallel.sum)
+    return Forward(trainee.objective(inputs, trainee.params, trainee.loss_state), logps)
 
 
 def _reference_logps(trainee: Trainee, batch: Batch | PackedBatch) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -110,7 +119,7 @@ def train_step(
     for i, batch in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         with group.no_sync(trainee.engine, not last):
-            fwd = forward(trainee, batch)
+            fwd = forward(trainee, batch, update_state=True)
             group.backward(fwd.out.losses.sum() * group.world / total, last)
         metrics.add(fwd.out, fwd.logps, batch.labels)
         tokens += _real_tokens(batch)
@@ -125,6 +134,7 @@ def train_step(
     elapsed = time.perf_counter() - start
     return {
         **means,
+        **{f"running_mean/{name}": held.mean for name, held in trainee.loss_state.means.items()},
         "grad_norm": float(grad_norm),
         "lr": lr,
         "step_time_s": elapsed,
