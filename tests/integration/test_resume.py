@@ -81,8 +81,8 @@ def test_bco_running_delta_resumes_exactly(model_dir, hh_path, tmp_path):
     """bco_pair's δ (a running mean over every micro-batch so far) is saved in the checkpoint: resuming at step 4 of
     8 gives the unbroken run's δ, loss and rewards at every later step; a δ restarted from nothing would not."""
     out = tmp_path / "bco"
-    run = args(model_dir, hh_path, out, "--max-steps", "8", "--loss", "bco_pair", "train.save_every=4",
-               "train.eval_every=0", "train.grad_accum=2", "--batch-size", "2")
+    run = args(model_dir, hh_path, out, "--max-steps", "8", "--loss", "bco_pair", "loss.bco_delta=running",
+               "train.save_every=4", "train.eval_every=0", "train.grad_accum=2", "--batch-size", "2")
     assert main(run) == 0
     whole = metrics(out)
     deltas = [json.loads(line).get("running_mean/bco_pair") for line in (out / "metrics.jsonl").read_text().splitlines()

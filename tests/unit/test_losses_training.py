@@ -41,7 +41,7 @@ VARIANTS = {  # name -> (objective expression, params, ld_alpha)
     "sigmoid (alpha_divergence)": ("sigmoid", {"f_divergence_type": "alpha_divergence"}, None),
     "sigmoid (ld_alpha)": ("sigmoid", {}, 0.5),
     "mpo": ("0.8*sigmoid + 0.2*bco_pair + sft", {}, None),
-    "bco_pair (zero δ)": ("bco_pair", {"bco_delta": "zero"}, None),
+    "bco_pair (running δ)": ("bco_pair", {"bco_delta": "running"}, None),
     "sigmoid (wpo)": ("sigmoid", {"use_weighting": True}, None),
     "mpo (wpo)": ("0.8*sigmoid + 0.2*bco_pair + sft", {"use_weighting": True}, None),
 }
@@ -108,7 +108,7 @@ def test_bco_delta_in_train_step_is_the_running_mean_of_micro_batch_rewards(toke
     β·log πθ/πref over chosen and rejected, each computed with the weights of its step (read here before it)."""
     policy = tiny_llama(tokenizer, hidden_size=16, num_layers=1, num_heads=2, seed=0).train()
     trainee = Trainee(policy=policy, reference=FrozenModel(copy.deepcopy(policy)), objective=parse_objective(
-        "bco_pair"), params=LossParams(beta=0.5), chunk_size=7)
+        "bco_pair"), params=LossParams(beta=0.5, bco_delta="running"), chunk_size=7)
     data, pad = examples(tokenizer, 2), tokenizer.pad_token_id
     micro = [collate(data[:2], pad), pack(data[2:], pad, shared_prompt=True, packing=True)]
     optimizer = torch.optim.AdamW(policy.parameters(), lr=2e-2)

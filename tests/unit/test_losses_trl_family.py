@@ -138,6 +138,10 @@ def test_batch_token_nll_and_tpo_hand_values():
 
 # --- value and gradient of every registry entry against its formula, written again here ---------------------------
 
+def _bco_delta(w, lo, p):
+    return p.beta * torch.cat([w, lo]).mean().detach() if p.bco_delta == "running" else 0.0
+
+
 def _formulas():
     """name -> L(lw, ll, n_w, n_l, params) from the per-response log-ratios (B,) and token counts; float64."""
     s, ls = torch.sigmoid, logsig
@@ -150,8 +154,9 @@ def _formulas():
                                              + s(p.beta * (w - lo) / p.discopop_tau) * torch.exp(-p.beta * (w - lo))),
         "nca_pair": lambda w, lo, nw, nl, p: -ls(p.beta * w) - ls(-p.beta * w) / 2 - ls(-p.beta * lo) / 2,
         # δ: with no running state, the batch's own mean reward over chosen and rejected, detached
-        "bco_pair": lambda w, lo, nw, nl, p: (-ls(p.beta * w - p.beta * torch.cat([w, lo]).mean().detach())
-                                             - ls(-(p.beta * lo - p.beta * torch.cat([w, lo]).mean().detach()))),
+        # δ = 0 by default (TRL 1.x); `bco_delta=running` without a trainer's state: this batch's mean reward
+        "bco_pair": lambda w, lo, nw, nl, p: (-ls(p.beta * w - _bco_delta(w, lo, p)) - ls(-(p.beta * lo
+                                                                                            - _bco_delta(w, lo, p)))),
         "sppo_hard": lambda w, lo, nw, nl, p: (w - 1 / (2 * p.beta)) ** 2 + (lo + 1 / (2 * p.beta)) ** 2,
         "apo_zero": lambda w, lo, nw, nl, p: 1 - s(p.beta * w) + s(p.beta * lo),
         "apo_down": lambda w, lo, nw, nl, p: s(p.beta * w) + 1 - s(p.beta * (w - lo)),
@@ -161,14 +166,15 @@ def _formulas():
 
 
 @pytest.mark.parametrize("reference_free", [False, True])
-@pytest.mark.parametrize("name", sorted(_formulas()))
+@pytest.mark.parametrize("name", [*sorted(_formulas()), "bco_pair/running"])
 def test_registry_value_and_gradient_match_the_formula(name: str, reference_free: bool):
     """B = 7 pairs, fp32 leaves; the formula in float64 on the same numbers (reference-free: log-ratio = log πθ)."""
     g = torch.Generator().manual_seed(11)
     policy = (-4 * torch.rand(7, 2, generator=g)).requires_grad_()
     reference = -4 * torch.rand(7, 2, generator=g)
     n = torch.randint(1, 9, (7, 2), generator=g)
-    params = LossParams(beta=0.7, label_smoothing=0.1, discopop_tau=0.3)
+    name, _, delta = name.partition("/")
+    params = LossParams(beta=0.7, label_smoothing=0.1, discopop_tau=0.3, bco_delta=delta or "zero")
     out = LOSSES[name].fn(LossInputs(policy, n, reference), params, reference_free)
     (grad,) = torch.autograd.grad(out.losses.sum(), policy)
     assert out.losses.dtype == torch.float32

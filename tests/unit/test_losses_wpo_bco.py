@@ -86,7 +86,7 @@ def test_bco_delta_is_the_running_mean_of_micro_batch_means():
     δ = (1 + (−1))/2 = 0 (each micro-batch counts once, as TRL's RunningMoments of a scalar).
     Loss of pair (2, −4) at δ = 0: −log σ(2) − log σ(4) = 0.1269280110 + 0.0181499279 = 0.1450779389;
     in micro-batch 1, pair (1, −1) at δ = 1: −log σ(0) − log σ(2) = 0.6931471806 + 0.1269280110 = 0.8200751916."""
-    objective, params = parse_objective("bco_pair", reference_free=True), LossParams(beta=0.5)
+    objective, params = parse_objective("bco_pair", reference_free=True), LossParams(beta=0.5, bco_delta="running")
     state = LossState()
     first = bco_inputs([1.0, 3.0], [-1.0, 1.0], 0.5)
     state.update(objective.statistics(first, params), lambda v: v)
@@ -104,7 +104,7 @@ def test_bco_delta_is_the_running_mean_of_micro_batch_means():
 
 def test_bco_delta_gradient_treats_delta_as_a_constant():
     """∂L/∂log π_w = −β σ(−(r_w − δ)), ∂L/∂log π_l = β σ(r_l − δ): δ is detached, though it is a mean of the rewards."""
-    objective, params = parse_objective("bco_pair", reference_free=True), LossParams(beta=0.5)
+    objective, params = parse_objective("bco_pair", reference_free=True), LossParams(beta=0.5, bco_delta="running")
     inputs = bco_inputs([1.0, 3.0], [-1.0, 1.0], 0.5)
     (grad,) = torch.autograd.grad(objective(inputs, params).losses.sum(), inputs.policy_logps)
     r = inputs.policy_logps.detach() * 0.5
@@ -115,7 +115,7 @@ def test_bco_delta_gradient_treats_delta_as_a_constant():
 def test_loss_state_sums_statistics_over_processes():
     """Two processes, one micro-batch each, means 1 and −1: both hold δ = 0 (TRL's get_global_statistics: the sum of
     the processes' means over their count), and a checkpoint's dict restores it exactly."""
-    objective, params = parse_objective("bco_pair", reference_free=True), LossParams(beta=0.5)
+    objective, params = parse_objective("bco_pair", reference_free=True), LossParams(beta=0.5, bco_delta="running")
     mine, theirs = bco_inputs([1.0, 3.0], [-1.0, 1.0], 0.5), bco_inputs([2.0], [-4.0], 0.5)
     other = [float(v) for v in objective.statistics(theirs, params)["bco_pair"]]
     state = LossState()
@@ -147,5 +147,5 @@ def test_use_weighting_is_refused_where_a_pair_has_no_loss_of_its_own(expr: str,
 
 
 def test_bco_delta_choice_is_checked():
-    with pytest.raises(ConfigError, match="^config key 'loss.bco_delta' must be one of running, zero, got 'mean'"):
+    with pytest.raises(ConfigError, match="^config key 'loss.bco_delta' must be one of zero, running, got 'mean'"):
         validate_params(parse_objective("bco_pair"), LossParams(bco_delta="mean"))

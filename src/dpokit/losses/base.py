@@ -112,14 +112,14 @@ class LossParams:
     use_weighting: bool = field(default=False, metadata={
         "help": "WPO: each pair's loss times w = exp(w̄_w + w̄_l), w̄ = mean over the response's tokens of "
                 "log πθ(y_t) − log Σ_v πθ(v)², without gradient (TRL's use_weighting); pairwise losses, not aot"})
-    wpo_clamp: bool = field(default=True, metadata={
-        "help": "with use_weighting: cap each pair's weight at 1 (the WPO authors' code, TRL < 1.0); false: "
-                "unclamped, as TRL 1.x"})
-    bco_delta: str = field(default="running", metadata={
-        "help": "bco_pair's reward shift δ: running (the mean of the implicit rewards β·log πθ/πref of chosen and "
-                "rejected over every training micro-batch so far, all processes: the paper, TRL < 1.0) | zero "
-                "(δ = 0, TRL 1.x)",
-        "choices": ("running", "zero")})
+    wpo_clamp: bool = field(default=False, metadata={
+        "help": "with use_weighting: cap each pair's weight at 1 (the WPO authors' code, TRL < 1.0); false "
+                "(default): unclamped, as TRL 1.x's use_weighting"})
+    bco_delta: str = field(default="zero", metadata={
+        "help": "bco_pair's reward shift δ: zero (default: δ = 0, TRL 1.x's bco_pair) | running (the paper's and "
+                "TRL < 1.0's: the mean of the implicit rewards β·log πθ/πref of chosen and rejected over every "
+                "training micro-batch so far, all processes)",
+        "choices": ("zero", "running")})
 
 
 LossFn = Callable[[LossInputs, LossParams, bool], LossOutput]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields, replace
 from torch import Tensor
 
 from dpokit.core.errors import ConfigError
-from dpokit.losses.base import F_DIVERGENCES, LossInputs, LossOutput, LossParams, LossSpec
+from dpokit.losses.base import LossInputs, LossOutput, LossParams, LossSpec
 from dpokit.losses.likelihood import ld_weighted_logps
 from dpokit.losses.registry import LOSSES
 from dpokit.losses.state import LossState
@@ -233,10 +233,9 @@ def _check_ranges(p: LossParams) -> None:
     _require(math.isfinite(p.tpo_alpha) and p.tpo_alpha >= 0, "tpo_alpha", ">= 0", p.tpo_alpha)
     if p.ld_alpha is not None:
         _require(0 <= p.ld_alpha <= 1, "ld_alpha", "in [0, 1] (or null)", p.ld_alpha)
-    choices_of = (("f_divergence_type", F_DIVERGENCES), ("sft_mean", ("batch_tokens", "sequence")),
-                  ("bco_delta", ("running", "zero")))
-    for key, choices in choices_of:
-        if getattr(p, key) not in choices:
+    for key, spec in LossParams.__dataclass_fields__.items():  # the choices each field's metadata declares
+        choices = spec.metadata.get("choices")
+        if choices is not None and getattr(p, key) not in choices:
             raise ConfigError(f"config key 'loss.{key}' must be one of {', '.join(choices)}, got {getattr(p, key)!r}")
 
 
