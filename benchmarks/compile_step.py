@@ -35,9 +35,15 @@ def verdict(eager: list[dict], compiled: list[dict], warmup: int) -> dict[str, f
     e, c = steady(eager), steady(compiled)
     extra = first(compiled) - first(eager) - warmup * (c - e)  # what the first steps cost beyond steady running
     gain = e - c
+    if extra <= 0:  # the first steps' times are noisier than the compile cost they hold
+        verdict = "compile cost lost in the noise of the first steps: rerun on a quiet machine (--repeats 3)"
+    elif gain > 0:
+        verdict = f"compile wins after {extra / gain:.0f} steps"
+    else:
+        verdict = "compile does not win here: keep it off"
     return {"eager_s_per_step": e, "compiled_s_per_step": c, "speedup": e / c, "compile_cost_s": extra,
-            "break_even_steps": extra / gain if gain > 0 else float("inf"),
-            "verdict": "compile wins past break-even" if gain > 0 else "compile does not win here: keep it off"}
+            "break_even_steps": extra / gain if gain > 0 and extra > 0 else float("inf"), "verdict": verdict,
+            "loadavg_1m": max(r["loadavg_1m"] for r in [*eager, *compiled])}
 
 
 def main(argv: list[str] | None = None) -> None:
