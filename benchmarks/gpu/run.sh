@@ -54,4 +54,7 @@ for model in $MODELS; do
   shift
 done
 cp -r benchmarks/.cache/logs "$OUT/runner_logs" 2>/dev/null || true
-echo "results in $OUT: steps.jsonl, cuda_tests.xml, gpu_peak.json, gpu_<model>.json"
+# the device tool brings back at most 8 files: the results as they are, every log in one archive
+(cd "$OUT" && tar czf logs.tar.gz --remove-files -- *.log nvidia-smi.txt cuda_tests.xml runner_logs 2>/dev/null)
+echo "results in $OUT: steps.jsonl, gpu_peak.json, gpu_<model>.json, logs.tar.gz (logs, cuda_tests.xml)"
+ls "$OUT"
