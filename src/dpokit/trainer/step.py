@@ -62,9 +62,12 @@ def forward(trainee: Trainee, batch: Batch | PackedBatch, update_state: bool = F
             logps = trainee.engine(batch, states, **asks)
         ref, ref_tokens = logps.reference_logps, None
     else:
+        # the reference first: its no-grad forward then runs while none of the policy's activations are held, so
+        # its transient memory does not stack on theirs (a lower peak) and it reuses memory instead of faulting in
+        # fresh pages (measured ~9% of its forward on SmolLM2, CPU)
+        ref, ref_tokens = _reference_logps(trainee, batch)
         with trainee.autocast():
             logps = trainee.engine(batch, **asks)
-        ref, ref_tokens = _reference_logps(trainee, batch)
     inputs = LossInputs(
         policy_logps=logps.logps,
         num_tokens=logps.num_tokens,
