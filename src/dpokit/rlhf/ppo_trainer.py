@@ -35,17 +35,29 @@ from dpokit.core.progress import progress
 from dpokit.core.sections import ModelConfig, SamplingSettings, Tracking
 from dpokit.data.prompts import Prompt, read_prompts
 from dpokit.lm.sampling import sample
-from dpokit.models.loading import load_model, load_tokenizer
+from dpokit.models.loading import load_model, tokenizer_of
 from dpokit.models.sampling import use_chat
 from dpokit.rewards.sources import Reward
 from dpokit.rlhf import ppo
 from dpokit.rlhf.ppo_config import PPOConfig
-from dpokit.rlhf.rollout import ActorCritic, FrozenActor, Rollout, Rows, advantages_of, response_outputs, score_tokens
-from dpokit.trainer.dist import Parallel
+from dpokit.rlhf.rollout import (
+    ActorCritic,
+    AdapterOffActor,
+    FrozenActor,
+    Rollout,
+    Rows,
+    advantages_of,
+    response_outputs,
+    score_tokens,
+)
+from dpokit.trainer.assembly import build_policy
+from dpokit.trainer.dist import Parallel, StepShape
 from dpokit.trainer.optim import NonFiniteError, optimizer_for
 from dpokit.trainer.runtime import Interrupted, StopSignals, checkpoint, resume, save_model
 from dpokit.trainer.trackers import TrackedWriter, metrics_writer
 
+SHARDED_REFUSAL = ("dpokit ppo samples its rollouts with the whole policy in each process, which FSDP / ZeRO-3 "
+                   "shard: run it on one process, with DDP (torchrun) or ZeRO-1/2")
 PPOCallback = Callable[[int, torch.nn.Module], dict[str, float] | None]
 
 
@@ -61,7 +73,7 @@ class PPORun:
     chat: bool
     actor_critic: ActorCritic  # the policy and its value head, unwrapped (sampling, saving, checkpoints)
     engine: torch.nn.Module  # the same, as the process group runs it (DDP-wrapped with several processes)
-    reference: FrozenActor
+    reference: FrozenActor | AdapterOffActor
     optimizer: torch.optim.Optimizer
     kl: ppo.FixedKL  # or ppo.AdaptiveKL; checkpointed in the scheduler's slot (it has state_dict / load_state_dict)
     parallel: Parallel
@@ -80,29 +92,42 @@ class PPOSummary:
 def build(cfg: PPOConfig, reward: Reward | None = None) -> PPORun:
     """Checks the config and loads (reward and prompts first: their errors come before any model loads).
     `reward`, when given, replaces `cfg.reward` (a caller that already holds one, e.g. the frontier's)."""
-    config_io.validate(cfg, require=("model", "prompts", "output_dir"))
+    config_io.validate(cfg, require=("model.name_or_path", "prompts", "output_dir"))
     reward, prompts = reward or cfg.reward.load(), read_prompts(cfg.prompts)
     parallel = Parallel()
-    if parallel.sharded or parallel.zero is not None:
-        raise ConfigError("dpokit ppo runs replicated (one process or DDP); FSDP and DeepSpeed are not supported")
+    if parallel.sharded:
+        raise ConfigError(SHARDED_REFUSAL)
     if cfg.minibatch_size % parallel.world:
         raise ConfigError(f"minibatch_size ({cfg.minibatch_size}) must be divisible by the number of processes "
                           f"({parallel.world})")
-    tokenizer = load_tokenizer(cfg.model)
-    chat = use_chat(tokenizer, cfg.chat, cfg.model)
+    tokenizer = tokenizer_of(cfg.model)
+    chat = use_chat(tokenizer, cfg.chat, cfg.model.name_or_path)
     out_dir = Path(cfg.output_dir)
     if parallel.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         config_io.save(cfg, out_dir / "config.yaml")
-    model_cfg = ModelConfig(dtype=cfg.dtype)
-    actor_critic = ActorCritic(load_model(cfg.model, model_cfg)).to(parallel.device).train()
-    reference = FrozenActor(load_model(cfg.model, model_cfg)).to(parallel.device)
+    actor_critic = ActorCritic(build_policy(cfg.model, parallel.device)).to(parallel.device).train()
+    reference = reference_actor(cfg.model, actor_critic, parallel.device)
     # the optimizer takes the value head's parameters too, not only those of the LM (`engine.model`) wrap offers
-    engine, optimizer = parallel.wrap(actor_critic, None, lambda _: optimizer_for(actor_critic.parameters(), "adamw",
-                                                                                  cfg.lr), None)
+    step = StepShape(cfg.minibatch_size // parallel.world, 1, cfg.max_grad_norm)  # what DeepSpeed is told
+    engine, optimizer = parallel.wrap(actor_critic, None, lambda _: optimizer_for(trainable(actor_critic), "adamw",
+                                                                                  cfg.lr), step)
     kl = ppo.AdaptiveKL(cfg.beta, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target else ppo.FixedKL(cfg.beta)
     return PPORun(cfg, out_dir, tokenizer, prompts, reward, chat, actor_critic, engine, reference, optimizer, kl,
                   parallel)
+
+
+def reference_actor(cfg: ModelConfig, actor_critic: ActorCritic,
+                    device: torch.device) -> FrozenActor | AdapterOffActor:
+    """πref: with LoRA the policy with its adapter off (no second copy), else a frozen copy of the starting model."""
+    if cfg.lora.enabled:
+        return AdapterOffActor(actor_critic)
+    return FrozenActor(load_model(cfg.name_or_path, cfg, cfg.gguf_file)).to(device)
+
+
+def trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters the optimizer steps: all of them, or with LoRA the adapters and the value head."""
+    return [p for p in module.parameters() if p.requires_grad]
 
 
 def train_ppo(cfg: PPOConfig, callback: PPOCallback | None = None, reward: Reward | None = None) -> PPOSummary:
@@ -136,7 +161,7 @@ def _train(run: PPORun, start: float, callback: PPOCallback | None = None) -> PP
         raise DpokitError(f"the {len(digests)} processes ended with different weights ({digests}): gradients were not "
                           "synchronised")
     if cfg.save and main:
-        save_model(run.actor_critic.model, run.tokenizer, run.out_dir)
+        save_model(run.actor_critic.model, run.tokenizer, run.out_dir, base=cfg.model.name_or_path)
         save_file({k: v.detach().cpu().contiguous() for k, v in run.actor_critic.value_head.state_dict().items()},
                   str(run.out_dir / "value_head.safetensors"))
     summary = PPOSummary(str(run.out_dir), cfg.iterations, time.perf_counter() - start, last, run.parallel.world,

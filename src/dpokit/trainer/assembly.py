@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from dpokit.core.errors import ConfigError
+from dpokit.core.sections import ModelConfig
 from dpokit.data import cache as data_cache
 from dpokit.data.batching import PLAIN, Layout, batches
 from dpokit.data.collate import Batch
@@ -25,7 +26,7 @@ from dpokit.data.tokenize import TokenizedExample
 from dpokit.lm.logprobs import sequence_logps
 from dpokit.lm.reference import AdapterOff, Cached, FrozenModel, Reference, cache_key, load_cached, precompute
 from dpokit.losses import Objective
-from dpokit.models.loading import apply_lora, load_model, load_tokenizer
+from dpokit.models.loading import apply_lora, load_model, tokenizer_of
 from dpokit.trainer.config import Config
 
 
@@ -115,17 +116,18 @@ def autocast_for(precision: str, device: torch.device):
     return contextlib.nullcontext
 
 
-def build_policy(cfg: Config, device: torch.device, head: str = "causal-lm") -> torch.nn.Module:
-    """The model being trained, on `device`: loaded with `head` (models.HEADS), checkpointing and LoRA as set."""
-    model = load_model(cfg.model.name_or_path, cfg.model, cfg.model.gguf_file, head)
-    if cfg.model.gradient_checkpointing:
+def build_policy(cfg: ModelConfig, device: torch.device, head: str = "causal-lm") -> torch.nn.Module:
+    """The model being trained (`model.*` of any command), on `device`: loaded with `head` (models.HEADS),
+    checkpointing and LoRA as set."""
+    model = load_model(cfg.name_or_path, cfg, cfg.gguf_file, head)
+    if cfg.gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
             model.activation_checkpointing_enable({"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    if cfg.model.lora.enabled:
-        model = apply_lora(model, cfg.model.lora, head)
+    if cfg.lora.enabled:
+        model = apply_lora(model, cfg.lora, head)
     return model.to(device)
 
 
@@ -265,12 +267,11 @@ def load_all(cfg: Config, objective: Objective, device: torch.device, say,
     precomputed reference is computed once and then loaded by the others).
     """
     plan_reference(cfg, objective)  # contradictory reference settings fail now, before anything loads
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, cfg.model.trust_remote_code,
-                               None if cfg.model.tokenizer else cfg.model.gguf_file)
+    tokenizer = tokenizer_of(cfg.model)
     data = prepare_data(cfg, tokenizer, objective)
     for note in data.notes:
         say(note)
-    policy = build_policy(cfg, device)
+    policy = build_policy(cfg.model, device)
     pad, chunk = tokenizer.pad_token_id, cfg.train.logps_chunk_size
     layout, warning = check_layout(policy, data.train, layout_of(cfg), pad, objective.unpaired, chunk)
     if warning:

@@ -22,6 +22,7 @@ import gc
 import hashlib
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -31,7 +32,17 @@ from dpokit.lm.reference import AdapterOff, FrozenModel, Reference
 from dpokit.trainer.launch import env_flag, fsdp_from_accelerate, zero_from_accelerate
 from dpokit.trainer.optim import NonFiniteError, clip_and_step
 
-__all__ = ["Parallel", "Single"]
+__all__ = ["Parallel", "Single", "StepShape"]
+
+
+@dataclass(frozen=True)
+class StepShape:
+    """What DeepSpeed's engine is told of one optimizer step: each process's micro-batch, the micro-batches per
+    step, and the clipping norm. `train.*` (a `TrainConfig`) has these keys; PPO builds one from its minibatch."""
+
+    batch_size: int
+    grad_accum: int
+    max_grad_norm: float | None
 
 
 class Single:
@@ -63,10 +74,10 @@ class Single:
         return contextlib.nullcontext()
 
     def wrap(self, engine: PolicyLogps, reference: Reference | None, make_optimizer: Callable,
-             train_cfg) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+             train_cfg: StepShape) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         """The policy's engine wrapped for this process group, and its optimizer (built at the point each backend
-        needs it). One process: the engine as it is. `train_cfg` (`train.*`) sizes DeepSpeed's batches; a loop
-        that refuses DeepSpeed (PPO) passes None."""
+        needs it). One process: the engine as it is. `train_cfg` (`train.*`, or a `StepShape`) sizes DeepSpeed's
+        batches."""
         return engine, make_optimizer(engine.model.parameters())
 
     def no_sync(self, engine: torch.nn.Module, skip: bool) -> contextlib.AbstractContextManager:
@@ -179,7 +190,7 @@ class Parallel(Single):
         return self.accelerator.main_process_first()
 
     def wrap(self, engine: PolicyLogps, reference: Reference | None, make_optimizer: Callable,
-             train_cfg) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+             train_cfg: StepShape) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         """The policy's engine wrapped for this process group, and its optimizer (built at the point each backend
         needs it: FSDP replaces the parameters, DeepSpeed takes the optimizer in).
 
@@ -199,7 +210,8 @@ class Parallel(Single):
             return super().wrap(engine, reference, make_optimizer, train_cfg)
         return self.accelerator.prepare_model(engine), make_optimizer(engine.model.parameters())
 
-    def _deepspeed(self, engine: PolicyLogps, reference: Reference | None, make_optimizer: Callable, train_cfg):
+    def _deepspeed(self, engine: PolicyLogps, reference: Reference | None, make_optimizer: Callable,
+                   train_cfg: StepShape):
         """DeepSpeed's engine around dpokit's: it owns backward (gradient partitioning), clipping and the step;
         dpokit's optimizer and lr schedule run inside it. ZeRO-3 partitions a frozen-copy reference too."""
         import deepspeed

@@ -171,7 +171,7 @@ def _save(run: Run) -> None:
     state = run.parallel.full_state(run.policy)
     if run.parallel.is_main:
         if run.cfg.model.lora.enabled:
-            whole = build_policy(run.cfg, torch.device("cpu"), run.head)
+            whole = build_policy(run.cfg.model, torch.device("cpu"), run.head)
             whole.load_state_dict(state, strict=True)
             for key, value in vars(run.policy.config).items():  # what the run noted there (dpokit rm's offset)
                 setattr(whole.config, key, value)
