@@ -62,9 +62,6 @@ def build_run(cfg: Config) -> Run:
     if parallel.sharded and cfg.reference.sync.mode != "none":
         raise ConfigError("reference.sync (TR-DPO) mixes whole parameters of policy and reference, which FSDP / ZeRO-3 "
                           "shard: train it on one process or with DDP / ZeRO-1/2")
-    if parallel.sharded and objective.needs_reference_distributions:
-        raise ConfigError(f"loss '{objective}' computes both models' LM heads inside the policy's forward, which "
-                          "FSDP / ZeRO-3 sharding does not support yet: train it on one process or with DDP / ZeRO-1/2")
     out_dir = Path(cfg.train.output_dir)
     if parallel.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -77,6 +74,8 @@ def build_run(cfg: Config) -> Run:
     tokenizer, data, policy, layout = loaded.tokenizer, loaded.data, loaded.policy, loaded.layout
     chunk = cfg.train.logps_chunk_size
     policy.train()
+    if parallel.sharded and objective.needs_reference_distributions:
+        loaded.train_ref.keep_head()  # the kl term runs πref's head inside the policy's forward: a whole copy
     engine, optimizer = parallel.wrap(PolicyLogps(policy, chunk), loaded.train_ref,
                                       lambda params: build_optimizer(params, cfg.train), cfg.train)
     autocast = autocast_for(cfg.train.precision, device)
