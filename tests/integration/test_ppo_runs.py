@@ -178,3 +178,54 @@ def test_two_processes_stay_in_sync(task, tmp_path, lora):
         assert ("train/reward", 3) in expected and len(order) == len(set(order)) == len(expected)
         assert scalars == pytest.approx(expected, rel=1e-6)
 
+
+
+LORA = "model.lora.enabled=true"
+# mode: (accelerate config or None for torchrun, extra keys); the weights sharded (FSDP2, ZeRO-3) or the optimizer
+# state partitioned (ZeRO-2), rollouts sampled through them, every process in step
+BACKENDS = {"zero2": ("accelerate_zero2.yaml", []), "zero3": ("accelerate_zero3.yaml", []),
+            "zero3-lora": ("accelerate_zero3.yaml", [LORA]), "fsdp": (None, ["fsdp=true"]),
+            "fsdp-lora": (None, ["fsdp=true", LORA])}
+_ddp_runs: dict[bool, Path] = {}
+
+
+def two_processes(task: Path, out: Path, config: str | None, *extra: str) -> subprocess.CompletedProcess:
+    from test_distributed import accelerate_launch, torchrun
+
+    args = ppo_args(task, out, "--iterations", "3", "--rollout-batch-size", "8", "--minibatch-size", "4",
+                    "--max-new-tokens", "4", "--lr", "1e-3", *extra)
+    command = accelerate_launch(config, *args) if config else torchrun(*args)
+    return subprocess.run(command, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.parametrize("mode", sorted(BACKENDS))
+def test_ppo_under_zero_and_fsdp_equals_ddp(task, tmp_path_factory, mode):
+    """Each process samples its share with the same seeds whatever the backend, so a ZeRO or FSDP run draws the same
+    responses as DDP (equal rewards every iteration) and ends with the same weights, to fp32 rounding (Adam turns
+    rounding in near-zero gradients into steps of up to lr, hence the bound)."""
+    config, extra = BACKENDS[mode]
+    if mode.startswith("zero"):
+        pytest.importorskip("deepspeed", reason="DeepSpeed is an optional extra: pip install 'dpokit[deepspeed]'")
+    lora = LORA in extra
+    if lora not in _ddp_runs:
+        _ddp_runs[lora] = tmp_path_factory.mktemp("ddp") / "run"
+        done = two_processes(task, _ddp_runs[lora], None, *([LORA] if lora else []))
+        assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path_factory.mktemp(mode) / "run"
+    done = two_processes(task, out, config, *extra)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sharded"] == (mode != "zero2") and summary["processes"] == 2
+    if mode == "zero2":
+        assert len(summary["replica_digests"]) == 2 and len(set(summary["replica_digests"])) == 1
+    ddp = _ddp_runs[lora]
+    assert [r["reward"] for r in metrics(out)] == pytest.approx([r["reward"] for r in metrics(ddp)], abs=1e-6)
+    start = load_file(task / "ref" / "model.safetensors")
+    for name in ("model.safetensors", "value_head.safetensors"):
+        ours, theirs = load_file(out / name), load_file(ddp / name)
+        assert set(ours) == set(theirs)
+        assert max((ours[k] - theirs[k]).abs().max().item() for k in ours) <= 2e-5, name
+    ours = load_file(out / "model.safetensors")
+    assert max((ours[k] - start[k]).abs().max().item() for k in start) > 1e-3  # the policy really moved
+    assert (out / "adapter").is_dir() == lora

@@ -33,6 +33,9 @@ class PPOConfig(Checkpoints, Tracking):
     chat: bool | None = sampling("chat", None)
     output_dir: str = setting("", "required: run directory: policy + tokenizer (a LoRA run: merged, plus adapter/), "
                                   "value_head.safetensors, metrics.jsonl, config.yaml, checkpoints/")
+    fsdp: bool = setting(False, "shard weights, gradients and optimizer state over the processes (FSDP2 full "
+                                "shard; or an FSDP accelerate config), as train.fsdp does; rollouts are sampled "
+                                "through the sharded policy, every process in step")
     seed: int = setting(0, "seeds the prompt order, every rollout draw and the minibatch order")
     iterations: int = setting(100, "rollout-then-optimise iterations", gt=0)
     rollout_batch_size: int = setting(64, "responses sampled per iteration (over all processes)", gt=0)

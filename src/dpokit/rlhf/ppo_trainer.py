@@ -56,8 +56,6 @@ from dpokit.trainer.optim import NonFiniteError, optimizer_for
 from dpokit.trainer.runtime import Interrupted, StopSignals, checkpoint, resume, save_model
 from dpokit.trainer.trackers import TrackedWriter, metrics_writer
 
-SHARDED_REFUSAL = ("dpokit ppo samples its rollouts with the whole policy in each process, which FSDP / ZeRO-3 "
-                   "shard: run it on one process, with DDP (torchrun) or ZeRO-1/2")
 PPOCallback = Callable[[int, torch.nn.Module], dict[str, float] | None]
 
 
@@ -87,6 +85,7 @@ class PPOSummary:
     final: dict[str, float]
     processes: int = 1
     replica_digests: list[str] | None = None  # hash of each process's weights at the end: all equal when in sync
+    sharded: bool = False  # FSDP or ZeRO-3: each process held only its part of the weights (no replicas to hash)
 
 
 def build(cfg: PPOConfig, reward: Reward | None = None) -> PPORun:
@@ -94,9 +93,7 @@ def build(cfg: PPOConfig, reward: Reward | None = None) -> PPORun:
     `reward`, when given, replaces `cfg.reward` (a caller that already holds one, e.g. the frontier's)."""
     config_io.validate(cfg, require=("model.name_or_path", "prompts", "output_dir"))
     reward, prompts = reward or cfg.reward.load(), read_prompts(cfg.prompts)
-    parallel = Parallel()
-    if parallel.sharded:
-        raise ConfigError(SHARDED_REFUSAL)
+    parallel = Parallel(fsdp=cfg.fsdp)
     if cfg.minibatch_size % parallel.world:
         raise ConfigError(f"minibatch_size ({cfg.minibatch_size}) must be divisible by the number of processes "
                           f"({parallel.world})")
@@ -106,12 +103,20 @@ def build(cfg: PPOConfig, reward: Reward | None = None) -> PPORun:
     if parallel.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         config_io.save(cfg, out_dir / "config.yaml")
+    torch.manual_seed(cfg.seed)  # LoRA's initial adapters: the same in every process (FSDP shards them as they are)
     actor_critic = ActorCritic(build_policy(cfg.model, parallel.device)).to(parallel.device).train()
     reference = reference_actor(cfg.model, actor_critic, parallel.device)
     # the optimizer takes the value head's parameters too, not only those of the LM (`engine.model`) wrap offers
     step = StepShape(cfg.minibatch_size // parallel.world, 1, cfg.max_grad_norm)  # what DeepSpeed is told
     engine, optimizer = parallel.wrap(actor_critic, None, lambda _: optimizer_for(trainable(actor_critic), "adamw",
                                                                                   cfg.lr), step)
+    if isinstance(reference, AdapterOffActor):
+        reference.run_through(engine)  # the policy as the group runs it (sharded: its forward gathers the weights)
+    else:
+        reference = parallel.frozen(reference)
+    if parallel.sharded:  # FSDP2 takes the module of the first forward for its root: the actor-critic's, not
+        pad = tokenizer.pad_token_id  # an inner module's in generation
+        score_tokens(engine, Rows.build([[pad]], [[pad]], pad).to(parallel.device), 1)
     kl = ppo.AdaptiveKL(cfg.beta, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target else ppo.FixedKL(cfg.beta)
     return PPORun(cfg, out_dir, tokenizer, prompts, reward, chat, actor_critic, engine, reference, optimizer, kl,
                   parallel)
@@ -151,6 +156,10 @@ def train_ppo(cfg: PPOConfig, callback: PPOCallback | None = None, reward: Rewar
 
 def _train(run: PPORun, start: float, callback: PPOCallback | None = None) -> PPOSummary:
     cfg, main = run.cfg, run.parallel.is_main
+    if callback is not None and run.parallel.sharded and not getattr(callback, "collective", False):
+        raise ConfigError("a PPO callback runs on the main process alone, which with FSDP / ZeRO-3 holds only part of "
+                          "the policy and cannot run forwards the others do not join: evaluate the saved model "
+                          "instead")
     first = resume(run.out_dir, run.cfg.resume, run.actor_critic, run.optimizer, run.kl, run.parallel,
                    f"iteration {{}}/{run.cfg.iterations}")
     writer = metrics_writer(run.out_dir, Tracking.of(cfg), config_io.to_dict(cfg), first, main, "iteration")
@@ -160,15 +169,36 @@ def _train(run: PPORun, start: float, callback: PPOCallback | None = None) -> PP
     if len(set(digests)) > 1:  # each process sampled other responses: only all-reduced gradients keep them equal
         raise DpokitError(f"the {len(digests)} processes ended with different weights ({digests}): gradients were not "
                           "synchronised")
-    if cfg.save and main:
-        save_model(run.actor_critic.model, run.tokenizer, run.out_dir, base=cfg.model.name_or_path)
-        save_file({k: v.detach().cpu().contiguous() for k, v in run.actor_critic.value_head.state_dict().items()},
-                  str(run.out_dir / "value_head.safetensors"))
+    if cfg.save:
+        save(run)
     summary = PPOSummary(str(run.out_dir), cfg.iterations, time.perf_counter() - start, last, run.parallel.world,
-                         digests)
+                         digests, run.parallel.sharded)
     if main:
         (run.out_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
     return summary
+
+
+def save(run: PPORun) -> None:
+    """The policy + tokenizer (a LoRA policy merged, plus adapter/) and value_head.safetensors, written by the main
+    process. Sharded weights are gathered first (every process takes part); a sharded LoRA policy is rebuilt whole
+    from them, so it can be merged as usual."""
+    cfg, group = run.cfg, run.parallel
+    state = group.full_state(run.actor_critic) if group.sharded else None
+    if not group.is_main:
+        group.barrier()
+        return
+    policy, weights = run.actor_critic.model, None
+    head = {k: v.detach().cpu().contiguous() for k, v in run.actor_critic.value_head.state_dict().items()}
+    if state is not None:
+        weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+        head = {k.removeprefix("value_head."): v for k, v in state.items() if k.startswith("value_head.")}
+        if cfg.model.lora.enabled:
+            policy = build_policy(cfg.model, torch.device("cpu"))
+            policy.load_state_dict(weights, strict=True)
+            weights = None
+    save_model(policy, run.tokenizer, run.out_dir, weights, base=cfg.model.name_or_path)
+    save_file(head, str(run.out_dir / "value_head.safetensors"))
+    group.barrier()
 
 
 def _iterations(run: PPORun, first: int, writer: TrackedWriter, callback: PPOCallback | None) -> dict[str, float]:
@@ -228,12 +258,13 @@ def collect(run: PPORun, it: int) -> Rollout:
     share = cfg.rollout_batch_size // group.world
     order = prompt_order(len(run.prompts), it, cfg.rollout_batch_size, cfg.seed)[group.rank * share:][:share]
     settings = SamplingSettings(cfg.max_new_tokens, 1.0, 1.0, cfg.sample_batch_size)
-    samples = sample(run.actor_critic.model, run.tokenizer, [run.prompts[i] for i in order], settings,
-                     seed=draw_seed(cfg.seed, it, group.rank), chat=run.chat)
+    with group.sampling(run.engine):
+        samples = sample(run.actor_critic.model, run.tokenizer, [run.prompts[i] for i in order], settings,
+                         seed=draw_seed(cfg.seed, it, group.rank), chat=run.chat, synced=group.sharded)
     device = group.device
     scores = torch.tensor(run.reward(samples.prompts, samples.completions), device=device)
     rows = Rows.build(samples.prompt_ids, samples.completion_ids, run.tokenizer.pad_token_id).to(device)
-    old = score_tokens(run.actor_critic, rows, cfg.forward_batch_size)
+    old = score_tokens(run.engine, rows, cfg.forward_batch_size)
     ref = score_tokens(run.reference, rows, cfg.forward_batch_size)
     advantages, returns = advantages_of(scores, old, ref, rows.mask, run.kl.beta, cfg.gamma, cfg.lam)
     if cfg.whiten_advantages:

@@ -118,6 +118,10 @@ class AdapterOffActor(torch.nn.Module):
         self.__dict__["peft"] = actor.model  # not a submodule
         self.__dict__["engine"] = actor
 
+    def run_through(self, engine: torch.nn.Module) -> None:
+        """Runs the forward through `engine`, the actor-critic as the process group wraps it."""
+        self.__dict__["engine"] = engine
+
     @torch.no_grad()
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
         was_training = self.peft.training
