@@ -202,4 +202,4 @@ except ConfigError as err:
                            "127.0.0.1", "--master_port", str(free_port()), str(script)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode != 0
-    assert done.stdout.count("refused: a training callback needs the whole policy in one process") == 2, done.stderr
+    assert done.stdout.count("refused: a training callback runs on the main process alone") == 2, done.stderr

@@ -12,8 +12,10 @@
       save policy + tokenizer (safetensors), value_head.safetensors, summary.json
 
 One or several processes (`accelerate launch`, `torchrun`): each samples its share of every rollout batch and of every
-minibatch; gradients are all-reduced by DDP (trainer/dist.py), losses divided by the global token count so the step is
-that of the whole minibatch, advantages whitened with global moments, metrics summed over processes.
+minibatch; gradients are all-reduced by the process group's wrapper (trainer/dist.py: DDP, ZeRO-1/2, or sharded:
+FSDP2, ZeRO-3), losses divided by the global token count so the step is that of the whole minibatch, advantages
+whitened with global moments, metrics summed over processes. Sharded, every process samples in step through the
+sharded policy (each forward gathers the weights it needs) and the frozen πref copy is sharded too.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ class PPORun:
     reward: Reward
     chat: bool
     actor_critic: ActorCritic  # the policy and its value head, unwrapped (sampling, saving, checkpoints)
-    engine: torch.nn.Module  # the same, as the process group runs it (DDP-wrapped with several processes)
+    engine: torch.nn.Module  # the same, as the process group runs it (DDP, DeepSpeed's engine, or FSDP2-sharded)
     reference: FrozenActor | AdapterOffActor
     optimizer: torch.optim.Optimizer
     kl: ppo.FixedKL  # or ppo.AdaptiveKL; checkpointed in the scheduler's slot (it has state_dict / load_state_dict)
@@ -140,7 +142,8 @@ def train_ppo(cfg: PPOConfig, callback: PPOCallback | None = None, reward: Rewar
 
     Args:
         cfg: the run's settings.
-        callback: called as `callback(iteration, policy)` after every iteration (1-based), on the main process, with
+        callback: called as `callback(iteration, policy)` after every iteration (1-based), on the main process (on
+            every process, in step, if it has `collective = True`; required with sharded weights), with
             the policy in eval mode and gradients off; it decides itself when to act (e.g. every k iterations and at
             `cfg.iterations`). A dict it returns goes to metrics.jsonl with `"split": "callback"`.
         reward: a loaded reward to use instead of `cfg.reward`.
@@ -158,8 +161,8 @@ def _train(run: PPORun, start: float, callback: PPOCallback | None = None) -> PP
     cfg, main = run.cfg, run.parallel.is_main
     if callback is not None and run.parallel.sharded and not getattr(callback, "collective", False):
         raise ConfigError("a PPO callback runs on the main process alone, which with FSDP / ZeRO-3 holds only part of "
-                          "the policy and cannot run forwards the others do not join: evaluate the saved model "
-                          "instead")
+                          "the policy and cannot run forwards the other processes do not join: mark it collective "
+                          "(callback.collective = True: every process runs it, in step) or evaluate the saved model")
     first = resume(run.out_dir, run.cfg.resume, run.actor_critic, run.optimizer, run.kl, run.parallel,
                    f"iteration {{}}/{run.cfg.iterations}")
     writer = metrics_writer(run.out_dir, Tracking.of(cfg), config_io.to_dict(cfg), first, main, "iteration")
@@ -216,7 +219,7 @@ def _iterations(run: PPORun, first: int, writer: TrackedWriter, callback: PPOCal
                 raise DpokitError(f"ppo iteration {it + 1}: {err}") from None
             writer.write({"iteration": it + 1, **last})
             bar.set_postfix(reward=f"{last['reward']:.4f}", kl=f"{last['kl']:.3f}", beta=f"{last['beta']:.4g}")
-            if callback is not None and main:
+            if callback is not None and (main or getattr(callback, "collective", False)):
                 _call_back(run, it + 1, callback, writer)
             stopping = run.parallel.any(stop.signum is not None)  # every process stops after the same iteration
             if stopping or (cfg.save_every and (it + 1) % cfg.save_every == 0):

@@ -102,8 +102,10 @@ def _train(run: Run, callback: Callback | None, start: float) -> RunSummary:
     cfg = run.cfg
     main = run.parallel.is_main
     if callback is not None and run.parallel.sharded and not _collective(callback):
-        raise ConfigError("a training callback needs the whole policy in one process; with FSDP or ZeRO-3 each holds "
-                          "only a part: evaluate the saved model instead")
+        raise ConfigError("a training callback runs on the main process alone, which with FSDP / ZeRO-3 holds only "
+                          "part of the policy and cannot run forwards the other processes do not join: mark it "
+                          "collective (callback.collective = True: every process runs it, in step) or evaluate the "
+                          "saved model")
     first_step = resume(run.out_dir, run.cfg.train.resume, run.policy, run.optimizer, run.scheduler,
                         run.parallel, f"step {{}}/{run.steps}")
     writer = metrics_writer(run.out_dir, Tracking.of(cfg.train), to_dict(cfg), first_step, main)
