@@ -229,3 +229,30 @@ def test_ppo_under_zero_and_fsdp_equals_ddp(task, tmp_path_factory, mode):
     ours = load_file(out / "model.safetensors")
     assert max((ours[k] - start[k]).abs().max().item() for k in start) > 1e-3  # the policy really moved
     assert (out / "adapter").is_dir() == lora
+
+
+@pytest.mark.parametrize("mode", ["fsdp", "zero3"])
+def test_sharded_ppo_killed_by_sigterm_resumes_bit_for_bit(task, tmp_path, monkeypatch, mode):
+    """Each process checkpoints its part (FSDP) or the gathered weights and its optimizer partition (ZeRO-3), with
+    the value head, β and RNG; the resumed run's metrics are the uninterrupted run's."""
+    from test_distributed import accelerate_launch, torchrun
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    config, extra = BACKENDS[mode]
+    if mode.startswith("zero"):
+        pytest.importorskip("deepspeed", reason="DeepSpeed is an optional extra: pip install 'dpokit[deepspeed]'")
+
+    def command(out: Path, *more: str) -> list[str]:
+        args = ppo_args(task, out, "--iterations", "10", "--rollout-batch-size", "8", "--minibatch-size", "4",
+                        "--max-new-tokens", "4", "--lr", "1e-3", "save=false", *extra, *more)
+        return accelerate_launch(config, *args) if config else torchrun(*args)
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    done = subprocess.run(command(whole), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    code, err = sigterm_after(command(cut), cut)
+    assert code != 0 and "continue with the same command plus --resume" in err, err[-3000:]
+    assert 3 <= len(metrics(cut)) < 10  # really stopped mid-run
+    done = subprocess.run(command(cut, "--resume"), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert metrics(cut) == metrics(whole)
