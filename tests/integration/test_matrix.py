@@ -66,10 +66,11 @@ def cells() -> list[tuple[str, str, bool, str | None, bool, str | None]]:
     return out
 
 
-# every backend and every command at least once, LoRA, the cached reference and the kl term among them
+# every backend and every command at least once, LoRA, the cached reference, the kl term sharded, and a sampling
+# command sharded (compared with its DDP run) among them
 SLICE = {("train", "single", False, "precomputed", True, "sigmoid + 0.1*kl"), ("train", "ddp", True, "auto", True,
          "sigmoid"), ("train", "fsdp", False, "copy", False, "sigmoid + 0.1*kl"), ("sft", "zero2", False, None, True,
-         "sft"), ("rm", "zero3", True, None, False, None), ("ppo", "ddp", False, None, False, None),
+         "sft"), ("rm", "zero3", True, None, False, None), ("ppo", "fsdp", True, None, False, None),
          ("online", "ddp", False, None, False, None), ("train", "zero3", False, "precomputed", False, "sigmoid")}
 
 
