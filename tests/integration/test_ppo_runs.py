@@ -84,7 +84,7 @@ def test_lora_ppo_learns_and_its_reference_is_the_base_model(task, tmp_path):
     """LoRA: adapters and the value head train, πref is the policy with its adapter off (the starting model exactly,
     however far the adapters have moved), and the run saves merged weights plus adapter/. On the tiny model the
     adapters move the logits less than full training (its LM head, small at init, is not adapted), so the bar is
-    a clear move toward π*, not reaching it."""
+    a clear move toward π* at every prompt (observed: total variation 0.28 -> 0.21), not reaching it."""
     from dpokit.core import settings as config_io
     from dpokit.rlhf.ppo_config import PPOConfig
     from dpokit.rlhf.ppo_trainer import build, iteration
@@ -92,7 +92,7 @@ def test_lora_ppo_learns_and_its_reference_is_the_base_model(task, tmp_path):
 
     out = tmp_path / "lora"
     assert main(ppo_args(task, out, "--max-new-tokens", "1", "--beta", str(BETA), "--iterations", "40",
-                         "--rollout-batch-size", "256", "--minibatch-size", "64", "--lr", "3e-2",
+                         "--rollout-batch-size", "256", "--minibatch-size", "64", "--lr", "1e-2",
                          "model.lora.enabled=true")) == 0
     tokenizer = PreTrainedTokenizerFast.from_pretrained(task / "ref")
     r = torch.tensor([REWARD[tokenizer.decode([i], skip_special_tokens=True)] for i in range(len(tokenizer))],
@@ -101,7 +101,8 @@ def test_lora_ppo_learns_and_its_reference_is_the_base_model(task, tmp_path):
         ref = next_token_probs(task / "ref", tokenizer, prompt)
         optimum = (ref.log() + r / BETA).softmax(-1)
         policy = next_token_probs(out, tokenizer, prompt)  # the merged save, through transformers
-        assert 0.5 * (policy - optimum).abs().sum() < 0.5 * (ref - optimum).abs().sum() - 0.05, prompt
+        assert 0.5 * (policy - optimum).abs().sum() < 0.5 * (ref - optimum).abs().sum() - 0.04, prompt
+        assert policy @ r > ref @ r + 0.03, prompt  # the expected reward (observed 0.45 -> 0.51; π*: 0.66)
     rows = metrics(out)
     assert sum(row["reward"] for row in rows[-10:]) / 10 > rows[0]["reward"] + 0.03
     assert (out / "adapter" / "adapter_config.json").is_file()
