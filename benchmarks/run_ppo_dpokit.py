@@ -30,11 +30,13 @@ METRICS = ("reward", "kl", "response_length", "policy_loss", "value_loss", "clip
 
 
 def ppo_config(args: argparse.Namespace, fix: ppo_fixture.PPOFixture, out_dir: str):
+    from dpokit.core.sections import ModelConfig
     from dpokit.rewards.sources import RewardConfig
     from dpokit.rlhf.ppo_config import PPOConfig
 
     return PPOConfig(
-        model=fix.model, dtype="float32", prompts=fix.prompts, chat=False, output_dir=out_dir, seed=args.seed,
+        model=ModelConfig(name_or_path=fix.model, dtype="float32"), prompts=fix.prompts, chat=False,
+        output_dir=out_dir, seed=args.seed,
         reward=RewardConfig(source=fix.reward_model, text="full"),
         iterations=args.iterations, rollout_batch_size=args.rollout_batch_size, minibatch_size=args.minibatch_size,
         ppo_epochs=args.ppo_epochs, max_new_tokens=args.max_new_tokens, lr=args.lr, max_grad_norm=None,

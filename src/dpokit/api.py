@@ -203,10 +203,10 @@ def online(config: OnlineConfig, *, reward: Callable | None = None, judge: Judge
 
 
 def ppo(config: PPOConfig) -> PPOSummary:
-    """PPO-RLHF from `config.model` against `config.reward` (`dpokit ppo`); writes the run directory.
+    """PPO-RLHF from `config.model.name_or_path` against `config.reward` (`dpokit ppo`); writes the run directory.
 
     Args:
-        config: a `dpokit.PPOConfig`; `model`, `prompts` and `output_dir` are required.
+        config: a `dpokit.PPOConfig`; `model.name_or_path`, `prompts` and `output_dir` are required.
 
     Returns:
         `rlhf.ppo_trainer.PPOSummary`: output_dir, iterations, seconds, the last iteration's metrics.

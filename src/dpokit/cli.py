@@ -52,7 +52,7 @@ BON_FLAGS = {
 }
 # flag -> key of `dpokit ppo`'s settings (rlhf.ppo_config.PPOConfig)
 PPO_FLAGS = {
-    "model": "model", "prompts": "prompts", "reward": "reward.source", "reward_label": "reward.label",
+    "model": "model.name_or_path", "prompts": "prompts", "reward": "reward.source", "reward_label": "reward.label",
     "output_dir": "output_dir", "iterations": "iterations", "beta": "beta", "kl_target": "kl_target", "lr": "lr",
     "rollout_batch_size": "rollout_batch_size", "minibatch_size": "minibatch_size", "max_new_tokens": "max_new_tokens",
     "seed": "seed",

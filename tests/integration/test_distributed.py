@@ -50,6 +50,7 @@ def launch(config: str | None, *args) -> list[str]:
 
 
 LORA = "model.lora.enabled=true"
+KL = "loss.name=sigmoid + 0.1*kl"
 # mode: (extra args of the 2-process run, extra args of the 1-process run, accelerate config of the 2-process run:
 # `accelerate launch` with it, or torchrun without)
 MODES = {
@@ -66,6 +67,10 @@ MODES = {
     "zero2": ([], [], "accelerate_zero2.yaml"),
     "zero3": ([], [], "accelerate_zero3.yaml"),
     "zero3-lora": ([LORA], [LORA], "accelerate_zero3.yaml"),
+    # the kl term: πref's hidden states through its sharded engine, its head a whole copy kept before sharding
+    "fsdp-kl": (["train.fsdp=true", KL], [KL], None),
+    "fsdp-lora-kl": (["train.fsdp=true", LORA, KL], [LORA, KL], None),
+    "zero3-kl": ([KL], [KL], "accelerate_zero3.yaml"),
 }
 
 
@@ -197,4 +202,4 @@ except ConfigError as err:
                            "127.0.0.1", "--master_port", str(free_port()), str(script)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode != 0
-    assert done.stdout.count("refused: a training callback needs the whole policy in one process") == 2, done.stderr
+    assert done.stdout.count("refused: a training callback runs on the main process alone") == 2, done.stderr

@@ -2,14 +2,15 @@
 
 The cells are generated from the settings registries: a command's axes are the keys its config class has
 (`model.lora.enabled`, `reference.mode` with every choice its metadata lists, `train.packing`, `loss.name`), crossed
-with every backend: one process, DDP-2 (torchrun), FSDP2-2 (`train.fsdp=true`), ZeRO-2 and ZeRO-3 (`accelerate launch`
-with configs/), all on CPU over gloo. Each cell has exactly two allowed outcomes:
+with every backend: one process, DDP-2 (torchrun), FSDP2-2 (`train.fsdp=true`; ppo's `fsdp=true`), ZeRO-2 and ZeRO-3
+(`accelerate launch` with configs/), all on CPU over gloo. Each cell has exactly two allowed outcomes:
 
 - refused: exit 2 and a one-line reason, before any model loads. Shown by running the cell on a copy of the model
   whose weights file is garbage: a refusal that comes first cannot have read it;
 - trains: exit 0 on the real model, and the final weights equal those of the one-process plain run at the same
   global batch (grad_accum=2, packing off, reference auto), within fp32 tolerance. `ppo` and `online` sample, and each
-  process draws its own share: their cells must end with identical replicas in every process instead.
+  process draws its own share with its own seeds: their cells must end with identical replicas in every process
+  (when not sharded), and on FSDP2 / ZeRO equal the DDP run, which drew the same responses.
 
 Anything else (a crash, a hang, a mismatch, a refusal after loading) fails. The whole matrix runs by hand:
 `pytest -m matrix tests/integration/test_matrix.py` (its time and counts: docs/distributed.md); the default suite
@@ -38,11 +39,12 @@ from dpokit.trainer.config import Config, ReferenceConfig
 
 REPO = Path(__file__).resolve().parents[2]
 BACKENDS = {  # name: (accelerate config or None for torchrun, extra keys); "single" runs one process
-    "single": (None, []), "ddp": (None, []), "fsdp": (None, ["train.fsdp=true"]),
+    "single": (None, []), "ddp": (None, []), "fsdp": (None, ["fsdp=true"]),  # the command's own fsdp key
     "zero2": ("accelerate_zero2.yaml", []), "zero3": ("accelerate_zero3.yaml", []),
 }
 COMMANDS = {"train": Config, "sft": Config, "rm": RewardModelConfig, "ppo": PPOConfig, "online": OnlineConfig}
-SAMPLING = ("ppo", "online")  # each process samples its own share: replicas must agree, not equal one process
+# each process samples its own share: replicas must agree, and every other backend equal DDP (the same draws)
+SAMPLING = ("ppo", "online")
 LOSSES = {"train": ["sigmoid", "sigmoid + 0.1*kl"], "sft": ["sft"]}  # without and with a token-level term
 
 
@@ -64,10 +66,11 @@ def cells() -> list[tuple[str, str, bool, str | None, bool, str | None]]:
     return out
 
 
-# every backend and every command at least once, LoRA, the cached reference and the kl term among them
+# every backend and every command at least once, LoRA, the cached reference, the kl term sharded, and a sampling
+# command sharded (compared with its DDP run) among them
 SLICE = {("train", "single", False, "precomputed", True, "sigmoid + 0.1*kl"), ("train", "ddp", True, "auto", True,
          "sigmoid"), ("train", "fsdp", False, "copy", False, "sigmoid + 0.1*kl"), ("sft", "zero2", False, None, True,
-         "sft"), ("rm", "zero3", True, None, False, None), ("ppo", "ddp", False, None, False, None),
+         "sft"), ("rm", "zero3", True, None, False, None), ("ppo", "fsdp", True, None, False, None),
          ("online", "ddp", False, None, False, None), ("train", "zero3", False, "precomputed", False, "sigmoid")}
 
 
@@ -113,7 +116,7 @@ def task(tmp_path_factory, model_dir, hh_path) -> Path:
 def command_args(cell, task: Path, model: Path, out: Path, global_batch: bool) -> list[str]:
     """The cell's command line; `global_batch`: as one process with grad_accum=2 (the comparison run)."""
     command, backend, lora, mode, pack, loss = cell
-    extra = [*BACKENDS[backend][1]] if not global_batch else []
+    extra = [own_key(command, key) for key in BACKENDS[backend][1]] if not global_batch else []
     if lora:
         extra.append("model.lora.enabled=true")
     if command == "ppo":
@@ -138,6 +141,13 @@ def command_args(cell, task: Path, model: Path, out: Path, global_batch: bool) -
     if global_batch or backend == "single":
         args.append("train.grad_accum=2")
     return [a for a in args if a is not None]
+
+
+def own_key(command: str, setting: str) -> str:
+    """`fsdp=true` as the command spells it: `train.fsdp` for train/sft/rm/online, `fsdp` at ppo's top level."""
+    name, value = setting.split("=", 1)
+    keys = [key for key, *_ in keys_of(COMMANDS[command]) if key.split(".")[-1] == name]
+    return f"{keys[0] if keys else name}={value}"
 
 
 def run(argv: list[str], backend: str) -> subprocess.CompletedProcess:
@@ -170,6 +180,19 @@ def baseline(cell, task: Path, model_dir: Path) -> Path:
     return _baselines[key]
 
 
+def sampling_baseline(cell, task: Path, model_dir: Path) -> Path:
+    """The DDP run a ppo / online cell on another 2-process backend must equal: each process draws with its own
+    seeds whatever the backend, so they sample the same responses (cached per command and LoRA)."""
+    command, _, lora, *_ = cell
+    key = ("ddp", command, lora)
+    if key not in _baselines:
+        out = task / f"baseline-ddp-{command}-{lora}"
+        done = run(command_args((command, "ddp", lora, None, False, None), task, model_dir, out, False), "ddp")
+        assert done.returncode == 0, done.stderr[-3000:]
+        _baselines[key] = out
+    return _baselines[key]
+
+
 def check(cell, task: Path, model_dir: Path) -> str:
     command, backend = cell[0], cell[1]
     if backend.startswith("zero"):
@@ -186,11 +209,13 @@ def check(cell, task: Path, model_dir: Path) -> str:
     if command in SAMPLING:
         summaries = [out / "summary.json"] if command == "ppo" else sorted(out.glob("round_*/summary.json"))
         for path in summaries:
-            digests = json.loads(path.read_text())["replica_digests"]
-            assert len(set(digests)) == 1, digests
-        return "trains"
+            summary = json.loads(path.read_text())
+            assert summary["sharded"] or len(set(summary["replica_digests"])) == 1, summary["replica_digests"]
+        if backend in ("single", "ddp"):
+            return "trains"
+    reference = sampling_baseline(cell, task, model_dir) if command in SAMPLING else baseline(cell, task, model_dir)
     ours = load_file(str(out / "model.safetensors"))
-    theirs = load_file(str(baseline(cell, task, model_dir) / "model.safetensors"))
+    theirs = load_file(str(reference / "model.safetensors"))
     assert set(ours) == set(theirs)
     worst = max((ours[n] - theirs[n]).abs().max().item() for n in ours)
     assert worst <= 2e-5, f"final weights differ from one process's by {worst:.3g}"

@@ -78,7 +78,8 @@ def test_a_ppo_method_gets_the_frontier_settings_then_shared_then_its_own(tmp_pa
     cfg = experiment(output_dir=str(tmp_path), max_new_tokens=7, seed=3, ppo={"iterations": 5, "lr": 1e-3, "beta": 1.0})
     method = MethodSpec("PPO", kind="ppo", reward="learned", beta=0.2, run={"lr": 2e-3})
     ppo = ppo_config(cfg, method, "prompts.jsonl", chat=False)
-    assert (ppo.model, ppo.prompts, ppo.max_new_tokens, ppo.seed, ppo.chat) == ("m", "prompts.jsonl", 7, 3, False)
+    assert (ppo.model.name_or_path, ppo.prompts, ppo.max_new_tokens, ppo.seed, ppo.chat) == ("m", "prompts.jsonl", 7, 3,
+                                                                                             False)
     assert (ppo.iterations, ppo.lr, ppo.beta) == (5, 2e-3, 0.2)  # shared < the method's run < the method's beta
     assert ppo.output_dir == str(tmp_path / "runs" / "ppo-beta0.2")
     with pytest.raises(ConfigError, match="ppo: max_new_tokens, seed come"):

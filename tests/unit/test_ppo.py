@@ -160,8 +160,8 @@ def test_config_refuses_bad_settings_naming_the_key(tmp_path):
 
     prompts = tmp_path / "p.txt"
     prompts.write_text("hi\n")
-    good = {"model": str(tmp_path), "prompts": str(prompts), "output_dir": str(tmp_path / "out")}
-    config_io.validate(config_io.load(PPOConfig(), None, good), require=("model", "prompts", "output_dir"))
+    good = {"model.name_or_path": str(tmp_path), "prompts": str(prompts), "output_dir": str(tmp_path / "out")}
+    config_io.validate(config_io.load(PPOConfig(), None, good), require=("model.name_or_path", "prompts", "output_dir"))
     for bad, message in (({"minibatch_size": 24}, "must divide rollout_batch_size"),
                          ({"lam": 1.5}, "config key 'lam' must be <= 1, got 1.5"),
                          ({"kl_target": 0}, "'kl_target' must be > 0, got 0"), ({"ppo_epochs": 0}, "'ppo_epochs'"),

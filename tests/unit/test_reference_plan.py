@@ -102,7 +102,7 @@ def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
                                                      and not v.cached])
 def test_the_built_reference_is_the_planned_one(mode, lora, named, model_dir, other_model_dir):
     cfg = config(mode, lora, str(other_model_dir) if named else None, model=str(model_dir))
-    policy = build_policy(cfg, torch.device("cpu"))
+    policy = build_policy(cfg.model, torch.device("cpu"))
     train_ref, eval_ref = build_reference(cfg, policy, parse_objective("sigmoid"), Prepared([], []), 0,
                                           torch.device("cpu"))
     assert train_ref is eval_ref
@@ -110,7 +110,7 @@ def test_the_built_reference_is_the_planned_one(mode, lora, named, model_dir, ot
         assert isinstance(train_ref, AdapterOff) and train_ref.model is policy
         return
     assert isinstance(train_ref, FrozenModel) and train_ref.model is not policy
-    expected = build_policy(config("copy", False, None, str(other_model_dir if named else model_dir)),
+    expected = build_policy(config("copy", False, None, str(other_model_dir if named else model_dir)).model,
                             torch.device("cpu"))
     got, want = _weights(train_ref.model), _weights(expected)
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)

@@ -138,7 +138,8 @@ def test_kl_is_zero_with_zero_gradient_when_policy_is_reference(packed):
 
 def test_adapter_off_gives_the_frozen_copys_kl_and_zero_before_training():
     """LoRA on every linear layer *and the LM head*: with the adapter freshly made (B = 0) the KL is 0; with the
-    adapter changed, the adapter-off reference gives the KL a frozen copy of the base weights gives."""
+    adapter changed, the adapter-off reference gives the KL a frozen copy of the base weights gives; both give it
+    again through a kept whole copy of their head (`keep_head`, what FSDP / ZeRO-3 runs use)."""
     from peft import LoraConfig, get_peft_model
 
     base = llama(6)
@@ -159,6 +160,14 @@ def test_adapter_off_gives_the_frozen_copys_kl_and_zero_before_training():
     assert trained.kl.min() > 1e-3
     torch.testing.assert_close(trained.kl, copied.kl, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(trained.reference_logps, copied.reference_logps, atol=1e-5, rtol=1e-5)
+    # what a sharded run uses: a whole copy of the head kept before sharding (of the base layer, adapter off)
+    adapter_off.keep_head()
+    frozen.keep_head()
+    kept = kl_sequence_logps(policy, batch, adapter_off.states(batch), chunk_size=4)
+    torch.testing.assert_close(kept.kl, trained.kl, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(kept.reference_logps, trained.reference_logps, atol=1e-6, rtol=1e-6)
+    kept_copy = kl_sequence_logps(policy, batch, frozen.states(batch), chunk_size=4)
+    torch.testing.assert_close(kept_copy.kl, copied.kl, atol=1e-6, rtol=1e-6)
 
 
 class RowCounter(torch.nn.Module):

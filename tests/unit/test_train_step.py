@@ -92,7 +92,7 @@ def test_an_infinite_gradient_with_a_finite_loss_stops_before_the_step(setup):
 
 DEEPSPEED_SCRIPT = """
 import os, torch, deepspeed
-from dpokit.trainer.dist import deepspeed_step
+from dpokit.trainer.zero import deepspeed_step
 from dpokit.trainer.optim import NonFiniteError
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="{port}", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
 torch.distributed.init_process_group("gloo")

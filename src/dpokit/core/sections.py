@@ -1,11 +1,11 @@
 """Settings sections that several commands share, each defined once: the model, its LoRA adapter, checkpoints,
 tracking, and the fields of sampling.
 
-`ModelConfig` is `model.*` of train/sft/eval/rm and what every loader takes. `Tracking` and `Checkpoints` are base
-classes: their keys sit where each command has always had them (`train.report_to` for train/sft/rm, `report_to` at
-the top level of ppo and winrate). `sampling(name, default)` declares one of the sampling keys (`max_new_tokens`,
-`temperature`, `top_p`, `seed`, `chat`, `batch_size`) with its one help text and range; commands differ only in
-defaults. `dtype_setting` and `grad_clip_setting` declare the two keys ppo shares with `model.*` and `train.*`.
+`ModelConfig` is `model.*` of train/sft/eval/rm/ppo/online and what every loader takes. `Tracking` and
+`Checkpoints` are base classes: their keys sit where each command has always had them (`train.report_to` for
+train/sft/rm, `report_to` at the top level of ppo and winrate). `sampling(name, default)` declares one of the
+sampling keys (`max_new_tokens`, `temperature`, `top_p`, `seed`, `chat`, `batch_size`) with its one help text and
+range; commands differ only in defaults. `grad_clip_setting` declares the key ppo shares with `train.*`.
 """
 
 from __future__ import annotations
@@ -17,11 +17,6 @@ from typing import Any
 from dpokit.core.errors import ConfigError
 from dpokit.core.settings import setting
 from dpokit.core.validation import check_tree
-
-
-def dtype_setting() -> Any:
-    """The weights' dtype: `model.dtype` of train/sft/eval/rm, `dtype` of ppo."""
-    return setting("float32", "weights dtype: float32 | bfloat16", choices=("float32", "bfloat16"))
 
 
 def grad_clip_setting(default: float, **bounds: float) -> Any:
@@ -57,7 +52,7 @@ class ModelConfig:
     gguf_file: str | None = setting(None, "a .gguf file in the name_or_path directory or hub repo to load weights "
                                           "(and, with no tokenizer set, the tokenizer) from")
     tokenizer: str | None = setting(None, "defaults to name_or_path")
-    dtype: str = dtype_setting()
+    dtype: str = setting("float32", "weights dtype: float32 | bfloat16", choices=("float32", "bfloat16"))
     trust_remote_code: bool = setting(False, "run code shipped with the model; off unless you trust its source")
     allow_pickle: bool = setting(False, "accept pickle (.bin) checkpoints; by default only safetensors load")
     gradient_checkpointing: bool = setting(False, "recompute activations in backward: less memory, one extra "

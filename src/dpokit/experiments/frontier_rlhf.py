@@ -100,9 +100,9 @@ def ppo_config(cfg: FrontierConfig, method: MethodSpec, prompts_path: str, chat:
     section, the method's `run`, and its `beta` (the KL coefficient)."""
 
     refuse_frontier_keys({"ppo": cfg.ppo, f"{method.label} run": method.run}, FROM_FRONTIER)
-    layers = {"model": cfg.model, "prompts": prompts_path, "output_dir": str(Path(cfg.output_dir) / "runs" /
-              method.slug), "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens, "chat": chat,
-              "progress": cfg.progress}
+    layers = {"model.name_or_path": cfg.model, "prompts": prompts_path,
+              "output_dir": str(Path(cfg.output_dir) / "runs" / method.slug), "seed": cfg.seed,
+              "max_new_tokens": cfg.max_new_tokens, "chat": chat, "progress": cfg.progress}
     beta = {"beta": method.beta} if method.beta is not None else {}
     return config_io.load(PPOConfig(), None, layers, cfg.ppo, method.run, beta)
 

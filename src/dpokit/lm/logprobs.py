@@ -144,7 +144,7 @@ def packed_sequence_logps(model: torch.nn.Module, batch: PackedBatch, chunk_size
     """Backbone over the packed rows; LM head only where a response token is predicted."""
     hidden, positions = response_hidden(model, batch)
     tokens = chunked_token_stats(hidden, model.get_output_embeddings(), positions.targets, chunk_size,
-                                 _softcap(model), sum_sq)
+                                 softcap(model), sum_sq)
     out = _per_response(tokens.logps, positions, batch.num_examples, batch.num_responses)
     return _with_sum_sq(out, tokens.log_sum_sq_probs, positions)
 
@@ -169,7 +169,7 @@ def kl_sequence_logps(model: torch.nn.Module, batch: Batch | PackedBatch, refere
     """
     hidden, positions = response_hidden(model, batch)
     parts = chunked_token_kl(hidden, model.get_output_embeddings(), positions.targets, reference, chunk_size,
-                             _softcap(model), sum_sq)
+                             softcap(model), sum_sq)
     b, k = batch.num_examples, batch.num_responses
     out = _per_response(parts.logps, positions, b, k)
     seq_ids = positions.seq_ids
@@ -195,10 +195,11 @@ def response_hidden(model: torch.nn.Module, batch: Batch | PackedBatch) -> tuple
 
 def head_logits(model: torch.nn.Module, hidden: Tensor) -> Tensor:
     """(n, V) fp32 next-token logits of `model` at (n, H) last hidden states: its LM head, then its softcap."""
-    return final_logits(model.get_output_embeddings(), hidden, _softcap(model))
+    return final_logits(model.get_output_embeddings(), hidden, softcap(model))
 
 
-def _softcap(model: torch.nn.Module) -> float | None:
+def softcap(model: torch.nn.Module) -> float | None:
+    """The model's final logit softcap (Gemma 2), or None."""
     return getattr(model.config, "final_logit_softcapping", None)
 
 
@@ -310,9 +311,14 @@ class PolicyLogps(torch.nn.Module):
         self.chunk_size = chunk_size
 
     def forward(self, batch: Batch | PackedBatch, reference: ReferenceStates | None = None,
-                sum_sq: bool = False) -> SequenceLogps:
+                sum_sq: bool = False, hidden_only: bool = False) -> SequenceLogps | Tensor:
         """Response log-probs; with `reference` (the `kl` term), also the token KL to it and its log-probs; with
-        `sum_sq` (WPO), also `log_sum_sq_probs`."""
+        `sum_sq` (WPO), also `log_sum_sq_probs`.
+
+        `hidden_only`: just the (M, H) hidden states at the response positions (`response_hidden`), what a
+        reference gives the `kl` term: computed here, inside the forward, so a sharded model gathers its weights."""
+        if hidden_only:
+            return response_hidden(self.model, batch.to(next(self.model.parameters()).device))[0].clone()
         out = sequence_logps(self.model, batch, self.chunk_size, reference, sum_sq)
         # no view in the output: FSDP hooks the outputs for backward, and an in-place op on a view would lose the hook
         return SequenceLogps(*(t.clone() if t is not None and t._is_view() else t for t in out))

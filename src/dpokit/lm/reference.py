@@ -33,8 +33,8 @@ from dpokit.data.collate import Batch
 from dpokit.data.packing import PackedBatch
 from dpokit.data.store import TokenStore
 from dpokit.data.tokenize import TokenizedExample
-from dpokit.lm.logprobs import PolicyLogps, SequenceLogps, head_logits, response_hidden
-from dpokit.lm.token_kl import ReferenceStates
+from dpokit.lm.logprobs import PolicyLogps, SequenceLogps, head_logits, softcap
+from dpokit.lm.token_kl import ReferenceStates, final_logits
 
 CACHE_FORMAT = "dpokit-reference-logps-v1"
 
@@ -50,6 +50,15 @@ class FrozenModel:
         self.model = model.eval().requires_grad_(False)
         self.autocast = autocast
         self.engine: torch.nn.Module = PolicyLogps(self.model, chunk_size)
+        self.head: torch.nn.Module | None = None  # a whole copy of the LM head, kept before sharding (`keep_head`)
+
+    def keep_head(self) -> None:
+        """Keeps a whole frozen copy of the LM head for the `kl` term, taken while the weights are still whole.
+
+        The term's chunked head runs πref's head inside the policy's forward (and again in its backward, which
+        recomputes each chunk), where a sharded reference's head cannot be gathered: FSDP gathers a module's
+        weights in that module's own forward, ZeRO-3 in its engine's. Costs one (V, H) matrix per process."""
+        self.head = whole_head(self.model)
 
     @torch.no_grad()
     def logps(self, batch: Batch) -> Tensor:
@@ -63,9 +72,12 @@ class FrozenModel:
 
     @torch.no_grad()
     def states(self, batch: Batch | PackedBatch) -> ReferenceStates:
-        """Hidden states at `batch`'s response tokens, (M, H), and the head that turns them into logits."""
+        """Hidden states at `batch`'s response tokens, (M, H), through the engine (so sharded weights are
+        gathered), and the head that turns them into logits (the kept copy, if any)."""
         with self.autocast():
-            hidden, _ = response_hidden(self.model, batch)
+            hidden = self.engine(batch, hidden_only=True)
+        if self.head is not None:
+            return ReferenceStates(hidden, functools.partial(final_logits, self.head, softcap=softcap(self.model)))
         return ReferenceStates(hidden, functools.partial(head_logits, self.model))
 
 
@@ -76,6 +88,11 @@ class AdapterOff:
         self.model = peft_model
         self.autocast = autocast
         self.engine: torch.nn.Module = PolicyLogps(peft_model, chunk_size)
+        self.head: torch.nn.Module | None = None  # as `FrozenModel.head`: the base head, adapter off
+
+    def keep_head(self) -> None:
+        """As `FrozenModel.keep_head`; the copy is of the base layer (the head with its adapter off)."""
+        self.head = whole_head(self.model)
 
     @torch.no_grad()
     def logps(self, batch: Batch) -> Tensor:
@@ -99,15 +116,31 @@ class AdapterOff:
         self.model.eval()
         try:
             with self.model.disable_adapter(), self.autocast():
-                hidden, _ = response_hidden(self.model, batch)
+                hidden = self.engine(batch, hidden_only=True)
         finally:
             self.model.train(was_training)
+        if self.head is not None:
+            return ReferenceStates(hidden, functools.partial(final_logits, self.head, softcap=softcap(self.model)))
         return ReferenceStates(hidden, self._head_logits)
 
     @torch.no_grad()
     def _head_logits(self, hidden: Tensor) -> Tensor:
         with self.model.disable_adapter():
             return head_logits(self.model, hidden)
+
+
+def whole_head(model: torch.nn.Module) -> torch.nn.Linear:
+    """A frozen copy of `model`'s LM head as a plain linear layer (of its base layer when LoRA adapts the head)."""
+    head = model.get_output_embeddings()
+    head = getattr(head, "base_layer", head)
+    weight, bias = head.weight.detach(), getattr(head, "bias", None)
+    copy = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype,
+                           device=weight.device)
+    with torch.no_grad():
+        copy.weight.copy_(weight)
+        if bias is not None:
+            copy.bias.copy_(bias.detach())
+    return copy.requires_grad_(False)
 
 
 class Cached:

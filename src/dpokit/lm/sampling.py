@@ -58,6 +58,7 @@ def sample(
     num_samples: int = 1,
     progress: bool = False,
     chat: bool = False,
+    synced: bool = False,
 ) -> Samples:
     """Samples `num_samples` completions of each prompt, in prompt order (all of prompt 0's first).
 
@@ -68,6 +69,8 @@ def sample(
     Args:
         chat: render each prompt with the tokenizer's chat template (a string is one user message; a list of
             messages is rendered as it is) and stop at the template's end-of-turn token too (data/chat.py).
+        synced: every process of the group samples in step (sharded weights: each forward is a collective), so
+            a process whose rows have all stopped keeps running forwards until every process's have.
     """
     settings.check()
     try:
@@ -79,7 +82,7 @@ def sample(
     prompt_ids = [encoded[i] for i in repeated]
     stops = stop_ids(tokenizer, chat)
     completion_ids = sample_ids(model, prompt_ids, settings, stops, tokenizer.pad_token_id, seed, progress,
-                                shared=num_samples)
+                                shared=num_samples, synced=synced)
     completions = tokenizer.batch_decode(
         [[t for t in ids if t not in stops] for ids in completion_ids],
         skip_special_tokens=True, clean_up_tokenization_spaces=False,
@@ -97,6 +100,7 @@ def sample_ids(
     seed: int = 0,
     progress: bool = False,
     shared: int = 1,
+    synced: bool = False,
 ) -> list[list[int]]:
     """Token-level sampling: completion ids of each prompt, cut after the first stop token.
 
@@ -110,6 +114,7 @@ def sample_ids(
         shared: the rows come in runs of `shared` copies of one prompt (what `sample` makes for `num_samples`):
             each run's prompt is prefilled once and its KV cache copied to the run's rows, so K samples cost one
             prefill instead of K. The rows, their order and each step's draw are those of the plain path.
+        synced: as in `sample` (transformers' `synced_gpus`).
 
     Returns:
         N lists of sampled ids, each of length <= `settings.max_new_tokens`.
@@ -128,7 +133,7 @@ def sample_ids(
             torch.manual_seed(seed)
             batches = list(_chunks(prompts, max(1, settings.batch_size // shared)))
             for batch in transient(batches, "sample", progress):
-                generated, width = _generate(model, batch, shared, config, pad_id, device)
+                generated, width = _generate(model, batch, shared, config, pad_id, device, synced)
                 out.extend(_cut_at_stop(row, stops) for row in generated[:, width:].tolist())
     finally:
         model.train(was_training)
@@ -146,24 +151,26 @@ def _runs(prompt_ids: Sequence[Sequence[int]], shared: int) -> list[Sequence[int
 
 
 def _generate(model: torch.nn.Module, prompts: list[Sequence[int]], k: int, config: GenerationConfig, pad_id: int,
-              device: torch.device) -> tuple[torch.Tensor, int]:
+              device: torch.device, synced: bool = False) -> tuple[torch.Tensor, int]:
     """`generate` for k samples of each prompt, rows in prompt order; returns the ids and the padded prompt width.
 
     With k > 1 the prompts (all but their last token) go through the model once; the KV cache is repeated k times
     and `generate` continues from it, so only the last prompt token and the new ones run for each of the k rows.
-    Positions follow the left padding as `generate` counts them (the attention mask's running sum)."""
+    Positions follow the left padding as `generate` counts them (the attention mask's running sum). `synced`
+    (transformers' `synced_gpus`) takes the plain path: the prefill's presence would depend on each process's rows."""
     input_ids, attention_mask = (x.to(device) for x in left_pad(prompts, pad_id))
     width = input_ids.shape[1]
     rows, mask = input_ids.repeat_interleave(k, 0), attention_mask.repeat_interleave(k, 0)
-    if k == 1 or width < 2:
-        return model.generate(input_ids=rows, attention_mask=mask, generation_config=config), width
+    run = {"input_ids": rows, "attention_mask": mask, "generation_config": config, "synced_gpus": synced}
+    if k == 1 or width < 2 or synced:  # synced: every process the same forwards, whatever its prompts' widths
+        return model.generate(**run), width
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     cache = model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
                   position_ids=positions[:, :-1], use_cache=True).past_key_values
     if not hasattr(cache, "batch_repeat_interleave"):  # a model without transformers' Cache: the plain path
-        return model.generate(input_ids=rows, attention_mask=mask, generation_config=config), width
+        return model.generate(**run), width
     cache.batch_repeat_interleave(k)
-    return model.generate(input_ids=rows, attention_mask=mask, past_key_values=cache, generation_config=config), width
+    return model.generate(**run, past_key_values=cache), width
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -63,6 +63,12 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False,
     return tokenizer
 
 
+def tokenizer_of(cfg: ModelConfig) -> PreTrainedTokenizerBase:
+    """The tokenizer a `model.*` section names: `tokenizer`, else that of `name_or_path` (from `gguf_file` if set)."""
+    return load_tokenizer(cfg.tokenizer or cfg.name_or_path, cfg.trust_remote_code,
+                          None if cfg.tokenizer else cfg.gguf_file)
+
+
 def load_model(name_or_path: str, cfg: ModelConfig, gguf_file: str | None = None,
                head: str = "causal-lm", attention: str = "dense") -> torch.nn.Module:
     """A causal LM (or another `HEADS` entry) with dropout switched off (if asked), in the configured dtype.

@@ -7,7 +7,14 @@ from dataclasses import dataclass, field
 from dpokit.core.errors import ConfigError
 from dpokit.core.model_source import check_model_dir
 from dpokit.core.paths import check_local_path
-from dpokit.core.sections import Checkpoints, Tracking, check_report_to, dtype_setting, grad_clip_setting, sampling
+from dpokit.core.sections import (
+    Checkpoints,
+    ModelConfig,
+    Tracking,
+    check_report_to,
+    grad_clip_setting,
+    sampling,
+)
 from dpokit.core.settings import setting
 from dpokit.rewards.sources import RewardConfig
 
@@ -15,17 +22,20 @@ from dpokit.rewards.sources import RewardConfig
 @dataclass
 class PPOConfig(Checkpoints, Tracking):
     """PPO-RLHF (Ziegler et al. 2019): every key's help is what `dpokit ppo --help` prints; the tracking keys
-    (`report_to`, ...) come from `Tracking`, the sampling ones are declared by `sampling`."""
+    (`report_to`, ...) come from `Tracking`, the sampling ones are declared by `sampling`, the `model.*` section
+    (weights, dtype, LoRA) is `dpokit train`'s."""
 
-    model: str = setting("", "required: πref and the policy's starting weights (a saved causal LM, hub name, .gguf "
-                             "or packaged short name)")
-    dtype: str = dtype_setting()
+    model: ModelConfig = field(default_factory=ModelConfig)  # model.name_or_path (required): πref and the policy's
+    # starting weights; model.lora.*: train adapters (the value head in full), πref is then the adapter switched off
     prompts: str = setting("", "required: .txt with one prompt per line, or JSONL/JSON/Parquet/CSV with a "
                                "\"prompt\" field (a string or {role, content} messages)")
     reward: RewardConfig = field(default_factory=RewardConfig)
     chat: bool | None = sampling("chat", None)
-    output_dir: str = setting("", "required: run directory: policy + tokenizer, value_head.safetensors, "
-                                  "metrics.jsonl, config.yaml, checkpoints/")
+    output_dir: str = setting("", "required: run directory: policy + tokenizer (a LoRA run: merged, plus adapter/), "
+                                  "value_head.safetensors, metrics.jsonl, config.yaml, checkpoints/")
+    fsdp: bool = setting(False, "shard weights, gradients and optimizer state over the processes (FSDP2 full "
+                                "shard; or an FSDP accelerate config), as train.fsdp does; rollouts are sampled "
+                                "through the sharded policy, every process in step")
     seed: int = setting(0, "seeds the prompt order, every rollout draw and the minibatch order")
     iterations: int = setting(100, "rollout-then-optimise iterations", gt=0)
     rollout_batch_size: int = setting(64, "responses sampled per iteration (over all processes)", gt=0)
@@ -62,4 +72,4 @@ class PPOConfig(Checkpoints, Tracking):
                               f"({self.rollout_batch_size})")
         check_report_to("report_to", self.report_to)
         check_local_path("prompts", self.prompts)
-        check_model_dir("model", self.model)
+        check_model_dir("model.name_or_path", self.model.name_or_path, self.model.gguf_file)

@@ -12,8 +12,10 @@
       save policy + tokenizer (safetensors), value_head.safetensors, summary.json
 
 One or several processes (`accelerate launch`, `torchrun`): each samples its share of every rollout batch and of every
-minibatch; gradients are all-reduced by DDP (trainer/dist.py), losses divided by the global token count so the step is
-that of the whole minibatch, advantages whitened with global moments, metrics summed over processes.
+minibatch; gradients are all-reduced by the process group's wrapper (trainer/dist.py: DDP, ZeRO-1/2, or sharded:
+FSDP2, ZeRO-3), losses divided by the global token count so the step is that of the whole minibatch, advantages
+whitened with global moments, metrics summed over processes. Sharded, every process samples in step through the
+sharded policy (each forward gathers the weights it needs) and the frozen πref copy is sharded too.
 """
 
 from __future__ import annotations
@@ -35,13 +37,23 @@ from dpokit.core.progress import progress
 from dpokit.core.sections import ModelConfig, SamplingSettings, Tracking
 from dpokit.data.prompts import Prompt, read_prompts
 from dpokit.lm.sampling import sample
-from dpokit.models.loading import load_model, load_tokenizer
+from dpokit.models.loading import load_model, tokenizer_of
 from dpokit.models.sampling import use_chat
 from dpokit.rewards.sources import Reward
 from dpokit.rlhf import ppo
 from dpokit.rlhf.ppo_config import PPOConfig
-from dpokit.rlhf.rollout import ActorCritic, FrozenActor, Rollout, Rows, advantages_of, response_outputs, score_tokens
-from dpokit.trainer.dist import Parallel
+from dpokit.rlhf.rollout import (
+    ActorCritic,
+    AdapterOffActor,
+    FrozenActor,
+    Rollout,
+    Rows,
+    advantages_of,
+    response_outputs,
+    score_tokens,
+)
+from dpokit.trainer.assembly import build_policy
+from dpokit.trainer.dist import Parallel, StepShape
 from dpokit.trainer.optim import NonFiniteError, optimizer_for
 from dpokit.trainer.runtime import Interrupted, StopSignals, checkpoint, resume, save_model
 from dpokit.trainer.trackers import TrackedWriter, metrics_writer
@@ -60,8 +72,8 @@ class PPORun:
     reward: Reward
     chat: bool
     actor_critic: ActorCritic  # the policy and its value head, unwrapped (sampling, saving, checkpoints)
-    engine: torch.nn.Module  # the same, as the process group runs it (DDP-wrapped with several processes)
-    reference: FrozenActor
+    engine: torch.nn.Module  # the same, as the process group runs it (DDP, DeepSpeed's engine, or FSDP2-sharded)
+    reference: FrozenActor | AdapterOffActor
     optimizer: torch.optim.Optimizer
     kl: ppo.FixedKL  # or ppo.AdaptiveKL; checkpointed in the scheduler's slot (it has state_dict / load_state_dict)
     parallel: Parallel
@@ -75,34 +87,54 @@ class PPOSummary:
     final: dict[str, float]
     processes: int = 1
     replica_digests: list[str] | None = None  # hash of each process's weights at the end: all equal when in sync
+    sharded: bool = False  # FSDP or ZeRO-3: each process held only its part of the weights (no replicas to hash)
 
 
 def build(cfg: PPOConfig, reward: Reward | None = None) -> PPORun:
     """Checks the config and loads (reward and prompts first: their errors come before any model loads).
     `reward`, when given, replaces `cfg.reward` (a caller that already holds one, e.g. the frontier's)."""
-    config_io.validate(cfg, require=("model", "prompts", "output_dir"))
+    config_io.validate(cfg, require=("model.name_or_path", "prompts", "output_dir"))
     reward, prompts = reward or cfg.reward.load(), read_prompts(cfg.prompts)
-    parallel = Parallel()
-    if parallel.sharded or parallel.zero is not None:
-        raise ConfigError("dpokit ppo runs replicated (one process or DDP); FSDP and DeepSpeed are not supported")
+    parallel = Parallel(fsdp=cfg.fsdp)
     if cfg.minibatch_size % parallel.world:
         raise ConfigError(f"minibatch_size ({cfg.minibatch_size}) must be divisible by the number of processes "
                           f"({parallel.world})")
-    tokenizer = load_tokenizer(cfg.model)
-    chat = use_chat(tokenizer, cfg.chat, cfg.model)
+    tokenizer = tokenizer_of(cfg.model)
+    chat = use_chat(tokenizer, cfg.chat, cfg.model.name_or_path)
     out_dir = Path(cfg.output_dir)
     if parallel.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         config_io.save(cfg, out_dir / "config.yaml")
-    model_cfg = ModelConfig(dtype=cfg.dtype)
-    actor_critic = ActorCritic(load_model(cfg.model, model_cfg)).to(parallel.device).train()
-    reference = FrozenActor(load_model(cfg.model, model_cfg)).to(parallel.device)
+    torch.manual_seed(cfg.seed)  # LoRA's initial adapters: the same in every process (FSDP shards them as they are)
+    actor_critic = ActorCritic(build_policy(cfg.model, parallel.device)).to(parallel.device).train()
+    reference = reference_actor(cfg.model, actor_critic, parallel.device)
     # the optimizer takes the value head's parameters too, not only those of the LM (`engine.model`) wrap offers
-    engine, optimizer = parallel.wrap(actor_critic, None, lambda _: optimizer_for(actor_critic.parameters(), "adamw",
-                                                                                  cfg.lr), None)
+    step = StepShape(cfg.minibatch_size // parallel.world, 1, cfg.max_grad_norm)  # what DeepSpeed is told
+    engine, optimizer = parallel.wrap(actor_critic, None, lambda _: optimizer_for(trainable(actor_critic), "adamw",
+                                                                                  cfg.lr), step)
+    if isinstance(reference, AdapterOffActor):
+        reference.run_through(engine)  # the policy as the group runs it (sharded: its forward gathers the weights)
+    else:
+        reference = parallel.frozen(reference)
+    if parallel.sharded:  # FSDP2 takes the module of the first forward for its root: the actor-critic's, not
+        pad = tokenizer.pad_token_id  # an inner module's in generation
+        score_tokens(engine, Rows.build([[pad]], [[pad]], pad).to(parallel.device), 1)
     kl = ppo.AdaptiveKL(cfg.beta, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target else ppo.FixedKL(cfg.beta)
     return PPORun(cfg, out_dir, tokenizer, prompts, reward, chat, actor_critic, engine, reference, optimizer, kl,
                   parallel)
+
+
+def reference_actor(cfg: ModelConfig, actor_critic: ActorCritic,
+                    device: torch.device) -> FrozenActor | AdapterOffActor:
+    """πref: with LoRA the policy with its adapter off (no second copy), else a frozen copy of the starting model."""
+    if cfg.lora.enabled:
+        return AdapterOffActor(actor_critic)
+    return FrozenActor(load_model(cfg.name_or_path, cfg, cfg.gguf_file)).to(device)
+
+
+def trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters the optimizer steps: all of them, or with LoRA the adapters and the value head."""
+    return [p for p in module.parameters() if p.requires_grad]
 
 
 def train_ppo(cfg: PPOConfig, callback: PPOCallback | None = None, reward: Reward | None = None) -> PPOSummary:
@@ -110,7 +142,8 @@ def train_ppo(cfg: PPOConfig, callback: PPOCallback | None = None, reward: Rewar
 
     Args:
         cfg: the run's settings.
-        callback: called as `callback(iteration, policy)` after every iteration (1-based), on the main process, with
+        callback: called as `callback(iteration, policy)` after every iteration (1-based), on the main process (on
+            every process, in step, if it has `collective = True`; required with sharded weights), with
             the policy in eval mode and gradients off; it decides itself when to act (e.g. every k iterations and at
             `cfg.iterations`). A dict it returns goes to metrics.jsonl with `"split": "callback"`.
         reward: a loaded reward to use instead of `cfg.reward`.
@@ -126,6 +159,10 @@ def train_ppo(cfg: PPOConfig, callback: PPOCallback | None = None, reward: Rewar
 
 def _train(run: PPORun, start: float, callback: PPOCallback | None = None) -> PPOSummary:
     cfg, main = run.cfg, run.parallel.is_main
+    if callback is not None and run.parallel.sharded and not getattr(callback, "collective", False):
+        raise ConfigError("a PPO callback runs on the main process alone, which with FSDP / ZeRO-3 holds only part of "
+                          "the policy and cannot run forwards the other processes do not join: mark it collective "
+                          "(callback.collective = True: every process runs it, in step) or evaluate the saved model")
     first = resume(run.out_dir, run.cfg.resume, run.actor_critic, run.optimizer, run.kl, run.parallel,
                    f"iteration {{}}/{run.cfg.iterations}")
     writer = metrics_writer(run.out_dir, Tracking.of(cfg), config_io.to_dict(cfg), first, main, "iteration")
@@ -135,15 +172,36 @@ def _train(run: PPORun, start: float, callback: PPOCallback | None = None) -> PP
     if len(set(digests)) > 1:  # each process sampled other responses: only all-reduced gradients keep them equal
         raise DpokitError(f"the {len(digests)} processes ended with different weights ({digests}): gradients were not "
                           "synchronised")
-    if cfg.save and main:
-        save_model(run.actor_critic.model, run.tokenizer, run.out_dir)
-        save_file({k: v.detach().cpu().contiguous() for k, v in run.actor_critic.value_head.state_dict().items()},
-                  str(run.out_dir / "value_head.safetensors"))
+    if cfg.save:
+        save(run)
     summary = PPOSummary(str(run.out_dir), cfg.iterations, time.perf_counter() - start, last, run.parallel.world,
-                         digests)
+                         digests, run.parallel.sharded)
     if main:
         (run.out_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
     return summary
+
+
+def save(run: PPORun) -> None:
+    """The policy + tokenizer (a LoRA policy merged, plus adapter/) and value_head.safetensors, written by the main
+    process. Sharded weights are gathered first (every process takes part); a sharded LoRA policy is rebuilt whole
+    from them, so it can be merged as usual."""
+    cfg, group = run.cfg, run.parallel
+    state = group.full_state(run.actor_critic) if group.sharded else None
+    if not group.is_main:
+        group.barrier()
+        return
+    policy, weights = run.actor_critic.model, None
+    head = {k: v.detach().cpu().contiguous() for k, v in run.actor_critic.value_head.state_dict().items()}
+    if state is not None:
+        weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+        head = {k.removeprefix("value_head."): v for k, v in state.items() if k.startswith("value_head.")}
+        if cfg.model.lora.enabled:
+            policy = build_policy(cfg.model, torch.device("cpu"))
+            policy.load_state_dict(weights, strict=True)
+            weights = None
+    save_model(policy, run.tokenizer, run.out_dir, weights, base=cfg.model.name_or_path)
+    save_file(head, str(run.out_dir / "value_head.safetensors"))
+    group.barrier()
 
 
 def _iterations(run: PPORun, first: int, writer: TrackedWriter, callback: PPOCallback | None) -> dict[str, float]:
@@ -161,7 +219,7 @@ def _iterations(run: PPORun, first: int, writer: TrackedWriter, callback: PPOCal
                 raise DpokitError(f"ppo iteration {it + 1}: {err}") from None
             writer.write({"iteration": it + 1, **last})
             bar.set_postfix(reward=f"{last['reward']:.4f}", kl=f"{last['kl']:.3f}", beta=f"{last['beta']:.4g}")
-            if callback is not None and main:
+            if callback is not None and (main or getattr(callback, "collective", False)):
                 _call_back(run, it + 1, callback, writer)
             stopping = run.parallel.any(stop.signum is not None)  # every process stops after the same iteration
             if stopping or (cfg.save_every and (it + 1) % cfg.save_every == 0):
@@ -203,12 +261,13 @@ def collect(run: PPORun, it: int) -> Rollout:
     share = cfg.rollout_batch_size // group.world
     order = prompt_order(len(run.prompts), it, cfg.rollout_batch_size, cfg.seed)[group.rank * share:][:share]
     settings = SamplingSettings(cfg.max_new_tokens, 1.0, 1.0, cfg.sample_batch_size)
-    samples = sample(run.actor_critic.model, run.tokenizer, [run.prompts[i] for i in order], settings,
-                     seed=draw_seed(cfg.seed, it, group.rank), chat=run.chat)
+    with group.sampling(run.engine):
+        samples = sample(run.actor_critic.model, run.tokenizer, [run.prompts[i] for i in order], settings,
+                         seed=draw_seed(cfg.seed, it, group.rank), chat=run.chat, synced=group.sharded)
     device = group.device
     scores = torch.tensor(run.reward(samples.prompts, samples.completions), device=device)
     rows = Rows.build(samples.prompt_ids, samples.completion_ids, run.tokenizer.pad_token_id).to(device)
-    old = score_tokens(run.actor_critic, rows, cfg.forward_batch_size)
+    old = score_tokens(run.engine, rows, cfg.forward_batch_size)
     ref = score_tokens(run.reference, rows, cfg.forward_batch_size)
     advantages, returns = advantages_of(scores, old, ref, rows.mask, run.kl.beta, cfg.gamma, cfg.lam)
     if cfg.whiten_advantages:

@@ -34,7 +34,7 @@ from dpokit.data.config import DataConfig
 from dpokit.data.packing import PackedBatch
 from dpokit.lm.logprobs import SequenceLogps
 from dpokit.losses import LossOutput, Objective, objective_from_config
-from dpokit.models.loading import load_tokenizer
+from dpokit.models.loading import tokenizer_of
 from dpokit.rewards.reward_model import MARKER, check_head, response_lengths, reward_settings, rewards
 from dpokit.rlhf.reward_config import RewardModelConfig
 from dpokit.trainer.assembly import (
@@ -138,12 +138,11 @@ def build_reward_run(cfg: RewardModelConfig) -> Run:
 def _load(cfg: Config, objective: Objective, device: torch.device,
           tell: Callable[[str], None]) -> tuple[Any, Prepared, torch.nn.Module, Layout]:
     """Tokenizer, data (`dpokit train`'s pipeline), the reward model, and the batch layout it supports."""
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, cfg.model.trust_remote_code,
-                               None if cfg.model.tokenizer else cfg.model.gguf_file)
+    tokenizer = tokenizer_of(cfg.model)
     data = prepare_data(cfg, tokenizer, objective)
     for note in data.notes:
         tell(note)
-    model = build_policy(cfg, device, head="reward")
+    model = build_policy(cfg.model, device, head="reward", attention=cfg.train.attention)
     check_head(model)
     model.config.pad_token_id = tokenizer.pad_token_id  # transformers finds each row's last token through it
     if tokenizer.pad_token_id == tokenizer.eos_token_id:

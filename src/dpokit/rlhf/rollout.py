@@ -105,6 +105,35 @@ class FrozenActor(torch.nn.Module):
         return logits, torch.zeros(input_ids.shape, device=logits.device)
 
 
+class AdapterOffActor(torch.nn.Module):
+    """πref for a LoRA PPO run: the policy's own network with its adapter switched off (no second copy in memory),
+    with `FrozenActor`'s call signature. The LoRA update starts at zero, so this is exactly the starting model.
+
+    The policy is held outside the module tree (its parameters are the policy's, not the reference's); `engine` is
+    what the forward runs, the actor-critic itself or, when the process group wraps it, the wrapped one.
+    """
+
+    def __init__(self, actor: ActorCritic) -> None:
+        super().__init__()
+        self.__dict__["peft"] = actor.model  # not a submodule
+        self.__dict__["engine"] = actor
+
+    def run_through(self, engine: torch.nn.Module) -> None:
+        """Runs the forward through `engine`, the actor-critic as the process group wraps it."""
+        self.__dict__["engine"] = engine
+
+    @torch.no_grad()
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+        was_training = self.peft.training
+        self.peft.eval()
+        try:
+            with self.peft.disable_adapter():
+                logits, values = self.engine(input_ids, attention_mask)
+        finally:
+            self.peft.train(was_training)
+        return logits, torch.zeros_like(values)
+
+
 def response_outputs(model: torch.nn.Module, rows: Rows) -> TokenOutputs:
     """Log-probs of the response tokens, values and entropies, from an `ActorCritic` (maybe DDP-wrapped) or a
     `FrozenActor`. Gradients flow if enabled; log-softmax in fp32."""

@@ -9,6 +9,7 @@
     runtime.py     stop signals, checkpoint and resume, saving the model: shared with PPO
     model_card.py  the output directory's README.md (Hugging Face model card): base, data, loss, steps, metrics
     dist.py        one `Parallel` for 1..N processes: DDP, FSDP2, DeepSpeed ZeRO
+    zero.py        DeepSpeed's step and the gathering of ZeRO-3 weights, for `Parallel`
     launch.py      what torchrun / accelerate launch set, read once
     checkpoint.py  resumable checkpoints: weights, optimizer, RNG, data position, metrics
     trackers.py    TensorBoard, W&B, MLflow (offline), behind one null object

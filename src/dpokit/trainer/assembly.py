@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from dpokit.core.errors import ConfigError
+from dpokit.core.sections import ModelConfig
 from dpokit.data import cache as data_cache
 from dpokit.data.batching import PLAIN, Layout, batches
 from dpokit.data.collate import Batch
@@ -25,7 +26,7 @@ from dpokit.data.tokenize import TokenizedExample
 from dpokit.lm.logprobs import sequence_logps
 from dpokit.lm.reference import AdapterOff, Cached, FrozenModel, Reference, cache_key, load_cached, precompute
 from dpokit.losses import Objective
-from dpokit.models.loading import apply_lora, load_model, load_tokenizer
+from dpokit.models.loading import apply_lora, load_model, tokenizer_of
 from dpokit.trainer.config import Config
 
 
@@ -123,17 +124,19 @@ def check_training_attention(attention: str, device: torch.device) -> None:
                           f"backward on {device.type}); use train.attention=dense")
 
 
-def build_policy(cfg: Config, device: torch.device, head: str = "causal-lm") -> torch.nn.Module:
-    """The model being trained, on `device`: loaded with `head` (models.HEADS), checkpointing and LoRA as set."""
-    model = load_model(cfg.model.name_or_path, cfg.model, cfg.model.gguf_file, head, cfg.train.attention)
-    if cfg.model.gradient_checkpointing:
+def build_policy(cfg: ModelConfig, device: torch.device, head: str = "causal-lm",
+                 attention: str = "dense") -> torch.nn.Module:
+    """The model being trained (`model.*` of any command), on `device`: loaded with `head` (models.HEADS) and
+    `attention` (`train.attention`: dense, or flex for FlexAttention), checkpointing and LoRA as set."""
+    model = load_model(cfg.name_or_path, cfg, cfg.gguf_file, head, attention)
+    if cfg.gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
             model.activation_checkpointing_enable({"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    if cfg.model.lora.enabled:
-        model = apply_lora(model, cfg.model.lora, head)
+    if cfg.lora.enabled:
+        model = apply_lora(model, cfg.lora, head)
     return model.to(device)
 
 
@@ -273,12 +276,11 @@ def load_all(cfg: Config, objective: Objective, device: torch.device, say,
     precomputed reference is computed once and then loaded by the others).
     """
     plan_reference(cfg, objective)  # contradictory reference settings fail now, before anything loads
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, cfg.model.trust_remote_code,
-                               None if cfg.model.tokenizer else cfg.model.gguf_file)
+    tokenizer = tokenizer_of(cfg.model)
     data = prepare_data(cfg, tokenizer, objective)
     for note in data.notes:
         say(note)
-    policy = build_policy(cfg, device)
+    policy = build_policy(cfg.model, device, attention=cfg.train.attention)
     pad, chunk = tokenizer.pad_token_id, cfg.train.logps_chunk_size
     layout, warning = check_layout(policy, data.train, layout_of(cfg), pad, objective.unpaired, chunk)
     if warning:

@@ -90,6 +90,7 @@ def save_checkpoint(output_dir: str | Path, model: torch.nn.Module, optimizer, s
     error = _attempt(lambda: _fresh_dir(root, tmp)) if group.is_main else None
     group.barrier()
     error = error or _attempt(lambda: _writer(group)(tmp, model, optimizer, scheduler, group))
+    group.barrier()  # every process's files are written before the main one digests them and seals
     if group.is_main and error is None:
         error = _attempt(lambda: _seal(tmp, state, group))
     if group.any(error is not None):  # every process stops, with the same outcome

@@ -21,7 +21,8 @@ import contextlib
 import gc
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -29,9 +30,20 @@ from dpokit.core.errors import ConfigError
 from dpokit.lm.logprobs import PolicyLogps
 from dpokit.lm.reference import AdapterOff, FrozenModel, Reference
 from dpokit.trainer.launch import env_flag, fsdp_from_accelerate, zero_from_accelerate
-from dpokit.trainer.optim import NonFiniteError, clip_and_step
+from dpokit.trainer.optim import clip_and_step
+from dpokit.trainer.zero import deepspeed_step, gather_zero3, gathered
 
-__all__ = ["Parallel", "Single"]
+__all__ = ["Parallel", "Single", "StepShape"]
+
+
+@dataclass(frozen=True)
+class StepShape:
+    """What DeepSpeed's engine is told of one optimizer step: each process's micro-batch, the micro-batches per
+    step, and the clipping norm. `train.*` (a `TrainConfig`) has these keys; PPO builds one from its minibatch."""
+
+    batch_size: int
+    grad_accum: int
+    max_grad_norm: float | None
 
 
 class Single:
@@ -63,11 +75,20 @@ class Single:
         return contextlib.nullcontext()
 
     def wrap(self, engine: PolicyLogps, reference: Reference | None, make_optimizer: Callable,
-             train_cfg) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+             train_cfg: StepShape) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         """The policy's engine wrapped for this process group, and its optimizer (built at the point each backend
-        needs it). One process: the engine as it is. `train_cfg` (`train.*`) sizes DeepSpeed's batches; a loop
-        that refuses DeepSpeed (PPO) passes None."""
+        needs it). One process: the engine as it is. `train_cfg` (`train.*`, or a `StepShape`) sizes DeepSpeed's
+        batches."""
         return engine, make_optimizer(engine.model.parameters())
+
+    def frozen(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A frozen model (a reference) held the way the policy's weights are: whole here."""
+        return model
+
+    def sampling(self, engine: torch.nn.Module) -> contextlib.AbstractContextManager:
+        """A block that calls the policy's inner model directly (generation) rather than `engine`'s forward; with
+        sharded weights every process must run the block's forwards in step (`synced` generation)."""
+        return contextlib.nullcontext()
 
     def no_sync(self, engine: torch.nn.Module, skip: bool) -> contextlib.AbstractContextManager:
         """Accumulating micro-batches need no all-reduce until the last one; one process has none to skip."""
@@ -166,6 +187,7 @@ class Parallel(Single):
             raise ConfigError("train.fsdp=true and a DeepSpeed accelerate config: choose one")
         self.zero = zero if self.world > 1 else None  # the DeepSpeed config dpokit completes, or None
         self.deepspeed = None  # the policy's DeepSpeed engine, once wrapped
+        self.frozen_config: dict = {}  # its config less clipping: what a frozen model's ZeRO-3 engine gets
         zero_stage = self.zero["zero_optimization"].get("stage", 0) if self.zero else 0
         self.sharded = (fsdp or zero_stage == 3) and self.world > 1
         # of accelerate's FSDP settings dpokit reads the version (above) and this one; see README
@@ -179,7 +201,7 @@ class Parallel(Single):
         return self.accelerator.main_process_first()
 
     def wrap(self, engine: PolicyLogps, reference: Reference | None, make_optimizer: Callable,
-             train_cfg) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+             train_cfg: StepShape) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         """The policy's engine wrapped for this process group, and its optimizer (built at the point each backend
         needs it: FSDP replaces the parameters, DeepSpeed takes the optimizer in).
 
@@ -191,7 +213,7 @@ class Parallel(Single):
         if self.sharded:
             self.shard(engine)
             if isinstance(reference, FrozenModel):
-                reference.engine = self.shard(reference.engine)
+                reference.engine = self.frozen(reference.engine)
             elif isinstance(reference, AdapterOff):
                 reference.engine = engine
             return engine, make_optimizer(engine.model.parameters())
@@ -199,7 +221,8 @@ class Parallel(Single):
             return super().wrap(engine, reference, make_optimizer, train_cfg)
         return self.accelerator.prepare_model(engine), make_optimizer(engine.model.parameters())
 
-    def _deepspeed(self, engine: PolicyLogps, reference: Reference | None, make_optimizer: Callable, train_cfg):
+    def _deepspeed(self, engine: PolicyLogps, reference: Reference | None, make_optimizer: Callable,
+                   train_cfg: StepShape):
         """DeepSpeed's engine around dpokit's: it owns backward (gradient partitioning), clipping and the step;
         dpokit's optimizer and lr schedule run inside it. ZeRO-3 partitions a frozen-copy reference too."""
         import deepspeed
@@ -214,12 +237,38 @@ class Parallel(Single):
         }
         optimizer = make_optimizer(engine.model.parameters())
         self.deepspeed, *_ = deepspeed.initialize(model=engine, optimizer=optimizer, config=config)
-        if self.sharded and isinstance(reference, FrozenModel):
-            frozen = {k: v for k, v in config.items() if k != "gradient_clipping"}
-            reference.engine, *_ = deepspeed.initialize(model=reference.engine, config=frozen)
+        self.frozen_config = {k: v for k, v in config.items() if k != "gradient_clipping"}
+        if isinstance(reference, FrozenModel):
+            reference.engine = self.frozen(reference.engine)
         elif isinstance(reference, AdapterOff):
             reference.engine = self.deepspeed
         return self.deepspeed, optimizer
+
+    def frozen(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A frozen model (a reference) sharded like the policy: FSDP2 full shard, or under ZeRO-3 an engine without
+        an optimizer (after `wrap`, whose DeepSpeed config it takes); replicated backends keep it whole."""
+        if not self.sharded:
+            return model
+        if self.deepspeed is None:
+            return self.shard(model)
+        import deepspeed
+
+        return deepspeed.initialize(model=model, config=self.frozen_config)[0]
+
+    @contextlib.contextmanager
+    def sampling(self, engine: torch.nn.Module) -> Iterator[None]:
+        """Under FSDP2 the root's own weights (embeddings, final norm, LM head) are gathered for the block: the
+        inner model's forwards skip the root's hooks; its blocks gather theirs in their own forwards, and ZeRO-3
+        gathers every module's in its forward. The root must have run a forward before (FSDP2 takes the module
+        of the first forward for its root)."""
+        if not self.sharded or self.deepspeed is not None:
+            yield
+            return
+        engine.unshard()
+        try:
+            yield
+        finally:
+            engine.reshard()
 
     def shard(self, engine: PolicyLogps) -> PolicyLogps:
         """FSDP2 full shard: each transformer block (the model's `_no_split_modules`), then the engine as root."""
@@ -241,14 +290,14 @@ class Parallel(Single):
     def full_state(self, model: torch.nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
         if not self.zero3:
             return super().full_state(model, trainable_only)
-        out = _gather_zero3(model)
+        out = gather_zero3(model)
         return _trainable(model, out) if trainable_only else out
 
     def load_weights(self, model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
         """Whole tensors into the model's parameters; under ZeRO-3 each is gathered, set, and partitioned again."""
         params = dict(model.named_parameters())
         for name, value in weights.items():
-            with _gathered(params[name], self.zero3), torch.no_grad():
+            with gathered(params[name], self.zero3), torch.no_grad():
                 params[name].copy_(value)
 
     def backward(self, loss: torch.Tensor, last: bool) -> None:
@@ -300,28 +349,6 @@ class Parallel(Single):
             torch.distributed.destroy_process_group()
 
 
-def deepspeed_step(engine) -> torch.Tensor:
-    """DeepSpeed's step (it clips with `gradient_clipping` = train.max_grad_norm); returns its gradient norm.
-
-    DeepSpeed computes the global norm only inside its step, over its own gradient partitions, so the norm cannot be
-    checked before the step as one process does. A non-finite norm raises `NonFiniteError` saying what DeepSpeed
-    did: with fp32 weights (the only kind dpokit runs) ZeRO 1-3 treat it as an overflow and skip the step (DeepSpeed
-    0.19: weights untouched; the norm reads inf), which `was_step_applied()` confirms. Older DeepSpeed reports such a
-    norm as -1 and may apply the step; the error then says the weights in memory are not to be trusted.
-    """
-    engine.step()
-    raw, applied = engine.get_global_grad_norm(), engine.was_step_applied()
-    norm = torch.as_tensor(float("nan") if raw is None else float(raw))
-    if (bool(torch.isfinite(norm)) and norm >= 0) or (raw is None and applied):  # None: compute_grad_norm=false
-        return norm
-    if not applied:
-        raise NonFiniteError(f"non-finite gradient norm ({float(norm)}); DeepSpeed skipped the optimizer step, so "
-                             "the weights are still those of the step before")
-    raise NonFiniteError(f"non-finite gradient norm ({float(norm)}), found by DeepSpeed after it had applied the "
-                         "optimizer step: the weights in memory are not trustworthy; resume from the last checkpoint "
-                         "(--resume)")
-
-
 def _trainable(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     keep = {n for n, p in model.named_parameters() if p.requires_grad}
     return {n: t for n, t in state.items() if n in keep}
@@ -334,27 +361,3 @@ def _held(tensor: torch.Tensor) -> int:
     if hasattr(tensor, "ds_tensor"):
         return tensor.ds_tensor.numel()
     return tensor.numel()
-
-
-def _gathered(param: torch.nn.Parameter, zero3: bool):
-    """A ZeRO-3 parameter whole for the block, its change kept (every process sets the same value)."""
-    if not zero3:
-        return contextlib.nullcontext()
-    import deepspeed
-
-    return deepspeed.zero.GatheredParameters([param], modifier_rank=0)
-
-
-def _gather_zero3(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Whole tensors of a ZeRO-3 model, one parameter at a time (tied names point at the same parameter)."""
-    import deepspeed
-
-    params = dict(model.named_parameters(remove_duplicate=False))
-    out = {}
-    for name, tensor in model.state_dict().items():
-        if name in params:
-            with deepspeed.zero.GatheredParameters([params[name]]):
-                out[name] = params[name].detach().cpu().clone()
-        else:
-            out[name] = tensor.detach().cpu().clone()
-    return out

@@ -102,8 +102,10 @@ def _train(run: Run, callback: Callback | None, start: float) -> RunSummary:
     cfg = run.cfg
     main = run.parallel.is_main
     if callback is not None and run.parallel.sharded and not _collective(callback):
-        raise ConfigError("a training callback needs the whole policy in one process; with FSDP or ZeRO-3 each holds "
-                          "only a part: evaluate the saved model instead")
+        raise ConfigError("a training callback runs on the main process alone, which with FSDP / ZeRO-3 holds only "
+                          "part of the policy and cannot run forwards the other processes do not join: mark it "
+                          "collective (callback.collective = True: every process runs it, in step) or evaluate the "
+                          "saved model")
     first_step = resume(run.out_dir, run.cfg.train.resume, run.policy, run.optimizer, run.scheduler,
                         run.parallel, f"step {{}}/{run.steps}", run.trainee.loss_state)
     writer = metrics_writer(run.out_dir, Tracking.of(cfg.train), to_dict(cfg), first_step, main)
@@ -171,7 +173,7 @@ def _save(run: Run) -> None:
     state = run.parallel.full_state(run.policy)
     if run.parallel.is_main:
         if run.cfg.model.lora.enabled:
-            whole = build_policy(run.cfg, torch.device("cpu"), run.head)
+            whole = build_policy(run.cfg.model, torch.device("cpu"), run.head)
             whole.load_state_dict(state, strict=True)
             for key, value in vars(run.policy.config).items():  # what the run noted there (dpokit rm's offset)
                 setattr(whole.config, key, value)

@@ -25,7 +25,7 @@ def optimizer_for(params, name: str, lr: float, weight_decay: float = 0.0) -> to
 
 class NonFiniteError(RuntimeError):
     """The loss or the gradient norm of a step is NaN or infinite; the message says whether the optimizer step was
-    taken (it is not, except where DeepSpeed reports the norm only after stepping: see `dist.deepspeed_step`)."""
+    taken (it is not, except where DeepSpeed reports the norm only after stepping: see `zero.deepspeed_step`)."""
 
 
 def clip_and_step(optimizer: torch.optim.Optimizer, max_norm: float | None) -> torch.Tensor:

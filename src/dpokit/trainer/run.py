@@ -66,9 +66,6 @@ def build_run(cfg: Config) -> Run:
                           "shard: train it on one process or with DDP / ZeRO-1/2")
     refuse_compile(cfg.train.compile, parallel)
     check_training_attention(cfg.train.attention, parallel.device)
-    if parallel.sharded and objective.needs_reference_distributions:
-        raise ConfigError(f"loss '{objective}' computes both models' LM heads inside the policy's forward, which "
-                          "FSDP / ZeRO-3 sharding does not support yet: train it on one process or with DDP / ZeRO-1/2")
     out_dir = Path(cfg.train.output_dir)
     if parallel.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -81,6 +78,8 @@ def build_run(cfg: Config) -> Run:
     tokenizer, data, policy, layout = loaded.tokenizer, loaded.data, loaded.policy, loaded.layout
     chunk = cfg.train.logps_chunk_size
     policy.train()
+    if parallel.sharded and objective.needs_reference_distributions:
+        loaded.train_ref.keep_head()  # the kl term runs πref's head inside the policy's forward: a whole copy
     engine, optimizer = parallel.wrap(PolicyLogps(policy, chunk), loaded.train_ref,
                                       lambda params: build_optimizer(params, cfg.train), cfg.train)
     if cfg.train.compile:
