@@ -129,7 +129,8 @@ LOSSES: dict[str, LossSpec] = {
         LossSpec("nca_pair", adapters.nca_pair, **_R,
                  description="NCA: −log σ(r_w) − ½ log σ(−r_w) − ½ log σ(−r_l)"),
         LossSpec("bco_pair", adapters.bco_pair, **_R, running_statistic=adapters.bco_statistic,
-                 description="BCO: −log σ(r_w − δ) − log σ(−(r_l − δ)), δ the running mean reward (loss.bco_delta)"),
+                 description="BCO: −log σ(r_w − δ) − log σ(−(r_l − δ)), δ = 0 (TRL 1.x) or the running mean "
+                             "reward (loss.bco_delta=running)"),
         LossSpec("sppo_hard", adapters.sppo_hard, **_R,
                  description="SPPO (hard labels): (h_w − 1/(2β))² + (h_l + 1/(2β))²"),
         LossSpec("aot", adapters.aot, **_R, pair_weights=False,
