@@ -29,13 +29,17 @@ class HHSize:
         Best-of-N (32 prompts x 16 = 512 replies ~410 s, 512 reward calls ~140 s, judging 96: ~25 s | ~95 s)
         ~575 s | ~645 s;
         total ~2,800 s (47 min) when the reward-model judge agrees best, ~3,200 s (53 min) when SmolLM2 does.
-    The sampling figure is the least certain: at 1.2 s per reply the total grows by ~8 minutes.
+    The sampling figure is the least certain: at 1.2 s per reply the total grows by ~8 minutes; a profiled call at a
+    quieter moment (4 replies x 8 tokens in 0.69 s) suggests it may be nearer 0.3 s at batch 32.
 
-    QUICK runs every stage at toy size in the test suite. GPU is a preset for a machine with a CUDA GPU (closer to
-    the paper: more pairs and steps, every temperature, N up to 128, 128 new tokens); it has not been run. Its
-    expected time on one H100, ~40-60 minutes, is an estimate, not a measurement: six trainings of 144 steps of 16
-    short sequences (~2 min each), Best-of-128's 32,768 replies and reward calls in batches of 256 (~15 min), the
-    win rates' 6,400 replies and the judges (~10 min), online DPO's 2,304 replies (~3 min).
+    QUICK: the test suite's run took 20 min wall on 2 cores shared with other jobs (load ~5, 628 s of CPU): fixed
+    costs (model loads and saves, one per stage and arm) dominate at that size; ~5-8 min on 2 idle cores (estimate).
+
+    GPU is a preset for a machine with a CUDA GPU (closer to the paper: more pairs and steps, every temperature, N up
+    to 128, 128 new tokens); it has not been run. Its expected time on one H100, ~40-60 minutes, is an estimate, not
+    a measurement: six trainings of 144 steps of 16 short sequences (~2 min each), Best-of-128's 32,768 replies and
+    reward calls in batches of 256 (~15 min), the win rates' 6,400 replies and the judges (~10 min), online DPO's
+    2,304 replies (~3 min).
     """
 
     held_out: int = 128  # single-turn pairs held out: each judge's agreement is measured on all of them
