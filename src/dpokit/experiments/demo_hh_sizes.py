@@ -32,8 +32,9 @@ class HHSize:
     The sampling figure is the least certain: at 1.2 s per reply the total grows by ~8 minutes; a profiled call at a
     quieter moment (4 replies x 8 tokens in 0.69 s) suggests it may be nearer 0.3 s at batch 32.
 
-    QUICK: the test suite's run took 20 min wall on 2 cores shared with other jobs (load ~5, 628 s of CPU): fixed
-    costs (model loads and saves, one per stage and arm) dominate at that size; ~5-8 min on 2 idle cores (estimate).
+    QUICK: the test suite's run took 20 min wall on 2 cores shared with other jobs (load ~5; 630-690 s of CPU in two
+    runs): fixed costs (model loads and saves, one per stage and arm) dominate at that size; ~5-8 min on 2 idle cores
+    (an estimate).
 
     GPU is a preset for a machine with a CUDA GPU (closer to the paper: more pairs and steps, every temperature, N up
     to 128, 128 new tokens); it has not been run. Its expected time on one H100, ~40-60 minutes, is an estimate, not
