@@ -160,9 +160,10 @@ def _add_experiment_commands(sub: argparse._SubParsersAction, fmt: type[argparse
     """`demo`, `generate` and `frontier`: sampling from models and the reward–KL experiment."""
     demo = sub.add_parser("demo", help="the DPO paper's experiments in miniature, offline: --task sentiment "
                           "(default; < 10 min on 2 CPU cores): the reward-KL frontier of DPO vs baselines on review "
-                          "continuations scored by VADER; --task hh: DPO vs Preferred-FT vs Best-of-N on Anthropic HH "
-                          "with SmolLM2-135M-Instruct, judged win rates across temperatures (~93 min measured on 2 "
-                          "CPU cores)")
+                          "continuations scored by VADER; --task hh: the paper's single-turn dialogue protocol on "
+                          "Anthropic HH with SmolLM2-135M-Instruct (Preferred-FT as πref, DPO from it, Best-of-N, "
+                          "online DPO, DPO from the instruct model), judged win rates (sized for < 60 min on 2 CPU "
+                          "cores)")
     demo.add_argument("--task", choices=("sentiment", "hh"), default="sentiment", help="which experiment "
                       "(default sentiment)")
     demo.add_argument("--output-dir", help="where the demo writes its runs and report (default dpokit-demo, or "
@@ -175,8 +176,11 @@ def _add_experiment_commands(sub: argparse._SubParsersAction, fmt: type[argparse
                       "models are tiny and whose extra threads stall when other processes share the cores; torch's "
                       "own default for hh)")
     demo.add_argument("--data", help="hh: the Anthropic HH file (default: ../shared/data/hh_harmless_test.jsonl.gz)")
-    demo.add_argument("--judge", help="hh: judge with this judge.source instead of the reward model trained on the "
-                      "judge split (e.g. openai:gpt-4o-mini, with OPENAI_BASE_URL and OPENAI_API_KEY set)")
+    demo.add_argument("--judge", help="hh: a third judge beside the reward model trained on the judge split and the "
+                      "local SmolLM2 judge (e.g. openai:gpt-4o-mini, with OPENAI_BASE_URL and OPENAI_API_KEY set); "
+                      "the judge that agrees best with the held-out human labels judges the win rates")
+    demo.add_argument("--size", choices=("full", "quick", "gpu"), help="hh: full (default; sized for < 60 min on 2 "
+                      "CPU cores), quick (= --quick) or gpu (a larger preset for a CUDA GPU, closer to the paper)")
 
     gen = sub.add_parser("generate", help="sample completions from a model; prints JSON lines {prompt, completion}")
     gen.add_argument("--model", required=True, help="causal LM: local directory or hub name (safetensors only)")

@@ -77,13 +77,16 @@ def demo(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     size = "quick" if args.quick else "full"
+    if args.size and args.quick and args.size != "quick":
+        raise ConfigError(f"--quick and --size {args.size} contradict each other: give one")
     if args.task == "hh":
+        size = args.size or size
         from dpokit.experiments.demo_hh import run_hh_demo
 
         run_hh_demo(args.output_dir or "dpokit-demo-hh", size, args.seed, args.data, args.judge, args.threads)
         return 0
-    if args.data or args.judge:
-        raise ConfigError("--data and --judge belong to --task hh")
+    if args.data or args.judge or args.size:
+        raise ConfigError("--data, --judge and --size belong to --task hh")
     from dpokit.experiments.demo import run_demo
 
     run_demo(args.output_dir or "dpokit-demo", size=size, seed=args.seed, threads=args.threads or 1)

@@ -12,6 +12,10 @@
     report_markdown.py    report.md
     demo.py               `dpokit demo`: the sentiment task on a tiny model trained from scratch
     demo_task.py          the demo's synthetic review corpus
-    demo_hh.py            `dpokit demo --task hh`: the dialogue experiment on SmolLM2-135M-Instruct
+    demo_hh.py            `dpokit demo --task hh`: the paper's dialogue protocol on SmolLM2-135M-Instruct
+    demo_hh_sizes.py      its sizes (full, quick, gpu) and the full run's time estimate per stage
+    demo_hh_data.py       its data: the HH pairs split, single-turn pairs held out
+    demo_hh_train.py      its trained arms: reward models, Preferred-FT (πref), DPO, DPO from instruct, online DPO
+    demo_hh_eval.py       its evaluation: judge agreement, win rates, Best-of-N, KL and implicit rewards vs πref
     demo_hh_report.py     its report
 """
