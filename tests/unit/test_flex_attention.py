@@ -128,8 +128,10 @@ def test_training_with_flex_on_cpu_is_refused_before_loading(tmp_path, hh_path, 
     from dpokit.trainer.config import build_config
     from dpokit.trainer.run import build_run
 
-    monkeypatch.setattr(assembly, "load_tokenizer", lambda *a: pytest.fail("loaded before refusing"))
+    for loader in ("tokenizer_of", "load_model"):  # what load_all reads first
+        monkeypatch.setattr(assembly, loader, lambda *a, **k: pytest.fail("loaded before refusing"))
     cfg = build_config(None, {"model.name_or_path": str(model_dir), "data.path": str(hh_path),
                               "train.output_dir": str(tmp_path / "run"), "train.attention": "flex"})
     with pytest.raises(ConfigError, match=r"train.attention=flex trains on CUDA only"):
         build_run(cfg)
+    assert not (tmp_path / "run").exists()  # refused before the run wrote anything
