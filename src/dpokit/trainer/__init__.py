@@ -7,6 +7,7 @@
     step.py        one optimizer step: micro-batches -> backward -> clip -> step
     sync.py        TR-DPO: the frozen reference mixed toward the policy every τ steps (`reference.sync`)
     runtime.py     stop signals, checkpoint and resume, saving the model: shared with PPO
+    summary.py     `RunSummary`: what a run reports at its end (summary.json)
     model_card.py  the output directory's README.md (Hugging Face model card): base, data, loss, steps, metrics
     dist.py        one `Parallel` for 1..N processes: DDP, FSDP2, DeepSpeed ZeRO
     zero.py        DeepSpeed's step and the gathering of ZeRO-3 weights, for `Parallel`

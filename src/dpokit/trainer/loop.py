@@ -17,7 +17,6 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -36,27 +35,12 @@ from dpokit.trainer.order import batch_indices
 from dpokit.trainer.run import Run, build_run, total_steps
 from dpokit.trainer.runtime import Interrupted, StopSignals, checkpoint, resume, save_model
 from dpokit.trainer.step import evaluate, train_step
+from dpokit.trainer.summary import RunSummary
 from dpokit.trainer.trackers import TrackedWriter, metrics_writer
 
 __all__ = ["RunSummary", "run_training", "total_steps", "train"]
 
 Callback = Callable[[int, torch.nn.Module], "dict[str, Any] | None"]
-
-
-@dataclass
-class RunSummary:
-    output_dir: str
-    steps: int
-    train_pairs: int
-    eval_pairs: int
-    final_train: dict[str, float]
-    final_eval: dict[str, float] | None
-    seconds: float
-    notes: list[str]
-    processes: int = 1
-    replica_digests: list[str] | None = None  # hash of each process's weights at the end: all equal when in sync
-    sharded: bool = False  # FSDP or ZeRO-3: each process held only its part of the weights
-    held_per_process: dict[str, list[int]] | None = None  # elements of parameters / optimizer state per process
 
 
 def train(cfg: Config, callback: Callback | None = None, keep_group: bool = False) -> RunSummary:

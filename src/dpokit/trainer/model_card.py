@@ -10,7 +10,7 @@ of the model its GGUF was converted from, and a local directory gives none (the 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import yaml
 
@@ -18,18 +18,7 @@ from dpokit.core.model_source import PACKAGED
 from dpokit.core.paths import looks_local
 from dpokit.losses import objective_from_config
 from dpokit.trainer.config import Config
-
-
-class RunOutcome(Protocol):
-    """What a card reads of a run's outcome: `trainer.loop.RunSummary` (named here, as loop.py imports this)."""
-
-    output_dir: str
-    steps: int
-    train_pairs: int
-    eval_pairs: int
-    final_train: dict[str, float]
-    final_eval: dict[str, float] | None
-    processes: int
+from dpokit.trainer.summary import RunSummary
 
 # the metrics a card shows, in this order, where the run has them
 SHOWN = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen",
@@ -38,14 +27,14 @@ REFERENCES = {"copy": "a frozen copy of {}", "adapter": "the base with the LoRA 
               "precomputed": "log-probs of {} computed once before training", "none": "none"}
 
 
-def write_model_cards(cfg: Config, summary: RunOutcome, out_dir: Path) -> None:
+def write_model_cards(cfg: Config, summary: RunSummary, out_dir: Path) -> None:
     """`README.md` in `out_dir`, and in `out_dir/adapter` when the run saved a LoRA adapter there."""
     (out_dir / "README.md").write_text(model_card(cfg, summary, "transformers"), encoding="utf-8")
     if (out_dir / "adapter" / "adapter_config.json").is_file():
         (out_dir / "adapter" / "README.md").write_text(model_card(cfg, summary, "peft"), encoding="utf-8")
 
 
-def model_card(cfg: Config, summary: RunOutcome, library: str = "transformers") -> str:
+def model_card(cfg: Config, summary: RunSummary, library: str = "transformers") -> str:
     """The card's text: front matter for `library` ("transformers": the merged weights; "peft": the adapter)."""
     objective, _ = objective_from_config(cfg.loss)
     kind = "sft" if objective.chosen_only else "dpo"
@@ -79,7 +68,7 @@ def hub_base(name: str) -> str | None:
     return name
 
 
-def _training_table(cfg: Config, summary: RunOutcome) -> str:
+def _training_table(cfg: Config, summary: RunSummary) -> str:
     objective, _ = objective_from_config(cfg.loss)
     t, m, lora = cfg.train, cfg.model, cfg.model.lora
     base = f"`{m.name_or_path}`" + (f" (`{m.gguf_file}`)" if m.gguf_file else "")
@@ -111,7 +100,7 @@ def _reference(cfg: Config) -> str:
     return REFERENCES[mode].format(f"`{cfg.reference.name_or_path or cfg.model.name_or_path}`")
 
 
-def _metrics_table(summary: RunOutcome) -> str:
+def _metrics_table(summary: RunSummary) -> str:
     final_eval = summary.final_eval or {}
     shown = [k for k in SHOWN if k in summary.final_train or k in final_eval]
     rows = [f"| {k} | {_number(summary.final_train.get(k))} | {_number(final_eval.get(k))} |" for k in shown]
