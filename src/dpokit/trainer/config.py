@@ -79,7 +79,7 @@ class TrainConfig(Checkpoints, Tracking):
     fsdp: bool = setting(False, "with several processes: shard weights, grads, optimizer state, reference (FSDP2)")
     compile: bool = setting(False, "torch.compile each transformer block (policy and a frozen reference): the first "
                                    "batches compile (about 10-30 s on CPU, once more when packed shapes first change); "
-                                   "where it wins: docs/performance.md")
+                                   "on CPU 1.02x on SmolLM2 (docs/performance.md): meant for GPUs")
     eval_every: int = setting(0, "run held-out evaluation every N steps (0: only at the end, if there is eval data)",
                               ge=0)
     eval_batch_size: int | None = setting(None, "defaults to batch_size", gt=0)
