@@ -39,7 +39,7 @@ class Objective:
     reference_free: bool = False
     ld_alpha: float | None = None
     use_weighting: bool = False
-    wpo_clamp: bool = True
+    wpo_clamp: bool = LossParams.wpo_clamp  # loss.wpo_clamp's default: one home
 
     @property
     def needs_reference(self) -> bool:
@@ -109,6 +109,8 @@ class Objective:
     def statistics(self, inputs: LossInputs, params: LossParams) -> dict[str, Tensor]:
         """This micro-batch's (2,) [sum, count] of each term that keeps a running mean (`LossSpec.running_statistic`),
         by term name; empty for most objectives. The trainer sums them over processes into its `LossState`."""
+        if not any(spec.running_statistic for _, spec in self.terms):
+            return {}  # most objectives: no term inputs to build (LD-DPO's sums are built once, by __call__)
         stats = {}
         for (_, spec), term in zip(self.terms, self._term_inputs(inputs), strict=True):
             value = spec.running_statistic(term, params, self.reference_free) if spec.running_statistic else None

@@ -29,6 +29,7 @@ import torch
 from dpokit.core.errors import ConfigError
 from dpokit.lm.logprobs import PolicyLogps
 from dpokit.lm.reference import AdapterOff, FrozenModel, Reference
+from dpokit.models.compiling import transformer_blocks
 from dpokit.trainer.launch import env_flag, fsdp_from_accelerate, zero_from_accelerate
 from dpokit.trainer.optim import clip_and_step
 from dpokit.trainer.zero import deepspeed_step, gather_zero3, gathered
@@ -274,10 +275,8 @@ class Parallel(Single):
         """FSDP2 full shard: each transformer block (the model's `_no_split_modules`), then the engine as root."""
         from torch.distributed.fsdp import fully_shard
 
-        blocks = set(getattr(engine.model, "_no_split_modules", None) or [])
-        for module in engine.model.modules():
-            if type(module).__name__ in blocks:
-                fully_shard(module, reshard_after_forward=self.reshard_after_forward)
+        for block in transformer_blocks(engine.model):
+            fully_shard(block, reshard_after_forward=self.reshard_after_forward)
         fully_shard(engine, reshard_after_forward=self.reshard_after_forward)
         return engine
 
