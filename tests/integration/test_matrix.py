@@ -171,23 +171,22 @@ _baselines: dict[tuple, Path] = {}
 def baseline(cell, task: Path, model_dir: Path) -> Path:
     """The one-process plain run the cell must equal (cached per command, LoRA and loss)."""
     command, _, lora, _, _, loss = cell
-    key = (command, lora, loss)
-    if key not in _baselines:
-        out = task / f"baseline-{command}-{lora}-{(loss or '').replace(' ', '')}"
-        done = run(command_args((command, "single", lora, None, False, loss), task, model_dir, out, True), "single")
-        assert done.returncode == 0, done.stderr[-3000:]
-        _baselines[key] = out
-    return _baselines[key]
+    return _run_once((command, lora, loss), (command, "single", lora, None, False, loss), True,
+                     task / f"baseline-{command}-{lora}-{(loss or '').replace(' ', '')}", task, model_dir)
 
 
 def sampling_baseline(cell, task: Path, model_dir: Path) -> Path:
     """The DDP run a ppo / online cell on another 2-process backend must equal: each process draws with its own
     seeds whatever the backend, so they sample the same responses (cached per command and LoRA)."""
     command, _, lora, *_ = cell
-    key = ("ddp", command, lora)
+    return _run_once(("ddp", command, lora), (command, "ddp", lora, None, False, None), False,
+                     task / f"baseline-ddp-{command}-{lora}", task, model_dir)
+
+
+def _run_once(key: tuple, cell, global_batch: bool, out: Path, task: Path, model_dir: Path) -> Path:
+    """Runs `cell` into `out` the first time `key` is asked for; its output directory every time."""
     if key not in _baselines:
-        out = task / f"baseline-ddp-{command}-{lora}"
-        done = run(command_args((command, "ddp", lora, None, False, None), task, model_dir, out, False), "ddp")
+        done = run(command_args(cell, task, model_dir, out, global_batch), cell[1])
         assert done.returncode == 0, done.stderr[-3000:]
         _baselines[key] = out
     return _baselines[key]
