@@ -45,20 +45,27 @@ class Reference(Protocol):
         ...
 
 
-class FrozenModel:
+class _LiveModel:
+    """A reference computed by a model at each batch: what `FrozenModel` and `AdapterOff` share. They differ only in
+    what turns the model into πref for the duration of a forward (`_as_reference`)."""
+
     def __init__(self, model: torch.nn.Module, autocast=contextlib.nullcontext, chunk_size: int = 1024):
-        self.model = model.eval().requires_grad_(False)
+        self.model = model
         self.autocast = autocast
-        self.engine: torch.nn.Module = PolicyLogps(self.model, chunk_size)
+        self.engine: torch.nn.Module = PolicyLogps(model, chunk_size)
         self.head: torch.nn.Module | None = None  # a whole copy of the LM head, kept before sharding (`keep_head`)
 
     def keep_head(self) -> None:
-        """Keeps a whole frozen copy of the LM head for the `kl` term, taken while the weights are still whole.
+        """Keeps a whole frozen copy of the LM head for the `kl` term, taken while the weights are still whole (of
+        the base layer, i.e. the head with its adapter off, when LoRA adapts the head).
 
         The term's chunked head runs πref's head inside the policy's forward (and again in its backward, which
         recomputes each chunk), where a sharded reference's head cannot be gathered: FSDP gathers a module's
         weights in that module's own forward, ZeRO-3 in its engine's. Costs one (V, H) matrix per process."""
         self.head = whole_head(self.model)
+
+    def _as_reference(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
 
     @torch.no_grad()
     def logps(self, batch: Batch) -> Tensor:
@@ -67,66 +74,45 @@ class FrozenModel:
     @torch.no_grad()
     def sequence(self, batch: Batch | PackedBatch) -> SequenceLogps:
         """Summed and per-token log-probs of every response (LD-DPO re-weights the tokens)."""
-        with self.autocast():
+        with self._as_reference(), self.autocast():
             return self.engine(batch)
 
     @torch.no_grad()
     def states(self, batch: Batch | PackedBatch) -> ReferenceStates:
         """Hidden states at `batch`'s response tokens, (M, H), through the engine (so sharded weights are
         gathered), and the head that turns them into logits (the kept copy, if any)."""
-        with self.autocast():
+        with self._as_reference(), self.autocast():
             hidden = self.engine(batch, hidden_only=True)
-        if self.head is not None:
-            return ReferenceStates(hidden, functools.partial(final_logits, self.head, softcap=softcap(self.model)))
-        return ReferenceStates(hidden, functools.partial(head_logits, self.model))
-
-
-class AdapterOff:
-    """The peft policy with its adapter disabled (and in eval mode) for the duration of the forward."""
-
-    def __init__(self, peft_model: torch.nn.Module, autocast=contextlib.nullcontext, chunk_size: int = 1024):
-        self.model = peft_model
-        self.autocast = autocast
-        self.engine: torch.nn.Module = PolicyLogps(peft_model, chunk_size)
-        self.head: torch.nn.Module | None = None  # as `FrozenModel.head`: the base head, adapter off
-
-    def keep_head(self) -> None:
-        """As `FrozenModel.keep_head`; the copy is of the base layer (the head with its adapter off)."""
-        self.head = whole_head(self.model)
-
-    @torch.no_grad()
-    def logps(self, batch: Batch) -> Tensor:
-        return self.sequence(batch).logps
-
-    @torch.no_grad()
-    def sequence(self, batch: Batch | PackedBatch) -> SequenceLogps:
-        """As `FrozenModel.sequence`, adapter off."""
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with self.model.disable_adapter(), self.autocast():
-                return self.engine(batch)
-        finally:
-            self.model.train(was_training)
-
-    @torch.no_grad()
-    def states(self, batch: Batch | PackedBatch) -> ReferenceStates:
-        """As `FrozenModel.states`, adapter off; the head too runs with the adapter off (LoRA may target it)."""
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with self.model.disable_adapter(), self.autocast():
-                hidden = self.engine(batch, hidden_only=True)
-        finally:
-            self.model.train(was_training)
         if self.head is not None:
             return ReferenceStates(hidden, functools.partial(final_logits, self.head, softcap=softcap(self.model)))
         return ReferenceStates(hidden, self._head_logits)
 
     @torch.no_grad()
     def _head_logits(self, hidden: Tensor) -> Tensor:
-        with self.model.disable_adapter():
+        with self._as_reference():
             return head_logits(self.model, hidden)
+
+
+class FrozenModel(_LiveModel):
+    """A frozen copy of the starting weights (eval mode, no grad)."""
+
+    def __init__(self, model: torch.nn.Module, autocast=contextlib.nullcontext, chunk_size: int = 1024):
+        super().__init__(model.eval().requires_grad_(False), autocast, chunk_size)
+
+
+class AdapterOff(_LiveModel):
+    """The peft policy with its adapter disabled (and in eval mode) for the duration of the forward; the head too
+    runs with the adapter off (LoRA may target it)."""
+
+    @contextlib.contextmanager
+    def _as_reference(self):
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self.model.disable_adapter():
+                yield
+        finally:
+            self.model.train(was_training)
 
 
 def whole_head(model: torch.nn.Module) -> torch.nn.Linear:
