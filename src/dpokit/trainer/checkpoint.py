@@ -26,20 +26,26 @@ import hashlib
 import json
 import os
 import pickle
-import random
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch.distributed.tensor import DTensor
 
 from dpokit.core.errors import ConfigError, DpokitError
+from dpokit.trainer.checkpoint_state import (
+    load_partition_state,
+    local,
+    local_tensors,
+    partition_state,
+    rng_state,
+    set_rng_state,
+    shard_like_params,
+)
 from dpokit.trainer.dist import Single
 
 PREFIX = "step-"
@@ -73,7 +79,7 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
     Sharded parameters give this process's part.
     """
-    return {n: _local(p.detach()).cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    return {n: local(p.detach()).cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def save_checkpoint(output_dir: str | Path, model: torch.nn.Module, optimizer, scheduler, state: TrainState,
@@ -203,7 +209,7 @@ def _write_shard(tmp: Path, model: torch.nn.Module, optimizer, scheduler, group:
     """FSDP: every process writes its own part of the weights and of the optimizer state."""
     suffix = _suffix(group)
     save_file(trainable_state(model), str(tmp / f"model{suffix}.safetensors"))
-    _write_rest(tmp, suffix, _local_tensors(optimizer.state_dict()), scheduler)
+    _write_rest(tmp, suffix, local_tensors(optimizer.state_dict()), scheduler)
 
 
 def _write_zero(tmp: Path, model: torch.nn.Module, optimizer, scheduler, group: Single) -> None:
@@ -212,13 +218,13 @@ def _write_zero(tmp: Path, model: torch.nn.Module, optimizer, scheduler, group: 
     weights = group.full_state(model, trainable_only=True)
     if group.is_main:
         save_file(weights, str(tmp / "model.safetensors"))
-    _write_rest(tmp, _suffix(group), _partition_state(group.deepspeed), scheduler)
+    _write_rest(tmp, _suffix(group), partition_state(group.deepspeed), scheduler)
 
 
 def _write_rest(tmp: Path, suffix: str, optimizer_state: dict, scheduler) -> None:
     """Optimizer + scheduler, and the RNG states, of this process."""
     torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict()}, tmp / f"optimizer{suffix}.pt")
-    torch.save(_rng_state(), tmp / f"rng{suffix}.pt")
+    torch.save(rng_state(), tmp / f"rng{suffix}.pt")
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -265,7 +271,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, gr
     load = _load_zero if zero is not None else _load_local
     load(model, optimizer, weights, saved["optimizer"], group)
     scheduler.load_state_dict(saved["scheduler"])
-    _set_rng_state(rng)
+    set_rng_state(rng)
     return state
 
 
@@ -308,7 +314,7 @@ def _load_zero(model: torch.nn.Module, optimizer, weights: dict, optimizer_state
     """Whole weights into the DeepSpeed model, then this process's optimizer partition."""
     group.load_weights(model, weights)
     group.deepspeed.optimizer.refresh_fp32_params()  # the fp32 partition from the weights just loaded (exact)
-    _load_partition_state(group.deepspeed, optimizer_state)
+    load_partition_state(group.deepspeed, optimizer_state)
 
 
 def _load_local(model: torch.nn.Module, optimizer, weights: dict, optimizer_state: dict, group: Single) -> None:
@@ -316,36 +322,8 @@ def _load_local(model: torch.nn.Module, optimizer, weights: dict, optimizer_stat
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in weights.items():
-            _local(params[name]).copy_(value)
-    optimizer.load_state_dict(_shard_like_params(optimizer_state, optimizer))
-
-
-def _partition_state(zero) -> dict:
-    """The state of the torch optimizer DeepSpeed runs over this process's fp32 partitions, in partition order
-    (its `state_dict()` cannot be used: DeepSpeed swaps partitions in and out of the optimizer's groups)."""
-    inner = zero.optimizer.optimizer
-    return {
-        "groups": [{k: v for k, v in group.items() if k != "params"} for group in inner.param_groups],
-        "state": [dict(inner.state.get(part, {})) for part in _fp32_partitions(zero)],
-    }
-
-
-def _load_partition_state(zero, saved: dict) -> None:
-    inner, parts = zero.optimizer.optimizer, _fp32_partitions(zero)
-    if len(parts) != len(saved["state"]) or len(inner.param_groups) != len(saved["groups"]):
-        raise ConfigError("the checkpoint's optimizer partitions do not match this run's (another DeepSpeed config?)")
-    for group, hyper in zip(inner.param_groups, saved["groups"], strict=True):
-        group.update(hyper)
-    for part, state in zip(parts, saved["state"], strict=True):
-        inner.state[part] = {k: v.to(part.device) if k != "step" and torch.is_tensor(v) else v
-                             for k, v in state.items()}
-
-
-def _fp32_partitions(zero) -> list[torch.Tensor]:
-    """DeepSpeed's fp32 master partitions of this process, the tensors its torch optimizer updates."""
-    if zero.zero_optimization_stage() == 3:
-        return list(zero.optimizer.fp32_partitioned_groups_flat)
-    return list(zero.optimizer.single_partition_of_fp32_groups)
+            local(params[name]).copy_(value)
+    optimizer.load_state_dict(shard_like_params(optimizer_state, optimizer))
 
 
 def _per_process(group: Single) -> bool:
@@ -373,57 +351,3 @@ def _how(shards: int, zero_stage: int) -> str:
     if shards:
         return f"with {shards} processes and FSDP (train.fsdp=true or the same accelerate config)"
     return "without FSDP or DeepSpeed (any number of processes)"
-
-
-def _local(tensor: torch.Tensor) -> torch.Tensor:
-    """This process's part of a sharded tensor; a plain tensor as it is."""
-    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
-
-
-def _local_tensors(optimizer_state: dict) -> dict:
-    """The optimizer state with every sharded tensor replaced by this process's part (plain tensors save and load
-    with weights_only; the sharding is the parameters', restored by `_shard_like_params`)."""
-    state = {i: {k: _local(v) for k, v in per_param.items()} for i, per_param in optimizer_state["state"].items()}
-    return {**optimizer_state, "state": state}
-
-
-def _shard_like_params(optimizer_state: dict, optimizer: torch.optim.Optimizer) -> dict:
-    """Saved local parts back into tensors sharded like their parameters (the optimizer's step mixes the two)."""
-    ids = [i for group in optimizer_state["param_groups"] for i in group["params"]]
-    params = dict(zip(ids, [p for group in optimizer.param_groups for p in group["params"]], strict=True))
-    state = {}
-    for i, per_param in optimizer_state["state"].items():
-        param = params[i]
-        state[i] = {k: _like(v, param) if k != "step" else v for k, v in per_param.items()}
-    return {**optimizer_state, "state": state}
-
-
-def _like(value, param: torch.Tensor):
-    if not (isinstance(param, DTensor) and isinstance(value, torch.Tensor) and value.shape == param.to_local().shape):
-        return value
-    return DTensor.from_local(value.to(param.device), param.device_mesh, param.placements, run_check=False,
-                              shape=param.shape, stride=param.stride())
-
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(_tuples(state["python"]))
-    kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, keys.numpy(), *rest))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _tuples(value):
-    """random.setstate needs tuples; a weights-only load may give lists back."""
-    return tuple(_tuples(v) for v in value) if isinstance(value, list | tuple) else value
