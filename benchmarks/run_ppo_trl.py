@@ -13,9 +13,10 @@ Settings (ppo_measure.py's shared flags) as TRL's PPOConfig spells them: one opt
 `per_device_train_batch_size` = the rollout batch, `gradient_accumulation_steps=1` and `num_mini_batches` = rollout /
 minibatch (the trainer steps the optimizer inside `accelerator.accumulate`); `stop_token="eos"` (TRL's default, None,
 generates exactly `response_length` tokens and never stops; dpokit stops at eos); `temperature=1` (default 0.7);
-constant lr (default linear decay), `adamw_torch` (default fused), bf16 off (default on), activation checkpointing
-off (the trainer never turns it on anyway). The value model is TRL's separate network, initialised from the reward
-model as TRL's PPO example does. `adam_steps` in the result counts the optimizer steps actually taken.
+constant lr (default linear decay), `adamw_torch_fused` (its default, as dpokit's), bf16 off (default on),
+activation checkpointing off (the trainer never turns it on anyway). The value model is TRL's separate network,
+initialised from the reward model as TRL's PPO example does. `adam_steps` in the result counts the optimizer steps
+actually taken.
 
 Timing (ppo_measure.py): an iteration ends at `on_step_end`; the loop starts at `on_train_begin`; generation is
 the time inside the module's `batch_generation`, and the update starts at the first `forward` with gradients on.
@@ -68,7 +69,8 @@ def ppo_config(ppo, args: argparse.Namespace, output_dir: str):
         total_episodes=args.iterations * args.rollout_batch_size,
         local_rollout_forward_batch_size=args.forward_batch_size,
         response_length=args.max_new_tokens, stop_token="eos", temperature=1.0, missing_eos_penalty=None,
-        learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, optim="adamw_torch",
+        learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+        optim="adamw_torch_fused",
         kl_coef=args.kl_coef, kl_estimator="k1", cliprange=args.clip_range, cliprange_value=args.value_clip_range,
         vf_coef=args.vf_coef, gamma=args.gamma, lam=args.lam, whiten_rewards=False,
         activation_checkpointing=False, num_sample_generations=0, report_to="none", save_strategy="no",

@@ -5,10 +5,10 @@ TRL is an optional benchmark dependency only: `pip install trl==1.16.0` (it leav
 Settings are aligned with the dpokit runner wherever DPOConfig allows (see README.md, "What is aligned"):
 CPU (`--device cuda` on a GPU), fp32 (`bf16=False`, TRL's default is bf16; `--precision bf16` sets it as dpokit's
 `train.precision=bf16`: autocast over fp32 weights), constant lr with no warmup (TRL's default decays linearly),
-`torch.optim.AdamW` / `RMSprop` without the fused kernel (TRL's default is `adamw_torch_fused`), the same gradient
-clipping, sequential sampling (no shuffling), gradient checkpointing per `--gradient-checkpointing` (TRL's default
-is on), and `truncation_mode="keep_start"`, which cuts `prompt + response` to its first max_length tokens and drops
-pairs whose prompt alone fills it; the dpokit runner reproduces exactly that.
+`torch.optim.AdamW` with the fused kernel (TRL's default `adamw_torch_fused`; dpokit picks it too) / `RMSprop`,
+the same gradient clipping, sequential sampling (no shuffling), gradient checkpointing per `--gradient-checkpointing`
+(TRL's default is on), and `truncation_mode="keep_start"`, which cuts `prompt + response` to its first max_length
+tokens and drops pairs whose prompt alone fills it; the dpokit runner reproduces exactly that.
 
 Timing: a TrainerCallback's on_step_begin / on_step_end bracket forward, backward, clipping and the optimizer step;
 the dataloader's collation happens before on_step_begin and is excluded, as in dpokit's `step_time_s`.
@@ -47,7 +47,7 @@ def dpo_config(args: argparse.Namespace, output_dir: str):
         seed=args.seed, use_liger_kernel=args.mode == "liger",
         per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1, max_steps=args.steps,
         learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-        optim="adamw_torch" if args.optimizer == "adamw" else "rmsprop", max_grad_norm=args.max_grad_norm,
+        optim="adamw_torch_fused" if args.optimizer == "adamw" else "rmsprop", max_grad_norm=args.max_grad_norm,
         beta=args.beta, loss_type=["sigmoid"], max_length=args.max_length, truncation_mode="keep_start",
         activation_checkpointing=args.gradient_checkpointing == "on",  # transformers 5 name of gradient_checkpointing
         precompute_ref_log_probs=args.mode == "precompute",

@@ -14,7 +14,8 @@ class HHSize:
     Preferred-FT 84 s; DPO from πref 152 s; DPO from instruct 136 s; online DPO 353 s; judge agreement 89 s;
     implicit rewards 57 s; win rates 169 s; Best-of-N 139 s (docs/commands/demo.md, HH results). The estimate made
     before that run, kept for how it was obtained (it came out ~2x high, mostly in sampling), per stage (2 idle
-    cores, 2 torch threads), came from two sources. Training is scaled by steps and tokens from the last measured full run
+    cores, 2 torch threads), came from two sources.
+    Training is scaled by steps and tokens from the last measured full run
     of the earlier protocol (docs/commands/demo.md: reward model 871 s for 60 steps of 8 pairs ≤ 1,000 characters,
     ~250 s of it the centring pass over 1,280 responses; Preferred-FT 482 s / 60 steps; DPO 947 s / 60 steps; pairs
     ≤ 600 characters here have 0.76 of those pairs' characters). Sampling and judging were timed on this machine at

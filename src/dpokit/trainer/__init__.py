@@ -13,9 +13,9 @@
     zero.py        DeepSpeed's step and the gathering of ZeRO-3 weights, for `Parallel`
     launch.py      what torchrun / accelerate launch set, read once
     checkpoint.py  resumable checkpoints: weights, optimizer, RNG, data position, metrics; sealed, digests checked
-    checkpoint_state.py  each process's optimizer and RNG state in weights-only form (ZeRO partitions, FSDP shards)
+    checkpoint_state.py  each process's optimizer and RNG state, weights-only (ZeRO partitions, FSDP shards)
     trackers.py    TensorBoard, W&B, MLflow (offline), behind one null object
     metrics.py     metrics.jsonl and the per-batch metrics
-    optim.py       optimizer (fused AdamW where it can), lr schedule, the clipped step that refuses a non-finite gradient
+    optim.py       optimizer (fused AdamW where it can), lr schedule, the clipped step refusing a non-finite gradient
     order.py       the seeded batch order (shuffled, length-bucketed)
 """
