@@ -139,14 +139,18 @@ def _sets(items: list[str]) -> list[str]:
     return ["--set", *items] if items else []
 
 
-def aggregate(runs: list[dict], system: str, mode: str) -> dict:
-    """Medians over repeats of each run's own statistics (each run already dropped its warm-up steps)."""
+def aggregate(runs: list[dict], system: str, mode: str, warmup: int) -> dict:
+    """Per run, from its raw step times: the mean over the measured steps (total time / steps: every run times the
+    same batches, which differ in length, so a median step would stand for one batch, not the run) and tokens/s as
+    total tokens / total time; then the median over repeats."""
     mine = [r for r in runs if r["system"] == system and r["mode"] == mode]
-    median_step = statistics.median(r["median_s_per_step"] for r in mine)
+    measured = [_measured(r, warmup) for r in mine]
+    mean_step = statistics.median(sum(times) / len(times) for times, _ in measured)
     return {
-        "system": system, "mode": mode, "runs": len(mine), "median_s_per_step": median_step,
-        "pairs_per_s": mine[0]["batch_size"] / median_step,
-        "tokens_per_s": statistics.median(r["tokens_per_s"] for r in mine),
+        "system": system, "mode": mode, "runs": len(mine), "mean_s_per_step": mean_step,
+        "s_per_step_by_run": [sum(times) / len(times) for times, _ in measured],
+        "pairs_per_s": mine[0]["batch_size"] / mean_step,
+        "tokens_per_s": statistics.median(sum(tokens) / sum(times) for times, tokens in measured),
         "peak_rss_gib": statistics.median(r["peak_rss_gib"] for r in mine),
         "setup_s": statistics.median(r["setup_s"] for r in mine),
         "first_batch_loss": mine[0]["first_batch"].get("loss"),
@@ -154,17 +158,22 @@ def aggregate(runs: list[dict], system: str, mode: str) -> dict:
     }
 
 
+def _measured(run: dict, warmup: int) -> tuple[list[float], list[int]]:
+    keep = slice(warmup, None) if len(run["step_times_s"]) > warmup else slice(None)
+    return run["step_times_s"][keep], run["step_tokens"][keep]
+
+
 def comparisons(args: argparse.Namespace, runs: list[dict]) -> list[dict]:
     """Per TRL_MODE:DPOKIT_MODE pair: both aggregates, the ratios, and the checks that give the ratios meaning."""
     out = []
     for pair in args.compare:
         trl_mode, dpokit_mode = pair.split(":")
-        trl, dpokit = aggregate(runs, "trl", trl_mode), aggregate(runs, "dpokit", dpokit_mode)
+        trl, dpokit = aggregate(runs, "trl", trl_mode, args.warmup), aggregate(runs, "dpokit", dpokit_mode, args.warmup)
         ratios = {
             "pairs_per_s": dpokit["pairs_per_s"] / trl["pairs_per_s"],
             "tokens_per_s": dpokit["tokens_per_s"] / trl["tokens_per_s"],
             "peak_rss_gib": dpokit["peak_rss_gib"] / trl["peak_rss_gib"],
-            "median_s_per_step": dpokit["median_s_per_step"] / trl["median_s_per_step"],
+            "mean_s_per_step": dpokit["mean_s_per_step"] / trl["mean_s_per_step"],
         }
         mine = [("trl", trl_mode), ("dpokit", dpokit_mode)]
         same_tokens = [r["step_tokens"] for r in runs if (r["system"], r["mode"]) in mine]
@@ -201,6 +210,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", choices=("auto", "always", "never"), default="auto",
                         help="profile dpokit's default mode: auto = when one of issue 10's targets is missed")
     parser.add_argument("--profile-steps", type=int, default=2, help="steps profiled after the warm-up")
+    parser.add_argument("--rerender", type=Path, default=None, metavar="JSON",
+                        help="run nothing: recompute an earlier result's tables from its raw step times, in place")
     parser.add_argument("--out", type=Path, default=None,
                         help="result JSON (default: results/compare_trl.json, or compare_trl_smollm2.json)")
     args = parser.parse_args(argv)
@@ -209,8 +220,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def rerender(path: Path) -> None:
+    """An earlier result's comparisons, FLOP rows and targets recomputed from its runs' raw step times (so results
+    from before a change of statistic read as new ones do); the runs, peaks, parity and profile are kept."""
+    result = json.loads(path.read_text())
+    args = parse_args(result["argv"])
+    comps = comparisons(args, result["runs"])
+    result["comparisons"] = comps
+    if "matmul_peak" in result:  # results from before the FLOP accounting have none
+        flop_rows = flops.accounting(result["runs"], comps, result["fixture"]["num_params"],
+                                     result["matmul_peak"]["gflops"], args.warmup)
+        result["targets"] = flops.verdicts(comps, flop_rows) if args.model == "smollm2" else []
+        result["flops"]["rows"] = flop_rows
+    path.write_text(json.dumps(result, indent=2))
+    path.with_suffix(".md").write_text(markdown(result))
+    print("\n".join(summary_rows(result) + ([""] + flop_lines(result) if "flops" in result else [])))
+    print(f"\nrewrote {path} and {path.with_suffix('.md')}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.rerender:
+        return rerender(args.rerender)
     started, load_before = time.strftime("%Y-%m-%d %H:%M:%S"), os.getloadavg()[0]
     fix = build_fixture(args.python, args.small, args.model)
     peaks = [matmul_peak(args, "peak-before")]

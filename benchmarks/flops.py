@@ -8,9 +8,10 @@ The minimal work of one step (the yardstick of issue 10, the same for every syst
   taken from the actual batches (`step_pair_tokens`, which both runners record and must agree on).
 Attention scores (QKᵀ, AV) are left out, as in the 6·N·T rule; at 256 tokens they add ~3% here.
 
-A system's achieved rate = minimal FLOPs / its step time (median over the measured steps of FLOPs_i / time_i, like
-tokens/s). Work a mode does not do in the step (a precomputed reference's forward) or does twice (gradient
-checkpointing's recompute) does not change the yardstick: the rate says how fast the *minimal* work got done.
+A system's achieved rate = the minimal FLOPs of the measured steps / their total time (like pairs/s and tokens/s;
+the median over repeats). Work a mode does not do in the step (a precomputed reference's forward) or does twice
+(gradient checkpointing's recompute) does not change the yardstick: the rate says how fast the *minimal* work got
+done.
 The peak is the best fp32 matmul rate measured in the same run (matmul_peak.py, before and after the timed runs).
 
 Standard library only, like the driver.
@@ -31,7 +32,7 @@ def run_flops(run: dict, num_params: int, warmup: int) -> dict:
     work = [FLOPS_PER_PARAM_TOKEN * num_params * t for t in tokens]
     return {"minimal_tflop_per_step": statistics.mean(work) / 1e12,
             "pair_tokens_per_step": statistics.mean(tokens),
-            "achieved_gflops": statistics.median(w / s for w, s in zip(work, times, strict=True)) / 1e9}
+            "achieved_gflops": sum(work) / sum(times) / 1e9}
 
 
 def accounting(runs: list[dict], comparisons: list[dict], num_params: int, peak_gflops: float,
@@ -50,7 +51,7 @@ def accounting(runs: list[dict], comparisons: list[dict], num_params: int, peak_
             rows.append({"system": system, "mode": mode, "minimal_tflop_per_step": work,
                          "pair_tokens_per_step": statistics.median(m["pair_tokens_per_step"] for m in mine),
                          "floor_s_per_step": work * 1e3 / peak_gflops,
-                         "median_s_per_step": comp[system]["median_s_per_step"],
+                         "mean_s_per_step": comp[system]["mean_s_per_step"],
                          "achieved_gflops": rate, "peak_fraction": rate / peak_gflops})
     return rows
 

@@ -31,8 +31,9 @@ class RunResult:
     step_tokens: list[int]  # non-pad tokens of each step's batch (prompt+chosen and prompt+rejected rows)
     step_pair_tokens: list[int]  # the same with each prompt counted once per pair: the minimal work's tokens
     median_s_per_step: float
-    pairs_per_s: float  # batch_size / median step time
-    tokens_per_s: float  # median over measured steps of tokens_i / time_i
+    mean_s_per_step: float  # total time of the measured steps / their number: what a run of these batches takes
+    pairs_per_s: float  # pairs of the measured steps / their total time
+    tokens_per_s: float  # non-pad tokens of the measured steps / their total time
     peak_rss_gib: float  # getrusage ru_maxrss: the whole process, model loading and data preparation included
     peak_hwm_gib: float | None  # /proc/self/status VmHWM (same quantity, immune to rusage inherited across exec)
     setup_s: float  # everything before step 1: loading, tokenization, and precomputed reference log-probs
@@ -164,15 +165,16 @@ def pair_tokens(sequence_tokens: int, response_tokens: int, responses: int) -> i
 def summarize(system: str, mode: str, args: argparse.Namespace, times: list[float], tokens: list[int],
               pair_counts: list[int], setup_s: float, first_batch: dict[str, float],
               config: dict[str, object]) -> RunResult:
-    """Median s/step and per-step rates over the steps after warm-up (all steps if there are no others)."""
+    """Rates over the steps after warm-up (all steps if there are no others): total work over total time, since the
+    batches differ in length and a median step would stand for one batch, not the run (the median is kept beside)."""
     keep = slice(args.warmup, None) if len(times) > args.warmup else slice(None)
     measured, measured_tokens = times[keep], tokens[keep]
-    median = statistics.median(measured)
     return RunResult(
         system=system, mode=mode, steps=len(times), batch_size=args.batch_size,
-        step_times_s=times, step_tokens=tokens, step_pair_tokens=pair_counts, median_s_per_step=median,
-        pairs_per_s=args.batch_size / median,
-        tokens_per_s=statistics.median(n / t for n, t in zip(measured_tokens, measured, strict=True)),
+        step_times_s=times, step_tokens=tokens, step_pair_tokens=pair_counts,
+        median_s_per_step=statistics.median(measured), mean_s_per_step=statistics.mean(measured),
+        pairs_per_s=args.batch_size * len(measured) / sum(measured),
+        tokens_per_s=sum(measured_tokens) / sum(measured),
         peak_rss_gib=peak_rss_gib(), peak_hwm_gib=peak_hwm_gib(), setup_s=setup_s,
         first_batch=first_batch, loadavg_1m=os.getloadavg()[0], other_cores=other_cores(START), config=config,
         peak_gpu_gib=peak_gpu_gib(),

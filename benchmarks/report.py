@@ -5,7 +5,7 @@ One function builds the rows of each table, so the terminal and the README never
 
 from __future__ import annotations
 
-COLUMNS = ("system", "mode", "s/step (median)", "pairs/s", "non-pad tokens/s", "peak RSS GiB", "setup s",
+COLUMNS = ("system", "mode", "s/step (mean)", "pairs/s", "non-pad tokens/s", "peak RSS GiB", "setup s",
            "first-batch loss")
 
 
@@ -15,10 +15,10 @@ def table_rows(result: dict) -> list[list[str]]:
     for comp in result["comparisons"]:
         trl, dpokit, ratio = comp["trl"], comp["dpokit"], comp["ratios_dpokit_over_trl"]
         for name, sys_ in (("TRL " + result["versions"].get("trl", "?"), trl), ("dpokit", dpokit)):
-            rows.append([name, sys_["mode"], f"{sys_['median_s_per_step']:.2f}", f"{sys_['pairs_per_s']:.2f}",
+            rows.append([name, sys_["mode"], f"{sys_['mean_s_per_step']:.2f}", f"{sys_['pairs_per_s']:.2f}",
                          f"{sys_['tokens_per_s']:,.0f}", f"{sys_['peak_rss_gib']:.2f}", f"{sys_['setup_s']:.1f}",
                          _loss(sys_["first_batch_loss"])])
-        rows.append(["dpokit / TRL", "", f"{ratio['median_s_per_step']:.2f}×", f"**{ratio['pairs_per_s']:.2f}×**",
+        rows.append(["dpokit / TRL", "", f"{ratio['mean_s_per_step']:.2f}×", f"**{ratio['pairs_per_s']:.2f}×**",
                      f"{ratio['tokens_per_s']:.2f}×", f"**{ratio['peak_rss_gib']:.2f}×**", "", ""])
     return rows
 
@@ -44,7 +44,9 @@ def setup_line(result: dict) -> str:
     return (f"{model}; "
             f"{first['config'].get('train_pairs', '?')} HH pairs after truncation; batch {first['batch_size']} pairs; "
             f"max_length {dpo.get('max_length')}; β {dpo.get('beta')}; lr {dpo.get('learning_rate')} "
-            f"({dpo.get('optim')}); {first['steps']} steps, step 1 excluded; fp32 on CPU, "
+            f"({dpo.get('optim')}); {first['steps']} steps, step 1 excluded; rates are the measured steps' work over "
+            f"their total time (the same batches in every run), median over {result['comparisons'][0]['trl']['runs']} "
+            "round(s) of alternating runs; fp32 on CPU, "
             f"{cfg.get('torch_threads')} torch threads; gradient checkpointing "
             f"{'on' if dpo.get('activation_checkpointing') else 'off'} in both.")
 
@@ -95,7 +97,7 @@ def markdown(result: dict) -> str:
         lines += ["", "| first batch, reference ≠ policy | TRL | dpokit | abs diff |", "|---|---|---|---|"]
         lines += ["| " + " | ".join(r) + " |" for r in parity_table(result)]
     lines += [f"\n{note}" for note in contention_notes(result)]
-    lines += flop_markdown(result)
+    lines += flop_markdown(result) if "flops" in result else []
     versions = ", ".join(f"{k} {v}" for k, v in result["versions"].items())
     lines += ["", f"{versions}; run {result['started']}.", "",
               f"Rerun: `.venv/bin/python benchmarks/compare_trl.py {' '.join(result['argv'])}`".replace("  ", " "),
@@ -114,7 +116,7 @@ KIND_NAMES = {"attention": "attention (SDPA, dense 4D mask), fwd + bwd", "lm_hea
 def flop_rows(result: dict) -> list[list[str]]:
     return [[("TRL " + result["versions"].get("trl", "?")) if r["system"] == "trl" else "dpokit", r["mode"],
              f"{r['pair_tokens_per_step']:,.0f}", f"{r['minimal_tflop_per_step']:.3f}",
-             f"{r['floor_s_per_step']:.2f}", f"{r['median_s_per_step']:.2f}", f"{r['achieved_gflops']:.1f}",
+             f"{r['floor_s_per_step']:.2f}", f"{r['mean_s_per_step']:.2f}", f"{r['achieved_gflops']:.1f}",
              f"{r['peak_fraction']:.1%}"] for r in result["flops"]["rows"]]
 
 
@@ -134,8 +136,8 @@ def work_line(result: dict) -> str:
     return (f"Minimal work per step = {f['per_param_token']} FLOPs × N × T: N = {f['num_params'] / 1e6:.1f}M, all "
             "parameters (the tied embedding / LM head once); 8 = policy forward + backward (6) + reference forward "
             "(2); T = the step's real tokens with each prompt counted once per pair, from the actual batches (the "
-            "same in every run). Attention scores are not counted. Rate = minimal FLOPs / step time (median over "
-            f"steps 2..N), whatever work the mode really does.{same}")
+            "same in every run). Attention scores are not counted. Rate = minimal FLOPs of steps 2..N / their total "
+            f"time (median over repeats), whatever work the mode really does.{same}")
 
 
 def target_rows(result: dict) -> list[list[str]]:

@@ -154,7 +154,7 @@ def one_run(system: str, mode: str, name: str, args: argparse.Namespace, num_par
     except SystemExit as err:  # run_one's failure, with the log's last lines
         return {"system": system, "mode": mode, "error": str(err)[-3000:]}
     rate = flops.run_flops(result, num_params, args.warmup)["achieved_gflops"] / 1e3
-    figures = {k: result[k] for k in ("pairs_per_s", "tokens_per_s", "median_s_per_step", "peak_gpu_gib",
+    figures = {k: result[k] for k in ("pairs_per_s", "tokens_per_s", "mean_s_per_step", "peak_gpu_gib",
                                       "peak_rss_gib", "setup_s")}
     mfu = rate / peak["peak_tflops"] if peak else None
     print(f"{name} {system} {mode}: {figures['pairs_per_s']:.2f} pairs/s, MFU {mfu or 0:.1%}", file=sys.stderr)
