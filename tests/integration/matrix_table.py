@@ -32,7 +32,7 @@ def table(log: Path) -> str:
         elif outcome == "trains":
             mark = "trains"
         else:
-            reason = outcome.removeprefix("refused: ")
+            reason = outcome.removeprefix("refused: ").split("dpokit: error:")[0].strip()  # ranks' lines ran together
             mark = f"refused ({reasons.setdefault(reason, len(reasons) + 1)})"
         rows.setdefault((command, lora, mode, pack, loss), {})[backend] = mark
     lines = ["| command | LoRA | reference.mode | packing | loss | " + " | ".join(BACKENDS) + " |",
@@ -48,7 +48,7 @@ def table(log: Path) -> str:
         counts[key] = counts.get(key, 0) + 1
     lines.append("")
     lines.append(f"{len(outcomes)} of {len(cells())} cells logged: {counts.get('trains', 0)} train and match, "
-                 f"{counts.get('refused', 0)} are refused before any load.")
+                 f"{counts.get('refused', 0)} refused before any load.")
     return "\n".join(lines)
 
 

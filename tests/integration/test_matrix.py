@@ -158,8 +158,8 @@ def run(argv: list[str], backend: str) -> subprocess.CompletedProcess:
 def refusal(done: subprocess.CompletedProcess) -> str | None:
     """The one-line reason of a refusal before any load, or None (the run went on to read the broken weights).
     Each process prints the same `dpokit: error: ...` line (torchrun prefixes it with the rank)."""
-    reasons = {line.split("dpokit: error:", 1)[1].strip() for line in done.stderr.splitlines()
-               if "dpokit: error:" in line}
+    reasons = {line.split("dpokit: error:")[1].strip() for line in done.stderr.splitlines()
+               if "dpokit: error:" in line}  # [1]: two processes' lines can run together on one line
     if done.returncode not in (1, 2) or len(reasons) != 1 or "broken" in next(iter(reasons)):
         return None
     return next(iter(reasons))
