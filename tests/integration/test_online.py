@@ -216,10 +216,13 @@ def fixed_point_run(tmp_path: Path, labels: str) -> dict[str, float]:
 
 
 def test_sampled_labels_converge_to_the_dpo_optimum(tmp_path):
-    """π* ∝ πref·exp(r/β): TV(πref, π*) = 0.35 here; after 30 rounds TV(π, π*) measured 0.055 (bound asserted 0.12)."""
+    """π* ∝ πref·exp(r/β): TV(πref, π*) = 0.35 here; after 30 rounds TV(π, π*) is a noisy figure (the last rounds'
+    sampled labels move the policy around π* at lr 1e-2): measured 0.055-0.158 over train.seed 0-3 with AdamW's
+    for-loop and fused kernels (0.15 for the fused kernel at seed 0, 0.055 for the for-loop one), so the bound is 0.2:
+    well under TV(πref, π*) and far from best_worst's policy, which moves past π* (TV 0.84)."""
     found = fixed_point_run(tmp_path, "sampled")
     assert found["tv_ref"] > 0.3
-    assert found["tv"] < 0.12
+    assert found["tv"] < 0.2
 
 
 def test_best_worst_labels_move_past_the_optimum(tmp_path):
