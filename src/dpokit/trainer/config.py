@@ -56,7 +56,8 @@ class TrainConfig(Checkpoints, Tracking):
     max_steps: int | None = setting(None, "optimizer steps; overrides epochs when set", gt=0)
     epochs: float = setting(1.0, "passes over the training data when max_steps is not set")
     lr: float = setting(1e-6, "peak learning rate (the DPO paper uses 1e-6 with batch 64)", gt=0)
-    optimizer: str = setting("rmsprop", "rmsprop (the DPO paper's choice) | adamw", choices=("rmsprop", "adamw"))
+    optimizer: str = setting("rmsprop", "rmsprop (the DPO paper's choice) | adamw (torch's fused kernel where the "
+                             "parameters allow)", choices=("rmsprop", "adamw"))
     weight_decay: float = setting(0.0, "decoupled (AdamW) or L2 (RMSprop) weight decay", ge=0)
     warmup_steps: int = setting(0, "linear warmup from 0 to lr over this many optimizer steps", ge=0)
     schedule: str = setting("constant", "after warmup: constant | cosine (to 0 at the last step)",
