@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import flops
-from measure import add_shared_args, cpu_snapshot, forward_args, other_cores, versions
+from measure import add_shared_args, after_warmup, cpu_snapshot, forward_args, other_cores, versions
 from report import flop_lines, markdown, parity_rows, summary_rows
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -159,8 +159,7 @@ def aggregate(runs: list[dict], system: str, mode: str, warmup: int) -> dict:
 
 
 def _measured(run: dict, warmup: int) -> tuple[list[float], list[int]]:
-    keep = slice(warmup, None) if len(run["step_times_s"]) > warmup else slice(None)
-    return run["step_times_s"][keep], run["step_tokens"][keep]
+    return after_warmup(run["step_times_s"], warmup), after_warmup(run["step_tokens"], warmup)
 
 
 def comparisons(args: argparse.Namespace, runs: list[dict]) -> list[dict]:

@@ -14,12 +14,14 @@ the median over repeats). Work a mode does not do in the step (a precomputed ref
 done.
 The peak is the best fp32 matmul rate measured in the same run (matmul_peak.py, before and after the timed runs).
 
-Standard library only, like the driver.
+Standard library only, like the driver (`measure` is too).
 """
 
 from __future__ import annotations
 
 import statistics
+
+from measure import after_warmup
 
 FLOPS_PER_PARAM_TOKEN = 8  # policy forward 2 + backward 4, reference forward 2
 TARGETS = {"pairs_per_s": 5.0, "peak_rss_gib": 0.3, "peak_fraction": 0.75}  # issue 10, on SmolLM2-135M
@@ -27,8 +29,7 @@ TARGETS = {"pairs_per_s": 5.0, "peak_rss_gib": 0.3, "peak_fraction": 0.75}  # is
 
 def run_flops(run: dict, num_params: int, warmup: int) -> dict:
     """Minimal work and achieved rate of one runner result, over the steps after warm-up."""
-    keep = slice(warmup, None) if len(run["step_times_s"]) > warmup else slice(None)
-    tokens, times = run["step_pair_tokens"][keep], run["step_times_s"][keep]
+    tokens, times = after_warmup(run["step_pair_tokens"], warmup), after_warmup(run["step_times_s"], warmup)
     work = [FLOPS_PER_PARAM_TOKEN * num_params * t for t in tokens]
     return {"minimal_tflop_per_step": statistics.mean(work) / 1e12,
             "pair_tokens_per_step": statistics.mean(tokens),

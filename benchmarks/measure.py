@@ -162,13 +162,17 @@ def pair_tokens(sequence_tokens: int, response_tokens: int, responses: int) -> i
     return response_tokens + (sequence_tokens - response_tokens) // responses
 
 
+def after_warmup(values: list, warmup: int) -> list:
+    """The measured steps' values: those after the first `warmup` steps (all of them if there are no others)."""
+    return values[warmup:] if len(values) > warmup else values
+
+
 def summarize(system: str, mode: str, args: argparse.Namespace, times: list[float], tokens: list[int],
               pair_counts: list[int], setup_s: float, first_batch: dict[str, float],
               config: dict[str, object]) -> RunResult:
     """Rates over the steps after warm-up (all steps if there are no others): total work over total time, since the
     batches differ in length and a median step would stand for one batch, not the run (the median is kept beside)."""
-    keep = slice(args.warmup, None) if len(times) > args.warmup else slice(None)
-    measured, measured_tokens = times[keep], tokens[keep]
+    measured, measured_tokens = after_warmup(times, args.warmup), after_warmup(tokens, args.warmup)
     return RunResult(
         system=system, mode=mode, steps=len(times), batch_size=args.batch_size,
         step_times_s=times, step_tokens=tokens, step_pair_tokens=pair_counts,
