@@ -92,7 +92,7 @@ def _run_hh_demo(output_dir: str, size: HHSize, seed: int, data: str | None, jud
     policies = {INSTRUCT_ARM: models["instruct"], SFT_ARM: models["sft"], "DPO (from πref)": models["dpo"],
                 "DPO from instruct": models["dpo_instruct"], "online DPO (from πref)": models["online"]}
     implicit = timer.run("implicit rewards against πref", evaluation.implicit_rewards, size, policies,
-                         models["sft"], files["accuracy"], arms.train_config)
+                         models["sft"], files["accuracy"])
     judge = judges.judges[judge_name]
     wins = timer.run(f"win rates of the arms ({judge_name})", evaluation.arm_winrates, size, policies,
                      models["sft"], files["held_out"], judge, seed)

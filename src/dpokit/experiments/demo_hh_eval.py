@@ -11,7 +11,6 @@ the human-chosen replies of the held-out single-turn prompts, Best-of-N from πr
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,8 @@ from dpokit.core.sections import ModelConfig, SamplingSettings
 from dpokit.eval.judges import Comparison, Judge
 from dpokit.eval.winrate import Agreement, Cell, Judged, judge_agreement, judge_cell
 from dpokit.eval.winrate_config import PromptSet, read_prompt_set
+from dpokit.experiments.demo_hh_train import train_config
+from dpokit.experiments.frontier_eval import mean_of, standard_error
 from dpokit.lm.sampling import sample
 from dpokit.lm.sequence_kl import sequence_kl
 from dpokit.models.loading import default_device, load_model
@@ -95,7 +96,7 @@ def arm_winrates(size: HHSize, arms: dict[str, Path], reference: Path, held: Pat
                 with torch.no_grad():
                     kls = sequence_kl(loaded.model, ref_model, drawn.prompt_ids, drawn.completion_ids,
                                       size.sample_batch_size).tolist()
-                result.kl[name] = KL(_mean(kls), _se(kls))
+                result.kl[name] = KL(mean_of(kls), standard_error(kls))
         del loaded
     return result
 
@@ -120,8 +121,7 @@ def bon_winrates(size: HHSize, reference: Path, reward_model: Path, held: Path, 
     return result
 
 
-def implicit_rewards(size: HHSize, arms: dict[str, Path], reference: Path, pairs: Path,
-                     train_config: Callable) -> dict[str, dict[str, float]]:
+def implicit_rewards(size: HHSize, arms: dict[str, Path], reference: Path, pairs: Path) -> dict[str, dict[str, float]]:
     """Held-out accuracy and mean margin of the implicit reward β·log πθ/πref of each arm, πref = `reference` (a tie,
     as for πref against itself, counts as no win)."""
     found = {}
@@ -133,14 +133,3 @@ def implicit_rewards(size: HHSize, arms: dict[str, Path], reference: Path, pairs
         found[name] = {"accuracy": metrics["rewards/accuracies"], "margin": metrics["rewards/margins"],
                        "reference": str(reference)}
     return found
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else math.nan
-
-
-def _se(values: list[float]) -> float:
-    if len(values) < 2:
-        return math.nan
-    mean = _mean(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
