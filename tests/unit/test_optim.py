@@ -50,7 +50,6 @@ def test_fused_adamw_moves_the_weights_as_plain_adamw_does():
     assert plain_losses[-1] < plain_losses[0]  # the steps did move the weights
     for (name, a), (_, b) in zip(fused_model.named_parameters(), plain_model.named_parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
-    for p in fused.param_groups[0]["params"]:
-        q = dict(zip((id(x) for x in fused_model.parameters()), plain_model.parameters(), strict=True))[id(p)]
+    for p, q in zip(fused.param_groups[0]["params"], plain.param_groups[0]["params"], strict=True):
         for key in ("exp_avg", "exp_avg_sq"):
             torch.testing.assert_close(fused.state[p][key], plain.state[q][key], rtol=1e-5, atol=1e-8)
